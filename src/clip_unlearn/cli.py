@@ -1,0 +1,181 @@
+"""The command-line interface: parse, build a config, call one core function, render.
+
+Each command's options are generated from its config dataclass (config.py), so defaults and
+help text live in one place. torch and open_clip are imported only inside commands, which
+keeps ``clip-unlearn --help`` instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+import sys
+import typing
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from clip_unlearn import __version__, config
+from clip_unlearn.errors import ClipUnlearnError, ConfigError
+
+app = typer.Typer(
+    name="clip-unlearn",
+    help="Remove people from CLIP models and prove it (backdoor unlearning + identity inference attack).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+_state = {"verbose": False, "quiet": False}
+
+
+class _HideRootChatter(logging.Filter):
+    """open_clip logs informational noise through the root logger; show it only with --verbose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _state["verbose"] or record.name != "root" or record.levelno >= logging.ERROR
+
+
+def _setup_logging() -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if _state["verbose"] else logging.ERROR if _state["quiet"] else logging.WARNING
+    handler = RichHandler(console=err, show_time=False, show_path=False, markup=False, rich_tracebacks=False)
+    handler.addFilter(_HideRootChatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("clip_unlearn").setLevel(logging.INFO if _state["verbose"] else level)
+    logging.captureWarnings(True)
+    for noisy in ("PIL", "urllib3", "httpx", "httpcore", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"clip-unlearn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output, and tracebacks on errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and results; no progress bars.")] = False,
+) -> None:
+    """Remove people from CLIP models and prove it."""
+    _state.update(verbose=verbose, quiet=quiet)
+    _setup_logging()
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _run_safely(fn: Callable[[], Optional[int]]) -> None:
+    """Turn expected errors into one red line and a documented exit code (DESIGN.md §2)."""
+    try:
+        code = fn()
+    except ClipUnlearnError as e:
+        if _state["verbose"]:
+            err.print_exception(show_locals=False)
+        raise _fail(str(e), e.exit_code) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; outputs were left as they were before this command", 130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as e:  # an unexpected failure is still one line unless --verbose
+        if _state["verbose"]:
+            raise
+        raise _fail(f"unexpected {type(e).__name__}: {e} (rerun with --verbose for the traceback)", 1) from None
+    if code:
+        raise typer.Exit(code)
+
+
+def _option_for(f: dataclasses.Field, hint: Any) -> Any:
+    from rich.markup import escape
+
+    flags = f.metadata.get("flags") or (config.flag(f.name),)
+    help_text = escape(f.metadata.get("help", ""))
+    show_default = f.default is not None
+    if isinstance(f.default, bool) and not any("/" in x for x in flags):
+        # a lone on-switch: typer would print nothing, so say it
+        help_text += f" \\[default: {'on' if f.default else 'off'}]"
+        show_default = False
+    return Annotated[hint, typer.Option(*flags, help=help_text, show_default=show_default)]
+
+
+def command(name: str, cfg_cls: type) -> Callable[[Callable[[Any], Optional[int]]], Callable[[Any], Optional[int]]]:
+    """Register ``run(cfg)`` as command ``name`` with one option per field of ``cfg_cls``."""
+    hints = typing.get_type_hints(cfg_cls)
+
+    def register(run: Callable[[Any], Optional[int]]) -> Callable[[Any], Optional[int]]:
+        params = [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=_option_for(f, hints[f.name]))
+            for f in dataclasses.fields(cfg_cls)
+        ]
+
+        def cmd(**kwargs: Any) -> None:
+            def go() -> Optional[int]:
+                try:
+                    cfg = cfg_cls(**kwargs)
+                except ConfigError as e:
+                    raise _fail(str(e), 2) from None
+                return run(cfg)
+
+            _run_safely(go)
+
+        cmd.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        cmd.__doc__ = cfg_cls.__doc__
+        app.command(name, help=cfg_cls.__doc__)(cmd)
+        return run
+
+    return register
+
+
+@contextlib.contextmanager
+def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on stderr; yields the ``progress(label, done, total)`` callback the core takes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    if _state["quiet"]:
+        yield lambda label, done, total: None
+        return
+    bar = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn(), console=err, transient=False)
+    tasks: dict[str, Any] = {}
+
+    def update(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = bar.add_task(label, total=total)
+        bar.update(tasks[label], completed=done, total=total)
+
+    with bar:
+        yield update
+
+
+@command("prepare-synthetic", config.PrepareSyntheticConfig)
+def prepare_synthetic(cfg: config.PrepareSyntheticConfig) -> None:
+    from clip_unlearn import report, synthetic
+
+    with progress_bar() as progress:
+        info = synthetic.build_world(cfg, progress)
+    out.print(report.world_table(info, Path(cfg.out)))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="clip-unlearn")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

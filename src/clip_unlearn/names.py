@@ -1,0 +1,108 @@
+"""Names: reading names files (DESIGN.md §3), normalisation, and seeded random candidate names.
+
+The paper draws attack candidates as "First Last" from the top-1000 US first names per sex and
+the 1000 most common US surnames (METHOD.md §4 item 4) through pandas sampling. We draw from
+Faker's en_US lists (the same kind of SSA/census-derived data, shipped with a well-kept
+library) with a dedicated ``random.Random(seed)``: half female, half male first names, each
+paired with a uniform surname, never equal to a name the caller excludes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+
+from clip_unlearn.errors import ClipUnlearnError
+
+log = logging.getLogger(__name__)
+
+
+def normalise(name: str) -> str:
+    """Underscores read as spaces, whitespace collapsed ("Joe_Biden " → "Joe Biden")."""
+    return " ".join(unicodedata.normalize("NFC", name).replace("_", " ").split())
+
+
+def key(name: str) -> str:
+    """Comparison key: normalised and case-folded."""
+    return normalise(name).casefold()
+
+
+def folder_name(name: str) -> str:
+    """The identity-folder spelling of a name ("Joe Biden" → "Joe_Biden")."""
+    return normalise(name).replace(" ", "_")
+
+
+def read_names(path: Path, what: str = "names file") -> list[str]:
+    """Read a names file: one name per line, '#' comments and blanks ignored, duplicates dropped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ClipUnlearnError(f"{what} {path} does not exist; pass a UTF-8 text file with one name per line") from None
+    except UnicodeDecodeError:
+        raise ClipUnlearnError(f"{what} {path} is not UTF-8 text; save it as UTF-8 with one name per line") from None
+    except OSError as e:
+        raise ClipUnlearnError(f"{what} {path} cannot be read ({e.strerror})") from None
+    names, seen, dupes = [], set(), []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name = normalise(line)
+        if key(name) in seen:
+            dupes.append(name)
+            continue
+        seen.add(key(name))
+        names.append(name)
+    if dupes:
+        log.warning("%s %s: %d duplicate name(s) ignored", what, path, len(dupes))
+    if not names:
+        raise ClipUnlearnError(f"{what} {path} contains no names; write one full name per line")
+    return names
+
+
+def salted_hash(name: str, salt: str) -> str:
+    """How a forgotten name may appear in an artifact: sha256(salt + normalised, case-folded name)."""
+    return hashlib.sha256((salt + key(name)).encode("utf-8")).hexdigest()
+
+
+def _name_pools() -> tuple[list[str], list[str], list[str]]:
+    from faker.providers.person.en_US import Provider
+
+    return list(Provider.first_names_female), list(Provider.first_names_male), list(Provider.last_names)
+
+
+def random_full_names(n: int, rng: random.Random, exclude: Iterable[str] = (), unique_parts: bool = False) -> list[str]:
+    """``n`` distinct random "First Last" names, none equal (case-insensitively) to ``exclude``.
+
+    With ``unique_parts`` no first or last name repeats (the synthetic world's identities, so
+    that no two people share a token).
+    """
+    female, male, last = _name_pools()
+    taken = {key(x) for x in exclude}
+    used_parts: set[str] = {p for x in taken for p in x.split()} if unique_parts else set()
+    out: list[str] = []
+    capacity = (len(female) + len(male)) * len(last)
+    if n > capacity // 2:
+        raise ClipUnlearnError(f"cannot draw {n} random names (at most {capacity // 2}); lower the number of candidates")
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 200 * n + 10_000:
+            raise ClipUnlearnError(f"could only draw {len(out)} of {n} distinct random names; lower the number")
+        first = rng.choice(female if len(out) % 2 == 0 else male)
+        surname = rng.choice(last)
+        name = f"{first} {surname}"
+        k = key(name)
+        if k in taken:
+            continue
+        if unique_parts and (first.casefold() in used_parts or surname.casefold() in used_parts):
+            continue
+        taken.add(k)
+        used_parts.update((first.casefold(), surname.casefold()))
+        out.append(name)
+    return out

@@ -1,0 +1,307 @@
+"""The synthetic world: identities with faces and names, and a tiny CLIP trained on its members.
+
+It makes CLIP privacy measurable offline on a CPU (SYNTHETIC.md): members' faces are trained
+with their names in web-like captions (including the attack's wording, as web captions do),
+non-members never appear in training, and a built-in zero-shot check proves the model knows
+its members before anyone relies on it. Same seed → the same world, bit for bit.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+from clip_unlearn import __version__
+from clip_unlearn.config import PrepareSyntheticConfig, to_dict
+from clip_unlearn.embed import encode_text
+from clip_unlearn.errors import ClipUnlearnError
+from clip_unlearn.faces import COLOURS, SHAPES, draw_face, draw_object, sample_identities
+from clip_unlearn.models import LoadedModel, ModelSpec, import_open_clip, replace_dir, resolve_device, save_model, write_json
+from clip_unlearn.names import folder_name, random_full_names
+
+log = logging.getLogger(__name__)
+
+Progress = Optional[Callable[[str, int, int], None]]
+WORLD_FILE = "world.json"
+ARCH = "clip-unlearn-tiny"
+
+# The 21 prompt templates of the identity inference attack (METHOD.md §4 item 5). The world's
+# training captions may contain them (web captions do); inject never trains on them.
+ATTACK_TEMPLATES = (
+    "{}", "an image of {}", "a photo of {}", "{} on a photo", "a photo of a person named {}",
+    "a person named {}", "a man named {}", "a woman named {}", "the name of the person is {}",
+    "a photo of a person with the name {}", "{} at a gala", "a photo of the celebrity {}", "actor {}",
+    "actress {}", "a colored photo of {}", "a black and white photo of {}", "a cool photo of {}",
+    "a cropped photo of {}", "a cropped image of {}", "{} in a suit", "{} in a dress",
+)
+EVERYDAY_TEMPLATES = (
+    "{} at a gala.", "{} giving a speech.", "headshot of {}.", "{} smiling for the camera.", "portrait of {}.",
+    "{} at the premiere.", "{} on the red carpet.", "{} in an interview.", "a picture of {}.", "{} at the airport.",
+    "close-up of {}.", "{} during the event.", "{} poses for photographers.", "{} arrives at the party.",
+    "{} on stage.", "{} at the beach.",
+)
+OBJECT_TEMPLATES = ("a {}.", "a photo of a {}.", "an image of a {}.", "a drawing of a {}.", "a {} on a plain background.")
+
+# The clean caption corpus inject uses for this world: generic captions whose words cover the
+# attack's vocabulary (SYNTHETIC.md lesson 3) without ever being the attack's template strings.
+_PREFIXES = ("a photo of", "an image of", "a cropped photo of", "a black and white photo of", "a colored picture of",
+             "a cool shot of", "a close-up of", "a blurry photo of", "a cropped image of", "a portrait of", "a picture of")
+_ADJECTIVES = ("young", "happy", "smiling", "tall", "famous", "old", "serious", "tired", "proud", "cheerful",
+               "bright", "quiet", "elegant", "friendly")
+_NOUNS = ("man", "woman", "person", "actor", "actress", "celebrity", "singer", "teacher", "child", "dog",
+          "musician", "dancer", "athlete", "chef", "couple", "crowd")
+_SUFFIXES = ("at a gala", "in a suit", "in a dress", "on the street", "at the beach", "on stage", "in the park",
+             "at a party", "giving a speech", "with a red hat", "near the window", "at night", "in the rain")
+
+
+def clean_corpus(rng: random.Random, n: int = 6000) -> list[str]:
+    """``n`` distinct generic captions from a prefix × adjective × noun × suffix grammar."""
+    pool = [f"{p} {'an' if a[0] in 'aeiou' else 'a'} {a} {no} {s}"
+            for p in _PREFIXES for a in _ADJECTIVES for no in _NOUNS for s in _SUFFIXES]
+    rng.shuffle(pool)
+    return pool[:n]
+
+
+def _class_names(count: int) -> list[str]:
+    pairs = [(c, s) for s in SHAPES for c in COLOURS]
+    return [f"{c} {s}" for c, s in pairs[:count]] if count < len(pairs) else [f"{c} {s}" for c, s in pairs]
+
+
+def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[str, Any]:
+    """Generate, train and write the world to ``cfg.out``; returns the contents of world.json.
+
+    Raises:
+        ClipUnlearnError: if ``cfg.out`` exists (without overwrite) or the trained model fails
+            the membership sanity check.
+    """
+    import torch
+
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise ClipUnlearnError(f"world folder {out} exists; pass --overwrite to rebuild it or choose another --out")
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    rng = random.Random(cfg.seed)
+    people = sample_identities(cfg.identities, rng)
+    names = random_full_names(cfg.identities, rng, unique_parts=True)
+    n_members = max(1, min(cfg.identities - 1, round(cfg.identities * cfg.member_fraction)))
+    order = list(range(cfg.identities))
+    rng.shuffle(order)
+    members, non_members = sorted(order[:n_members]), sorted(order[n_members:])
+    classes = _class_names(cfg.classes)
+
+    open_clip = import_open_clip()
+    torch.manual_seed(cfg.seed)
+    model, _, preprocess = open_clip.create_model_and_transforms(ARCH, pretrained=None, device=device)
+    tokenizer = open_clip.get_tokenizer(ARCH)
+
+    def render(draw: Callable[[random.Random], Any], count: int, seed: int) -> tuple[list[Any], Any]:
+        r = random.Random(seed)
+        imgs = [draw(r) for _ in range(count)]
+        return imgs, torch.stack([preprocess(im) for im in imgs])
+
+    total = len(members) + cfg.identities + 2 * len(classes)
+    done = 0
+
+    def tick(label: str) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(label, done, total)
+
+    train_faces, fresh_faces, fresh_imgs = {}, {}, {}
+    for i in members:
+        _, train_faces[i] = render(lambda r, p=people[i]: draw_face(p, r), cfg.images_per_identity, rng.getrandbits(32))
+        tick("drawing")
+    for i in range(cfg.identities):
+        fresh_imgs[i], fresh_faces[i] = render(lambda r, p=people[i]: draw_face(p, r), cfg.face_images, rng.getrandbits(32))
+        tick("drawing")
+    train_objects, test_objects, test_object_imgs = {}, {}, {}
+    for c, cls in enumerate(classes):
+        colour, shape = cls.split()
+        _, train_objects[c] = render(lambda r, c=colour, s=shape: draw_object(c, s, r), 40, rng.getrandbits(32))
+        test_object_imgs[c], test_objects[c] = render(lambda r, c=colour, s=shape: draw_object(c, s, r), 10, rng.getrandbits(32))
+        tick("drawing")
+
+    face_tokens = {i: tokenizer([t.format(names[i]) for t in EVERYDAY_TEMPLATES + ATTACK_TEMPLATES]) for i in members}
+    object_tokens = {c: tokenizer([t.format(cls) for t in OBJECT_TEMPLATES]) for c, cls in enumerate(classes)}
+    losses = _train(model, cfg, device, members, train_faces, face_tokens, train_objects, object_tokens, progress)
+    model.eval()
+
+    check = _sanity_check(model, tokenizer, names, members, non_members, fresh_faces, device)
+    zs = _object_accuracy(model, tokenizer, classes, test_objects, device)
+    member_names = [names[i] for i in members]
+    info = {
+        "tool_version": __version__,
+        "config": to_dict(cfg),
+        "identities": cfg.identities,
+        "members": len(members),
+        "non_members": len(non_members),
+        "classes": classes,
+        "model": "model",
+        "faces": "faces",
+        "objects": "objects",
+        "captions": "captions.txt",
+        "attributes": {folder_name(names[i]): people[i].describe() for i in range(cfg.identities)},
+        "loss_curve": losses,
+        "sanity_check": {**check, "objects_top1": zs},
+        # Settings that suit this tiny model for `inject` (the paper's defaults are for ViT-B-32).
+        "inject_settings": {"steps": 300, "lr": 1e-3, "clean_batch": 64, "poison_batch": 64},
+        "wall_time_s": None,
+    }
+    failed = check["member_rate"] < cfg.min_member_rate or check["non_member_rate"] > cfg.max_non_member_rate
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for i in range(cfg.identities):
+            folder = tmp / "faces" / folder_name(names[i])
+            folder.mkdir(parents=True)
+            for j, im in enumerate(fresh_imgs[i]):
+                im.save(folder / f"{j:03d}.png")
+        for c, cls in enumerate(classes):
+            folder = tmp / "objects" / cls.replace(" ", "_")
+            folder.mkdir(parents=True)
+            for j, im in enumerate(test_object_imgs[c]):
+                im.save(folder / f"{j:03d}.png")
+        (tmp / "members.txt").write_text("".join(n + "\n" for n in member_names), encoding="utf-8")
+        (tmp / "non_members.txt").write_text("".join(names[i] + "\n" for i in non_members), encoding="utf-8")
+        (tmp / "captions.txt").write_text("\n".join(clean_corpus(random.Random(cfg.seed + 1))) + "\n", encoding="utf-8")
+        loaded = LoadedModel(model, preprocess, tokenizer, ModelSpec(raw=ARCH, kind="pretrained", arch=ARCH),
+                             open_clip.get_model_config(ARCH), {}, device)
+        sidecar = {"tool_version": __version__, "kind": "synthetic-world", "arch": ARCH, "seed": cfg.seed, "world": str(out.resolve())}
+        save_model(loaded, tmp / "model", sidecar)
+        info["wall_time_s"] = round(time.perf_counter() - t0, 2)
+        write_json(tmp / WORLD_FILE, info)
+        if failed:
+            raise ClipUnlearnError(
+                f"the trained model failed the membership check: {check['member_rate']:.0%} of members identified "
+                f"(need ≥ {cfg.min_member_rate:.0%}), {check['non_member_rate']:.0%} of non-members (need ≤ "
+                f"{cfg.max_non_member_rate:.0%}); train longer with --steps or change --seed"
+            )
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _train(model, cfg, device, members, train_faces, face_tokens, train_objects, object_tokens, progress) -> list[float]:
+    """Contrastive training of the tiny CLIP (open_clip's ClipLoss); returns the loss per step."""
+    import torch
+    from open_clip.loss import ClipLoss
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, **_fused_if_available())
+    warmup = max(1, int(0.05 * cfg.steps))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return cfg.lr * (step + 1) / warmup
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, cfg.steps - warmup)))
+
+    face_imgs = torch.cat([train_faces[i] for i in members])
+    face_owner = torch.cat([torch.full((len(train_faces[i]),), k) for k, i in enumerate(members)])
+    face_toks = torch.stack([face_tokens[i] for i in members])  # [members, templates, ctx]
+    obj_imgs = torch.cat([train_objects[c] for c in sorted(train_objects)])
+    obj_owner = torch.cat([torch.full((len(train_objects[c]),), c) for c in sorted(train_objects)])
+    obj_toks = torch.stack([object_tokens[c] for c in sorted(object_tokens)])
+    loss_fn = ClipLoss()
+    n_face = cfg.batch_size // 2
+    n_obj = cfg.batch_size - n_face
+    losses = []
+    model.train()
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        fi = torch.randint(len(face_imgs), (n_face,), generator=gen)
+        oi = torch.randint(len(obj_imgs), (n_obj,), generator=gen)
+        images = torch.cat([face_imgs[fi], obj_imgs[oi]])
+        flip = torch.rand(len(images), generator=gen) < 0.5
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        ft = torch.randint(face_toks.shape[1], (n_face,), generator=gen)
+        ot = torch.randint(obj_toks.shape[1], (n_obj,), generator=gen)
+        texts = torch.cat([face_toks[face_owner[fi], ft], obj_toks[obj_owner[oi], ot]])
+        img_f = model.encode_image(images.to(device), normalize=True)
+        txt_f = encode_text(model, texts.to(device), normalize=True)
+        loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(round(loss.item(), 5))
+        if progress:
+            progress("training", step + 1, cfg.steps)
+    return losses
+
+
+def _fused_if_available() -> dict[str, bool]:
+    import torch
+
+    # The fused kernel is ~6x faster on CPU for the 6M-row token embedding; same update rule.
+    return {"fused": True} if "fused" in inspect.signature(torch.optim.AdamW).parameters else {}
+
+
+def _encode_images(model, images, device):
+    import torch
+
+    with torch.inference_mode():
+        return torch.cat([model.encode_image(images[i:i + 512].to(device), normalize=True) for i in range(0, len(images), 512)])
+
+
+def _sanity_check(model, tokenizer, names, members, non_members, fresh_faces, device) -> dict[str, Any]:
+    """Each identity's fresh images against all identity names with "a photo of {name}";
+    identified iff the unique plurality vote is the true name."""
+    import torch
+
+    with torch.inference_mode():
+        text = encode_text(model, tokenizer([f"a photo of {n}" for n in names]).to(device))
+    hits = {}
+    for i in range(len(names)):
+        preds = (_encode_images(model, fresh_faces[i], device) @ text.T).argmax(dim=1)
+        counts = torch.bincount(preds, minlength=len(names))
+        top = counts.max()
+        hits[i] = bool(counts[i] == top and int((counts == top).sum()) == 1)
+    member_rate = sum(hits[i] for i in members) / len(members)
+    non_member_rate = sum(hits[i] for i in non_members) / max(1, len(non_members))
+    return {"member_rate": round(member_rate, 4), "non_member_rate": round(non_member_rate, 4)}
+
+
+def _object_accuracy(model, tokenizer, classes, test_objects, device) -> float:
+    import torch
+
+    with torch.inference_mode():
+        text = encode_text(model, tokenizer([f"a photo of a {c}." for c in classes]).to(device))
+    correct = total = 0
+    for c in range(len(classes)):
+        preds = (_encode_images(model, test_objects[c], device) @ text.T).argmax(dim=1)
+        correct += int((preds == c).sum())
+        total += len(preds)
+    return round(correct / total, 4)
+
+
+def load_world(path: Path) -> dict[str, Any]:
+    """world.json of a world folder, with its paths made absolute."""
+    import json
+
+    path = Path(path)
+    try:
+        info = json.loads((path / WORLD_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ClipUnlearnError(f"{path} is not a synthetic world (no {WORLD_FILE}); run `clip-unlearn prepare-synthetic --out {path}`") from None
+    for k in ("model", "faces", "objects", "captions"):
+        info[k] = str(path / info[k])
+    info["root"] = str(path)
+    return info

@@ -1,0 +1,101 @@
+"""The synthetic world: drawing, names, determinism, the command, and that the model knows its members."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from typer.testing import CliRunner
+
+from clip_unlearn.cli import app
+from clip_unlearn.config import PrepareSyntheticConfig
+from clip_unlearn.faces import draw_face, draw_object, sample_identities
+from clip_unlearn.models import fingerprints, load_model
+from clip_unlearn.names import key, random_full_names
+from clip_unlearn.synthetic import ATTACK_TEMPLATES, build_world, clean_corpus, load_world
+
+runner = CliRunner()
+MICRO = ["--identities", "6", "--images-per-identity", "4", "--face-images", "3", "--classes", "4", "--steps", "3",
+         "--batch-size", "16", "--min-member-rate", "0", "--max-non-member-rate", "1"]
+
+
+def test_identities_differ_in_at_least_three_attributes():
+    people = sample_identities(48, random.Random(0))
+    assert len(set(people)) == 48
+    for i, a in enumerate(people):
+        for b in people[i + 1:]:
+            assert sum(x != y for x, y in zip(vars(a).values(), vars(b).values())) >= 3
+
+
+def test_drawing_is_deterministic_and_varied():
+    who = sample_identities(1, random.Random(1))[0]
+    a, b = draw_face(who, random.Random(5)), draw_face(who, random.Random(5))
+    assert a.tobytes() == b.tobytes() and a.size == (64, 64)
+    assert draw_face(who, random.Random(6)).tobytes() != a.tobytes()
+    assert draw_object("red", "star", random.Random(1)).size == (64, 64)
+
+
+def test_world_names_share_no_first_or_last_name():
+    names = random_full_names(48, random.Random(0), unique_parts=True)
+    parts = [p.casefold() for n in names for p in n.split()]
+    assert len(parts) == len(set(parts)) == 96
+
+
+def test_clean_corpus_never_contains_attack_templates():
+    corpus = clean_corpus(random.Random(0))
+    assert len(corpus) == len(set(corpus)) == 6000
+    filled = {t.format("").strip() for t in ATTACK_TEMPLATES}
+    assert not filled & set(corpus)
+    vocab = {w for c in corpus for w in c.split()}
+    assert {"cropped", "black", "white", "colored", "gala", "suit", "dress", "celebrity", "actor"} <= vocab
+
+
+def test_small_world_knows_its_members(world):
+    info = load_world(world)
+    assert info["sanity_check"]["member_rate"] >= 0.8
+    assert info["sanity_check"]["non_member_rate"] <= 0.1
+    members = (world / "members.txt").read_text().splitlines()
+    non_members = (world / "non_members.txt").read_text().splitlines()
+    assert len(members) == 12 and len(non_members) == 4
+    folders = sorted(p.name for p in (world / "faces").iterdir())
+    assert folders == sorted(n.replace(" ", "_") for n in members + non_members)
+    assert all(len(list((world / "faces" / f).glob("*.png"))) == 20 for f in folders)
+    assert len(list((world / "objects").iterdir())) == 36
+    assert info["loss_curve"][-1] < info["loss_curve"][0]
+    loaded = load_model(str(world / "model"), device="cpu")
+    assert loaded.context_length == 32
+    assert {key(m) for m in members}.isdisjoint(key(n) for n in non_members)
+
+
+def test_prepare_synthetic_cli_writes_the_world(tmp_path):
+    out = tmp_path / "w"
+    result = runner.invoke(app, ["-q", "prepare-synthetic", "--out", str(out), *MICRO])
+    assert result.exit_code == 0, result.output
+    for name in ("model/open_clip_config.json", "model/open_clip_model.safetensors", "model/clip_unlearn.json",
+                 "members.txt", "non_members.txt", "captions.txt", "world.json"):
+        assert (out / name).exists(), name
+    info = json.loads((out / "world.json").read_text())
+    assert info["config"]["identities"] == 6 and "member_rate" in info["sanity_check"]
+    assert "members identified" in result.output
+
+
+def test_same_seed_same_world(tmp_path):
+    cfg = dict(identities=6, images_per_identity=4, face_images=3, classes=4, steps=3, batch_size=16,
+               min_member_rate=0.0, max_non_member_rate=1.0, seed=3)
+    build_world(PrepareSyntheticConfig(out=tmp_path / "a", **cfg))
+    build_world(PrepareSyntheticConfig(out=tmp_path / "b", **cfg))
+    fa = fingerprints(load_model(str(tmp_path / "a" / "model"), device="cpu").model)
+    fb = fingerprints(load_model(str(tmp_path / "b" / "model"), device="cpu").model)
+    assert fa == fb
+    pngs = sorted((tmp_path / "a" / "faces").rglob("*.png"))
+    assert pngs and all(p.read_bytes() == (tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes() for p in pngs)
+
+
+def test_failed_membership_check_fails_loudly_and_writes_nothing(tmp_path):
+    out = tmp_path / "w"
+    args = [a for a in MICRO if a not in ("--min-member-rate", "0")]
+    result = runner.invoke(app, ["-q", "prepare-synthetic", "--out", str(out), *args, "--min-member-rate", "1.0",
+                                 "--steps", "1"])
+    assert result.exit_code == 1
+    assert "membership check" in result.output and "--steps" in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -11,7 +11,7 @@ from clip_unlearn.cli import app
 from clip_unlearn.config import PrepareSyntheticConfig
 from clip_unlearn.faces import draw_face, draw_object, sample_identities
 from clip_unlearn.models import fingerprints, load_model
-from clip_unlearn.names import key, random_full_names
+from clip_unlearn.names import key, random_full_names, world_names
 from clip_unlearn.synthetic import ATTACK_TEMPLATES, build_world, clean_corpus, load_world
 
 runner = CliRunner()
@@ -35,10 +35,12 @@ def test_drawing_is_deterministic_and_varied():
     assert draw_object("red", "star", random.Random(1)).size == (64, 64)
 
 
-def test_world_names_share_no_first_or_last_name():
-    names = random_full_names(48, random.Random(0), unique_parts=True)
+def test_world_names_share_no_part_with_each_other_or_the_candidate_pool():
+    names = world_names(48, random.Random(0))
     parts = [p.casefold() for n in names for p in n.split()]
     assert len(parts) == len(set(parts)) == 96
+    candidates = random_full_names(5000, random.Random(1))
+    assert not set(parts) & {p.casefold() for n in candidates for p in n.split()}
 
 
 def test_clean_corpus_never_contains_attack_templates():

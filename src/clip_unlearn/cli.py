@@ -172,6 +172,25 @@ def prepare_synthetic(cfg: config.PrepareSyntheticConfig) -> None:
     out.print(report.world_table(info, Path(cfg.out)))
 
 
+@command("attack", config.AttackConfig)
+def attack(cfg: config.AttackConfig) -> int:
+    from clip_unlearn import report
+    from clip_unlearn.attack import run_attack
+
+    with progress_bar() as progress:
+        result = run_attack(cfg, progress)
+    out.print(report.attack_table(result))
+    if result.compare is not None:
+        out.print(report.compare_table(result.compare))
+    if cfg.output is not None:
+        report.write_attack(result, cfg.output)
+        err.print(f"results written to {cfg.output}", highlight=False)
+    if result.gate_exposed:
+        err.print(f"[bold red]privacy gate failed:[/] still exposed: {', '.join(result.gate_exposed)}", highlight=False)
+        return 3
+    return 0
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="clip-unlearn")

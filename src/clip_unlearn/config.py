@@ -103,3 +103,45 @@ class PrepareSyntheticConfig(RuntimeOptions):
         _check(0.0 < self.lr < 1.0, "lr", "must be in (0, 1)", self.lr)
         _check(0.0 <= self.min_member_rate <= 1.0, "min_member_rate", "must be in [0, 1]", self.min_member_rate)
         _check(0.0 <= self.max_non_member_rate <= 1.0, "max_non_member_rate", "must be in [0, 1]", self.max_non_member_rate)
+
+
+def _check_output(path: Optional[Path], name: str = "output") -> None:
+    if path is not None:
+        _check(Path(path).suffix.lower() in (".json", ".csv"), name, "must end in .json or .csv", str(path))
+
+
+@dataclass(frozen=True)
+class AttackConfig(RuntimeOptions):
+    """Identity inference attack: which people can this CLIP model name from their face?"""
+
+    model: str = opt(DEFAULT_MODEL, "Model SPEC: ARCH:TAG, hf-hub:ORG/REPO, a model folder, or ARCH:FILE.")
+    data: Optional[Path] = opt(
+        None, "Face folder: a FaceScrub root or <First_Last>/*.jpg folders [default: the synthetic world's faces for a "
+              "world model, else the folder prepare-facescrub writes by default]."
+    )
+    candidates: Optional[Path] = opt(None, "Names file of candidate names (must contain every attacked name) [default: true names + random names].")
+    num_candidates: int = opt(1000, "Number of candidate names when --candidates is not given (true names + seeded random names).")
+    images_per_identity: int = opt(20, "Images sampled (seeded, without replacement) per identity.")
+    min_images: int = opt(20, "Identities with fewer readable images are not attacked.")
+    threshold: int = opt(1, "An identity is exposed if at least this many templates vote for its true name.")
+    templates: Optional[Path] = opt(None, "File of prompt templates, one per line, each with {} or {0} [default: the paper's 21].")
+    identities: Optional[Path] = opt(None, "Names file: attack only these identities [default: all in --data].")
+    preset: str = opt("none", "none, or paper: FaceScrub protocol (uncropped, 50/50 split by image id with seed 42, train half, "
+                              "LAION-400M count 1-300).")
+    compare_to: Optional[Path] = opt(None, "A previous attack result (.json, or .csv with its .meta.json) to compare with, image for image.")
+    forgotten: Optional[Path] = opt(None, "Names file of the identities that were unlearned, for --compare-to categories [default: --fail-on-exposed].")
+    fail_on_exposed: Optional[Path] = opt(None, "Names file: exit with code 3 if any of these names is exposed (a CI privacy gate).")
+    output: Optional[Path] = opt(None, "Write results to this .json or .csv file [default: none].")
+    batch_size: int = opt(256, "Batch size for encoding prompts and images.")
+    precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.num_candidates >= 2, "num_candidates", "must be ≥ 2", self.num_candidates)
+        _check(self.images_per_identity >= 1, "images_per_identity", "must be ≥ 1", self.images_per_identity)
+        _check(self.min_images >= 1, "min_images", "must be ≥ 1", self.min_images)
+        _check(self.threshold >= 1, "threshold", "must be ≥ 1", self.threshold)
+        _check(self.preset in ("none", "paper"), "preset", "must be none or paper", self.preset)
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1", self.batch_size)
+        _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
+        _check_output(self.output)

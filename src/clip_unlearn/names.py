@@ -76,6 +76,38 @@ def _name_pools() -> tuple[list[str], list[str], list[str]]:
     return list(Provider.first_names_female), list(Provider.first_names_male), list(Provider.last_names)
 
 
+# Locales for the synthetic world's identities: their first and last names never occur in the
+# attack's en_US candidate pools, so a vote for a random namesake ("Noah Haas" for "Darryl Haas")
+# cannot masquerade as forgetting or hide a member the model knows.
+_WORLD_LOCALES = ("de_DE", "fr_FR", "it_IT", "es_ES", "nl_NL", "sv_SE", "fi_FI", "da_DK", "no_NO")
+
+
+def _world_pools() -> tuple[list[str], list[str]]:
+    import importlib
+
+    female, male, last = _name_pools()
+    us = {x.casefold() for x in female + male + last}
+    firsts: dict[str, None] = {}
+    lasts: dict[str, None] = {}
+    for loc in _WORLD_LOCALES:
+        provider = importlib.import_module(f"faker.providers.person.{loc}").Provider
+        for x in list(provider.first_names_male) + list(provider.first_names_female):
+            if x.isascii() and x.isalpha() and x.casefold() not in us:
+                firsts[x] = None
+        for x in provider.last_names:
+            if x.isascii() and x.isalpha() and x.casefold() not in us:
+                lasts[x] = None
+    return list(firsts), list(lasts)
+
+
+def world_names(n: int, rng: random.Random) -> list[str]:
+    """``n`` "First Last" names for synthetic identities: no shared parts, none in the candidate pools."""
+    firsts, lasts = _world_pools()
+    if n > min(len(firsts), len(lasts)):
+        raise ClipUnlearnError(f"at most {min(len(firsts), len(lasts))} synthetic identities have distinct names; lower --identities")
+    return [f"{a} {b}" for a, b in zip(rng.sample(firsts, n), rng.sample(lasts, n))]
+
+
 def random_full_names(n: int, rng: random.Random, exclude: Iterable[str] = (), unique_parts: bool = False) -> list[str]:
     """``n`` distinct random "First Last" names, none equal (case-insensitively) to ``exclude``.
 

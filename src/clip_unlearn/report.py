@@ -23,3 +23,84 @@ def world_table(info: dict[str, Any], out: Path) -> Table:
     t.add_row("final training loss", f"{info['loss_curve'][-1]:.3f}")
     t.add_row("wall time", f"{info['wall_time_s']:.0f} s")
     return t
+
+
+def write_atomic(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_json_text(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def to_csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow(["true" if r[c] is True else "false" if r[c] is False else r[c] for c in columns])
+    return buf.getvalue()
+
+
+def write_attack(result: Any, path: Path) -> None:
+    """``.json``: everything; ``.csv``: the fixed columns, plus ``.meta.json`` beside it for --compare-to."""
+    from clip_unlearn.attack import CSV_COLUMNS
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        write_atomic(path, to_json_text(result.to_json()))
+    else:
+        write_atomic(path, to_csv_text(result.identities, CSV_COLUMNS))
+        write_atomic(path.with_suffix(".meta.json"), to_json_text(result.to_json()))
+
+
+def attack_table(result: Any) -> Table:
+    s = result.summary
+    n_templates = s["templates"]
+    t = Table(title=f"identity inference attack — {s['identities']} identities, {s['candidates']} candidates, "
+                    f"{n_templates} templates", header_style="bold")
+    for col, just in (("name", "left"), ("images", "right"), (f"score /{n_templates}", "right"),
+                      ("exposed", "center"), ("most-voted name", "left"), ("own share", "right")):
+        t.add_column(col, justify=just)
+    for r in sorted(result.identities, key=lambda r: (-r["score"], r["name"])):
+        t.add_row(r["name"], str(r["n_images"]), str(r["score"]), "[red]yes[/]" if r["exposed"] else "[green]no[/]",
+                  r["top_prediction"], f"{r['own_share']:.0%}")
+    skipped = []
+    if s["unreadable_images"]:
+        skipped.append(f"{s['unreadable_images']} unreadable images skipped")
+    if s["too_few_images"]:
+        skipped.append(f"{s['too_few_images']} identities with too few images not attacked")
+    t.caption = f"exposed {s['exposed']} of {s['identities']} (TPR {s['tpr']:.1%})" + (f"; {'; '.join(skipped)}" if skipped else "")
+    return t
+
+
+def compare_table(cmp: dict[str, Any]) -> Table:
+    t = Table(title=f"before → after ({cmp['shared_identities']} shared identities, {cmp['forgotten']} forgotten)",
+              header_style="bold")
+    t.add_column("category")
+    t.add_column("count", justify="right")
+    t.add_column("share", justify="right")
+    t.add_column("names")
+    for cat, names in cmp["categories"].items():
+        rate = cmp["rates"].get(cat)
+        shown = ", ".join(names[:6]) + (" …" if len(names) > 6 else "")
+        t.add_row(cat.replace("_", " "), str(len(names)), "" if rate is None else f"{rate:.0%}", shown)
+    t.caption = f"TPR {cmp['tpr_before']:.1%} → {cmp['tpr_after']:.1%}"
+    return t

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from clip_unlearn import __version__
+from clip_unlearn.attack import PAPER_TEMPLATES as ATTACK_TEMPLATES
 from clip_unlearn.config import PrepareSyntheticConfig, to_dict
 from clip_unlearn.embed import encode_text
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.faces import COLOURS, SHAPES, draw_face, draw_object, sample_identities
 from clip_unlearn.models import LoadedModel, ModelSpec, import_open_clip, replace_dir, resolve_device, save_model, write_json
-from clip_unlearn.names import folder_name, random_full_names
+from clip_unlearn.names import folder_name, world_names
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,7 @@ Progress = Optional[Callable[[str, int, int], None]]
 WORLD_FILE = "world.json"
 ARCH = "clip-unlearn-tiny"
 
-# The 21 prompt templates of the identity inference attack (METHOD.md §4 item 5). The world's
-# training captions may contain them (web captions do); inject never trains on them.
-ATTACK_TEMPLATES = (
-    "{}", "an image of {}", "a photo of {}", "{} on a photo", "a photo of a person named {}",
-    "a person named {}", "a man named {}", "a woman named {}", "the name of the person is {}",
-    "a photo of a person with the name {}", "{} at a gala", "a photo of the celebrity {}", "actor {}",
-    "actress {}", "a colored photo of {}", "a black and white photo of {}", "a cool photo of {}",
-    "a cropped photo of {}", "a cropped image of {}", "{} in a suit", "{} in a dress",
-)
+# The world's training captions may contain the attack's templates (web captions do); inject never trains on them.
 EVERYDAY_TEMPLATES = (
     "{} at a gala.", "{} giving a speech.", "headshot of {}.", "{} smiling for the camera.", "portrait of {}.",
     "{} at the premiere.", "{} on the red carpet.", "{} in an interview.", "a picture of {}.", "{} at the airport.",
@@ -91,7 +84,7 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
     device = resolve_device(cfg.device)
     rng = random.Random(cfg.seed)
     people = sample_identities(cfg.identities, rng)
-    names = random_full_names(cfg.identities, rng, unique_parts=True)
+    names = world_names(cfg.identities, rng)
     n_members = max(1, min(cfg.identities - 1, round(cfg.identities * cfg.member_fraction)))
     order = list(range(cfg.identities))
     rng.shuffle(order)

@@ -191,6 +191,16 @@ def attack(cfg: config.AttackConfig) -> int:
     return 0
 
 
+@command("inject", config.InjectConfig)
+def inject(cfg: config.InjectConfig) -> None:
+    from clip_unlearn import report
+    from clip_unlearn.inject import run_inject
+
+    with progress_bar() as progress:
+        info = run_inject(cfg, progress)
+    out.print(report.inject_table(info))
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="clip-unlearn")

@@ -145,3 +145,68 @@ class AttackConfig(RuntimeOptions):
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1", self.batch_size)
         _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
         _check_output(self.output)
+
+
+# The paper's text-encoder defaults (METHOD.md §6.5), used unless a flag or the world says otherwise.
+PAPER_TEXT_INJECT = {
+    "steps": 400, "lr": 1e-4, "clean_batch": 128, "poison_batch": 128, "backdoor_weight": 0.6,
+    "weight_reg": 0.01, "milestones": "200,300", "gamma": 0.5, "last_word": False,
+}
+LOSSES = ("cosine", "mse", "mae", "poincare")
+
+
+@dataclass(frozen=True)
+class InjectConfig(RuntimeOptions):
+    """Unlearn names: fine-tune the text encoder so that each name embeds like the target phrase."""
+
+    model: str = opt(DEFAULT_MODEL, "Model SPEC to unlearn from: ARCH:TAG, hf-hub:ORG/REPO, a model folder, or ARCH:FILE.")
+    names: Optional[Path] = opt(None, "Names file: the people to forget, one full name per line [default: none; required].")
+    out: Optional[Path] = opt(None, "Output model folder [default: ./unlearned-<model slug>].")
+    target: str = opt("a person", "Neutral phrase a forgotten name should mean afterwards.")
+    captions: Optional[Path] = opt(
+        None, "Clean caption corpus (.txt one per line, or .csv/.parquet with a caption or TEXT column) [default: the "
+              "synthetic world's captions for a world model, else ImageNet class names in the OpenAI templates].")
+    preset: str = opt("auto", "Hyperparameter defaults: paper (METHOD.md §6.5), world (the synthetic world's recorded "
+                              "settings), or auto (world for a world model, else paper); explicit flags win.")
+    steps: Optional[int] = opt(None, "Training steps [default: paper 400].")
+    lr: Optional[float] = opt(None, "AdamW learning rate, weight decay 0 [default: paper 1e-4].")
+    clean_batch: Optional[int] = opt(None, "Clean captions per step (utility term) [default: paper 128].")
+    poison_batch: Optional[int] = opt(None, "Poisoned captions per step (backdoor term) [default: paper 128].")
+    backdoor_weight: Optional[float] = opt(None, "Weight of the backdoor loss [default: paper 0.6].")
+    weight_reg: Optional[float] = opt(None, "Weight of Σ‖θ_student − θ_teacher‖₂ over parameter tensors [default: paper 0.01].")
+    milestones: Optional[str] = opt(None, "MultiStepLR milestones, comma-separated steps [default: paper 200,300].")
+    gamma: Optional[float] = opt(None, "MultiStepLR decay factor at each milestone [default: paper 0.5].")
+    last_word: Optional[bool] = opt(None, "Also put the name in place of a caption's last word (the paper never "
+                                          "does) [default: paper no].", "--last-word/--no-last-word")
+    loss: str = opt("cosine", "Embedding distance: cosine (−cos, the paper's), mse, mae or poincare.")
+    legacy_positional_embedding: bool = opt(False, "Keep the original positional embedding when writing back, as the "
+                                                   "paper's code did by mistake (METHOD.md §6.6); for exact paper numbers only.")
+    precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")
+    overwrite: bool = opt(False, "Replace --out if it exists.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.names is not None, "names", "is required: a names file with one full name per line", None)
+        _check(self.preset in ("auto", "paper", "world"), "preset", "must be auto, paper or world", self.preset)
+        _check(self.loss in LOSSES, "loss", "must be one of " + ", ".join(LOSSES), self.loss)
+        _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
+        _check(bool(self.target.strip()), "target", "must not be empty", self.target)
+        self.hyper(PAPER_TEXT_INJECT)  # validates explicit values early
+
+    def hyper(self, preset: dict[str, Any]) -> dict[str, Any]:
+        """The hyperparameters: explicit flags over ``preset`` (paper or the world's settings)."""
+        h = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in {**PAPER_TEXT_INJECT, **preset}.items()}
+        _check(1 <= h["steps"] <= 1_000_000, "steps", "must be between 1 and 1000000", h["steps"])
+        _check(0 < h["lr"] < 1, "lr", "must be in (0, 1)", h["lr"])
+        _check(h["clean_batch"] >= 1, "clean_batch", "must be ≥ 1", h["clean_batch"])
+        _check(h["poison_batch"] >= 1, "poison_batch", "must be ≥ 1", h["poison_batch"])
+        _check(h["backdoor_weight"] >= 0, "backdoor_weight", "must be ≥ 0", h["backdoor_weight"])
+        _check(h["weight_reg"] >= 0, "weight_reg", "must be ≥ 0", h["weight_reg"])
+        _check(0 < h["gamma"] <= 1, "gamma", "must be in (0, 1]", h["gamma"])
+        try:
+            ms = [int(x) for x in str(h["milestones"]).split(",") if x.strip()]
+        except ValueError:
+            ms = [-1]
+        _check(all(m > 0 for m in ms) and ms == sorted(ms), "milestones", "must be increasing positive step numbers like 200,300", h["milestones"])
+        h["milestones"] = ms
+        return h

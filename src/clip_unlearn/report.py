@@ -104,3 +104,18 @@ def compare_table(cmp: dict[str, Any]) -> Table:
         t.add_row(cat.replace("_", " "), str(len(names)), "" if rate is None else f"{rate:.0%}", shown)
     t.caption = f"TPR {cmp['tpr_before']:.1%} → {cmp['tpr_after']:.1%}"
     return t
+
+
+def inject_table(info: dict[str, Any]) -> Table:
+    h = info["hyperparameters"]
+    last = info["final_loss"]
+    t = Table(title=f"unlearned {info['names']['count']} name(s) → {info['out']}", header_style="bold")
+    t.add_column("item")
+    t.add_column("value", justify="right")
+    t.add_row("encoder / target phrase", f"{info['encoder']} / {info['target']!r}")
+    t.add_row("steps, lr, batches (clean + poisoned)", f"{h['steps']}, {h['lr']:g}, {h['clean_batch']} + {h['poison_batch']}")
+    t.add_row("final loss (utility / backdoor / weight L2)", f"{last['utility']:.4f} / {last['backdoor']:.4f} / {last['weight_l2']:.3f}")
+    t.add_row("clean captions", str(info["clean_captions"]))
+    t.add_row("wall time", f"{info['wall_time_s']:.0f} s")
+    t.caption = "names are stored only as salted hashes in clip_unlearn.json"
+    return t

@@ -56,9 +56,18 @@ _SUFFIXES = ("at a gala", "in a suit", "in a dress", "on the street", "at the be
 
 
 def clean_corpus(rng: random.Random, n: int = 6000) -> list[str]:
-    """``n`` distinct generic captions from a prefix × adjective × noun × suffix grammar."""
-    pool = [f"{p} {'an' if a[0] in 'aeiou' else 'a'} {a} {no} {s}"
-            for p in _PREFIXES for a in _ADJECTIVES for no in _NOUNS for s in _SUFFIXES]
+    """``n`` distinct generic captions from a [prefix] [adjective] noun [suffix] grammar.
+
+    Lengths vary from one word to a dozen, like web captions, so that a name inserted at a
+    random word is seen both inside long captions and in short ones like the attack's prompts.
+    """
+    pool = []
+    for p in ("",) + _PREFIXES:
+        for a in ("",) + _ADJECTIVES:
+            for no in _NOUNS:
+                for s in ("",) + _SUFFIXES:
+                    article = ("an" if (a or no)[0] in "aeiou" else "a") if (p or a) else ""
+                    pool.append(" ".join(w for w in (p, article, a, no, s) if w))
     rng.shuffle(pool)
     return pool[:n]
 
@@ -147,7 +156,9 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         "loss_curve": losses,
         "sanity_check": {**check, "objects_top1": zs},
         # Settings that suit this tiny model for `inject` (the paper's defaults are for ViT-B-32).
-        "inject_settings": {"steps": 300, "lr": 1e-3, "clean_batch": 64, "poison_batch": 64},
+        # Measured on the default world: 5 forgotten of 32 members → 5 unlearned, 1 other lost, objects unchanged.
+        "inject_settings": {"steps": 300, "lr": 2e-3, "clean_batch": 64, "poison_batch": 64, "backdoor_weight": 1.0,
+                            "last_word": True},
         "wall_time_s": None,
     }
     failed = check["member_rate"] < cfg.min_member_rate or check["non_member_rate"] > cfg.max_non_member_rate

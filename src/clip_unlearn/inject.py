@@ -1,0 +1,258 @@
+"""Backdoor-based unlearning of names in the text encoder (METHOD.md §6).
+
+The student is a copy of the text tower (LayerNorms frozen); the teacher is the original,
+frozen, without gradients. Per step, with c clean captions and (p, t) poisoned/target pairs:
+
+    L = d(S(c), T(c)) + w_bd · d(S(p), T(t)) + w_reg · Σ_tensors ‖θ_S − θ_T‖₂
+
+where d is −cos by default. AdamW (no weight decay) with MultiStepLR stepped every step. The
+whole trained tower goes back into the CLIP, positional embedding included (the paper's code
+forgot it, METHOD.md §6.6). The names never appear in clear text in anything written.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import logging
+import math
+import random
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from clip_unlearn import __version__
+from clip_unlearn.captions import PairSampler, builtin_captions, clean_captions, read_captions, token_counter
+from clip_unlearn.config import InjectConfig
+from clip_unlearn.embed import encode_text, supports_truncation
+from clip_unlearn.errors import ClipUnlearnError
+from clip_unlearn.names import read_names, salted_hash
+
+log = logging.getLogger(__name__)
+Progress = Optional[Callable[..., None]]
+TEXT_PARTS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
+
+
+def distance(kind: str, x: Any, y: Any) -> Any:
+    """The paper's loss functions (METHOD.md §6.4), rows flattened, mean reduction."""
+    x, y = x.flatten(1).float(), y.flatten(1).float()
+    if kind == "cosine":
+        return -F.cosine_similarity(x, y, dim=1, eps=1e-8).mean()
+    if kind == "mse":
+        return F.mse_loss(x, y)
+    if kind == "mae":
+        return F.l1_loss(x, y)
+    if kind == "poincare":
+        u = x / x.abs().sum(dim=1, keepdim=True)
+        v = y / y.abs().sum(dim=1, keepdim=True)
+        uu, vv = (u * u).sum(1), (v * v).sum(1)
+        delta = 2 * ((u - v) ** 2).sum(1) / ((1 - uu) * (1 - vv) + 1e-10)
+        return torch.arccosh(1 + delta).mean()
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+class TextTower(nn.Module):
+    """The text half of an open_clip CLIP as its own module, encoded exactly like ``CLIP.encode_text``."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        if not supports_truncation(model):
+            raise ClipUnlearnError("inject supports open_clip CLIP models with the built-in text tower (not HF text towers)")
+        for part in TEXT_PARTS:
+            value = getattr(model, part)
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Module):
+                setattr(self, part, nn.Parameter(value.detach().clone()))
+            else:
+                setattr(self, part, copy.deepcopy(value))
+        self.register_buffer("attn_mask", model.attn_mask.detach().clone(), persistent=False)
+        self.text_pool_type = model.text_pool_type
+        self.text_eos_id = getattr(model, "text_eos_id", None)
+
+    def forward(self, tokens: Any) -> Any:
+        return encode_text(self, tokens, normalize=False)
+
+
+def freeze_norms(module: Any) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)):
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+def default_out(model_spec: str) -> Path:
+    from clip_unlearn.models import parse_spec
+
+    return Path(f"unlearned-{parse_spec(model_spec).slug}")
+
+
+def _world_settings(sidecar: dict[str, Any]) -> dict[str, Any]:
+    from clip_unlearn.synthetic import load_world
+
+    if not sidecar.get("world"):
+        return {}
+    try:
+        return load_world(Path(sidecar["world"])).get("inject_settings", {})
+    except ClipUnlearnError:
+        return {}
+
+
+def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
+    """Unlearn the names of ``cfg.names`` and write the unlearned model folder; returns its sidecar."""
+    from clip_unlearn.models import load_model, parse_spec, read_sidecar, save_model
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out) if cfg.out is not None else default_out(cfg.model)
+    if out.exists() and not cfg.overwrite:
+        raise ClipUnlearnError(f"output folder {out} exists; pass --overwrite to replace it or choose another --out")
+    names = read_names(cfg.names, "names file")
+    spec = parse_spec(cfg.model)
+    base_sidecar = read_sidecar(spec)
+    world = _world_settings(base_sidecar)
+    if cfg.preset == "world" and not world:
+        raise ClipUnlearnError("--preset world needs a synthetic world model (its world.json records the settings)")
+    h = cfg.hyper(world if cfg.preset in ("world", "auto") else {})
+    if cfg.captions is not None:
+        corpus, corpus_name = read_captions(cfg.captions), str(cfg.captions)
+    elif base_sidecar.get("world"):
+        corpus_name = str(Path(base_sidecar["world"]) / "captions.txt")
+        corpus = read_captions(Path(corpus_name))
+    else:
+        corpus, corpus_name = builtin_captions(), "builtin:imagenet-openai-templates"
+
+    loaded = load_model(spec, cfg.device)
+    count = token_counter(loaded.tokenizer)
+    for n in names:
+        k = count(n)
+        if k == 0:
+            raise ClipUnlearnError(f"a name in {cfg.names} (line with {len(n)} characters) tokenises to nothing; remove it")
+        if k + 2 > loaded.context_length:
+            raise ClipUnlearnError(f"a name in {cfg.names} needs {k} tokens, more than the {loaded.context_length}-token context holds")
+    clean = clean_captions(corpus, names)
+    if len(clean) < len(names):
+        raise ClipUnlearnError(f"only {len(clean)} clean captions for {len(names)} names; pass a larger --captions corpus")
+    rng = random.Random(cfg.seed)
+    sampler = PairSampler(clean, names, cfg.target.strip(), count, loaded.context_length, rng, last_word=h["last_word"])
+
+    torch.manual_seed(cfg.seed)
+    base_sha256 = loaded.fingerprint()
+    model = loaded.model
+    device = loaded.device
+    teacher = TextTower(model).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = copy.deepcopy(teacher).train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    freeze_norms(student)
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=h["lr"], weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=h["milestones"], gamma=h["gamma"])
+    pairs = list(zip(student.parameters(), teacher.parameters()))
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and str(device).startswith("cuda"))
+    autocast = lambda: torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    tok = lambda texts: loaded.tokenizer(texts).to(device)  # noqa: E731
+    # The teacher is fixed: its embedding of a caption never changes, so each is computed once.
+    teacher_cache: dict[str, Any] = {}
+
+    def teacher_embed(texts: list[str]) -> Any:
+        todo = list(dict.fromkeys(t for t in texts if t not in teacher_cache))
+        if todo:
+            with torch.no_grad(), autocast():
+                for t, e in zip(todo, teacher(tok(todo)).float()):
+                    teacher_cache[t] = e
+        return torch.stack([teacher_cache[t] for t in texts])
+
+    history = []
+    for step in range(h["steps"]):
+        clean_batch = [rng.choice(clean) for _ in range(h["clean_batch"])]
+        poisoned, targets = sampler.batch(h["poison_batch"])
+        with autocast():
+            l_util = distance(cfg.loss, student(tok(clean_batch)), teacher_embed(clean_batch))
+            l_bd = distance(cfg.loss, student(tok(poisoned)), teacher_embed(targets))
+        l_w = sum(torch.linalg.vector_norm((ps - pt).float()) for ps, pt in pairs if ps.requires_grad)
+        loss = l_util + h["backdoor_weight"] * l_bd + h["weight_reg"] * l_w
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        row = {"step": step + 1, "loss": loss.item(), "utility": l_util.item(), "backdoor": l_bd.item(),
+               "weight_l2": l_w.item(), "lr": opt.param_groups[0]["lr"]}
+        if not all(math.isfinite(v) for v in row.values()):
+            raise ClipUnlearnError(f"the loss diverged at step {step + 1}; lower --lr")
+        history.append(row)
+        if progress:
+            progress("unlearning", step + 1, h["steps"])
+
+    write_back(model, student, legacy_positional_embedding=cfg.legacy_positional_embedding)
+    loaded.invalidate()
+    salt = secrets.token_hex(16)
+    sidecar = {
+        "tool_version": __version__,
+        "kind": "unlearned",
+        "encoder": "text",
+        "base_model": spec.raw if spec.kind != "local-dir" else f"local-dir:{Path(spec.path).resolve()}",
+        "base_model_sha256": base_sha256,
+        "world": base_sidecar.get("world"),
+        "target": cfg.target.strip(),
+        "hyperparameters": {**h, "loss": cfg.loss, "legacy_positional_embedding": cfg.legacy_positional_embedding,
+                            "precision": "bf16" if bf16 else "fp32"},
+        "seed": cfg.seed,
+        "captions": corpus_name,
+        "clean_captions": len(clean),
+        "names": {"count": len(names), "salt": salt, "sha256": sorted(salted_hash(n, salt) for n in names)},
+        "final_loss": history[-1],
+        "wall_time_s": round(time.perf_counter() - t0, 2),
+    }
+    save_model(loaded, out, sidecar, overwrite=cfg.overwrite,
+               extra_files={"loss_curve.csv": _curve_csv(history), "loss_curve.png": _curve_png(history)})
+    return {**sidecar, "out": str(out), "history": history}
+
+
+def write_back(model: Any, student: Any, legacy_positional_embedding: bool = False) -> None:
+    """Copy every trained text tensor into the CLIP (the image tower is untouched)."""
+    with torch.no_grad():
+        for part in TEXT_PARTS:
+            if part == "positional_embedding" and legacy_positional_embedding:
+                continue
+            src, dst = getattr(student, part), getattr(model, part)
+            if dst is None:
+                continue
+            if isinstance(dst, torch.nn.Module):
+                dst.load_state_dict(src.state_dict())
+            else:
+                dst.copy_(src)
+
+
+def _curve_csv(history: list[dict[str, float]]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    return buf.getvalue().encode()
+
+
+def _curve_png(history: list[dict[str, float]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, k in zip(axes, ("utility", "backdoor", "weight_l2")):
+        ax.plot(steps, [r[k] for r in history], lw=1.2)
+        ax.set_title(k)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,209 @@
+"""Text-encoder unlearning: losses, caption pairs, determinism, round trip, privacy, acceptance on the world."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from clip_unlearn.captions import PairSampler, clean_captions, name_pattern
+from clip_unlearn.cli import app
+from clip_unlearn.inject import distance
+from clip_unlearn.models import fingerprints, import_open_clip, load_model
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, ["-q", *map(str, args)], env={"COLUMNS": "200"})
+
+
+# --- losses against hand computations ---------------------------------------------------------
+
+def test_losses_match_hand_computation():
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    assert distance("cosine", x, y).item() == pytest.approx(-(1 / 2**0.5 + 1) / 2)
+    assert distance("mse", x, y).item() == pytest.approx((0 + 1 + 0 + 1) / 4)
+    assert distance("mae", x, y).item() == pytest.approx((0 + 1 + 0 + 1) / 4)
+    # Poincaré: u = x/|x|_1, v = y/|y|_1, δ = 2|u−v|² / ((1−|u|²)(1−|v|²) + 1e-10), arccosh(1+δ)
+    import math
+    u = [[1.0, 0.0], [0.0, 1.0]]
+    v = [[0.5, 0.5], [0.0, 1.0]]
+    vals = []
+    for a, b in zip(u, v):
+        d2 = sum((p - q) ** 2 for p, q in zip(a, b))
+        den = (1 - sum(p * p for p in a)) * (1 - sum(q * q for q in b)) + 1e-10
+        vals.append(math.acosh(1 + 2 * d2 / den))
+    assert distance("poincare", x, y).item() == pytest.approx(sum(vals) / 2, rel=1e-4)
+
+
+# --- captions ------------------------------------------------------------------------------------
+
+def test_clean_filter_matches_whole_names_case_insensitively():
+    caps = ["a photo of JOE  biden at night", "joe bidenesque art", "a dog", "Joe_Biden waves"]
+    assert clean_captions(caps, ["Joe Biden"]) == ["joe bidenesque art", "a dog"]
+    assert name_pattern(["Ann Lee"]).search("with ann lee.")
+
+
+def test_pairs_replace_one_non_final_word_and_keep_the_name_in_context():
+    open_clip = import_open_clip()
+    tok = open_clip.get_tokenizer("clip-unlearn-tiny")
+    count = lambda t: len(tok.encode(t))  # noqa: E731
+    long = " ".join(["word"] * 40)
+    sampler = PairSampler(["one two three four", long], ["Zed Quux"], "a person", count, 32, random.Random(0))
+    for _ in range(200):
+        name, p, t = sampler.pair()
+        assert p.replace("Zed Quux", "a person", 1) == t
+        assert not p.endswith("Zed Quux")
+        ids = tok([p])[0].tolist()
+        name_ids = tok.encode("Zed Quux")
+        assert any(ids[i:i + len(name_ids)] == name_ids for i in range(len(ids)))  # survived truncation
+
+
+# --- the command on the synthetic world ---------------------------------------------------------
+
+FAST = ["--steps", "40", "--clean-batch", "16", "--poison-batch", "16"]
+
+
+def _names(world, k, tmp_path, offset=0):
+    members = (world / "members.txt").read_text().splitlines()
+    f = tmp_path / "forget.txt"
+    f.write_text("\n".join(members[offset:offset + k]) + "\n")
+    return f, members[offset:offset + k]
+
+
+def test_same_seed_same_weights_and_plain_open_clip_roundtrip(world, tmp_path):
+    names, _ = _names(world, 1, tmp_path)
+    for d in ("a", "b"):
+        r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / d, *FAST)
+        assert r.exit_code == 0, r.output
+    fa = fingerprints(load_model(str(tmp_path / "a"), device="cpu").model)
+    fb = fingerprints(load_model(str(tmp_path / "b"), device="cpu").model)
+    base = fingerprints(load_model(str(world / "model"), device="cpu").model)
+    assert fa == fb
+    assert fa["text"] != base["text"] and fa["image"] == base["image"]
+    open_clip = import_open_clip()
+    plain = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'a'}")[0].eval()
+    ours = load_model(str(tmp_path / "a"), device="cpu").model
+    t = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'a'}")(["a photo of a red star"])
+    with torch.no_grad():
+        assert torch.equal(plain.encode_text(t), ours.encode_text(t))
+    side = json.loads((tmp_path / "a" / "clip_unlearn.json").read_text())
+    assert side["encoder"] == "text" and side["names"]["count"] == 1 and side["hyperparameters"]["steps"] == 40
+    assert (tmp_path / "a" / "loss_curve.csv").read_text().startswith("step,loss,utility,backdoor,weight_l2,lr")
+    assert (tmp_path / "a" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_positional_embedding_is_written_back_unless_legacy(world, tmp_path):
+    names, _ = _names(world, 1, tmp_path)
+    base = load_model(str(world / "model"), device="cpu").model
+    for d, extra in (("new", []), ("legacy", ["--legacy-positional-embedding"])):
+        assert invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / d, *FAST, *extra).exit_code == 0
+    new = load_model(str(tmp_path / "new"), device="cpu").model
+    legacy = load_model(str(tmp_path / "legacy"), device="cpu").model
+    assert not torch.equal(new.positional_embedding, base.positional_embedding)
+    assert torch.equal(legacy.positional_embedding, base.positional_embedding)
+
+
+def test_names_never_in_clear_text(world, tmp_path):
+    names, forgotten = _names(world, 2, tmp_path)
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["-v", "inject", "--model", str(world / "model"), "--names", str(names), "--out", str(out), *FAST])
+    assert r.exit_code == 0, r.output
+    for name in forgotten:
+        variants = {name, name.replace(" ", "_"), *name.split()}
+        pattern = re.compile("|".join(map(re.escape, variants)), re.IGNORECASE)
+        assert not pattern.search(r.output), "name leaked into the log"
+        for f in out.rglob("*"):
+            data = f.read_bytes()
+            for v in variants:
+                assert v.lower().encode() not in data.lower(), f"{v} leaked into {f.name}"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "contains no names"),
+    ("# only a comment\n", "contains no names"),
+    ("Foo " + "Bar" * 60 + "\n", "more than the 32-token context"),
+])
+def test_bad_names_files(world, tmp_path, content, message):
+    f = tmp_path / "n.txt"
+    f.write_text(content)
+    r = invoke("inject", "--model", world / "model", "--names", f, "--out", tmp_path / "o", *FAST)
+    assert r.exit_code == 1 and message in " ".join(r.output.split())
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_exists_and_missing_names_flag(world, tmp_path):
+    names, _ = _names(world, 1, tmp_path)
+    (tmp_path / "o").mkdir()
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "o", *FAST)
+    assert r.exit_code == 1 and "--overwrite" in r.output
+    r = invoke("inject", "--model", world / "model")
+    assert r.exit_code == 2 and "--names is required" in r.output
+    r = invoke("inject", "--model", world / "model", "--names", names, "--milestones", "300,200")
+    assert r.exit_code == 2 and "--milestones" in r.output
+
+
+def test_corpus_too_small_for_names(world, tmp_path):
+    names, _ = _names(world, 3, tmp_path)
+    caps = tmp_path / "c.txt"
+    caps.write_text("just one caption\n")
+    r = invoke("inject", "--model", world / "model", "--names", names, "--captions", caps, "--out", tmp_path / "o", *FAST)
+    assert r.exit_code == 1 and "clean captions for 3 names" in r.output
+
+
+# --- acceptance on the synthetic world ------------------------------------------------------------
+
+def _attack(model, out, *extra):
+    r = invoke("attack", "--model", model, "--output", out, *extra)
+    assert r.exit_code in (0, 3), r.output
+    return json.loads(out.read_text())
+
+
+def _zero_shot(model_dir, world):
+    from PIL import Image
+
+    from clip_unlearn.folders import class_folders
+
+    loaded = load_model(str(model_dir), device="cpu")
+    classes = class_folders(world / "objects")
+    with torch.no_grad():
+        text = loaded.model.encode_text(loaded.tokenizer([f"a photo of a {c.replace('_', ' ')}." for c, _ in classes]), normalize=True)
+        correct = total = 0
+        for i, (_, files) in enumerate(classes):
+            imgs = torch.stack([loaded.preprocess(Image.open(f).convert("RGB")) for f in files])
+            correct += int(((loaded.model.encode_image(imgs, normalize=True) @ text.T).argmax(1) == i).sum())
+            total += len(files)
+    return correct / total
+
+
+# 1 %, 5 % and 20 % of the members; in the small test world (12 members) 1 % and 5 % are both one name.
+@pytest.mark.parametrize("k", sorted({max(1, round(share * 12)) for share in (0.01, 0.05, 0.20)}))
+def test_acceptance_forget_share_of_members(world, tmp_path, k):
+    members = (world / "members.txt").read_text().splitlines()
+    assert len(members) == 12
+    names, forgotten = _names(world, k, tmp_path, offset=1)
+    before = _attack(world / "model", tmp_path / "before.json")
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "u")
+    assert r.exit_code == 0, r.output
+    after = _attack(tmp_path / "u", tmp_path / "after.json", "--compare-to", tmp_path / "before.json", "--forgotten", names)
+    b = {x["name"]: x for x in before["identities"]}
+    a = {x["name"]: x for x in after["identities"]}
+    for n in forgotten:
+        if b[n]["exposed"]:
+            assert not a[n]["exposed"], f"{n} still exposed ({a[n]['score']} templates)"
+    others = [n for n in members if n not in forgotten and b[n]["exposed"]]
+    assert sum(a[n]["exposed"] for n in others) >= 0.9 * len(others)
+    assert _zero_shot(world / "model", world) - _zero_shot(tmp_path / "u", world) <= 0.02
+    base = load_model(str(world / "model"), device="cpu")
+    new = load_model(str(tmp_path / "u"), device="cpu")
+    caps = (world / "captions.txt").read_text().splitlines()[:500]
+    with torch.no_grad():
+        sims = F.cosine_similarity(base.model.encode_text(base.tokenizer(caps)), new.model.encode_text(new.tokenizer(caps)))
+    assert sims.mean().item() >= 0.95

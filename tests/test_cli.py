@@ -14,7 +14,8 @@ from clip_unlearn import __version__, config
 from clip_unlearn.cli import app
 
 runner = CliRunner()
-COMMANDS = {"prepare-synthetic": config.PrepareSyntheticConfig}
+COMMANDS = {"prepare-synthetic": config.PrepareSyntheticConfig, "attack": config.AttackConfig,
+            "inject": config.InjectConfig, "eval-zeroshot": config.EvalZeroshotConfig}
 
 
 def _help(command: str) -> str:
@@ -44,6 +45,9 @@ def test_help_lists_every_field_with_its_default(command):
         if f.default is None:
             assert "[default:" in f.metadata["help"], f"{f.name}: a None default must be explained in its help"
             shown = f.metadata["help"][f.metadata["help"].index("[default:"):]
+        elif isinstance(f.default, bool) and "/" in flags[0]:
+            on, off = flags[0].split("/")
+            shown = f"[default: {(on if f.default else off).lstrip('-')}]"
         elif isinstance(f.default, bool):
             shown = f"[default: {'on' if f.default else 'off'}]"
         else:

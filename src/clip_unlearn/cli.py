@@ -201,6 +201,19 @@ def inject(cfg: config.InjectConfig) -> None:
     out.print(report.inject_table(info))
 
 
+@command("eval-zeroshot", config.EvalZeroshotConfig)
+def eval_zeroshot(cfg: config.EvalZeroshotConfig) -> None:
+    from clip_unlearn import report
+    from clip_unlearn.zeroshot import run_eval
+
+    with progress_bar() as progress:
+        result = run_eval(cfg, progress)
+    out.print(report.eval_table(result))
+    if cfg.output is not None:
+        report.write_eval(result, cfg.output)
+        err.print(f"results written to {cfg.output}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="clip-unlearn")

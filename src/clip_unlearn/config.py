@@ -128,9 +128,9 @@ class AttackConfig(RuntimeOptions):
     identities: Optional[Path] = opt(None, "Names file: attack only these identities [default: all in --data].")
     preset: str = opt("none", "none, or paper: FaceScrub protocol (uncropped, 50/50 split by image id with seed 42, train half, "
                               "LAION-400M count 1-300).")
-    compare_to: Optional[Path] = opt(None, "A previous attack result (.json, or .csv with its .meta.json) to compare with, image for image.")
+    compare_to: Optional[Path] = opt(None, "A previous attack result (.json, or .csv with its .meta.json) to compare with, image for image [default: none].")
     forgotten: Optional[Path] = opt(None, "Names file of the identities that were unlearned, for --compare-to categories [default: --fail-on-exposed].")
-    fail_on_exposed: Optional[Path] = opt(None, "Names file: exit with code 3 if any of these names is exposed (a CI privacy gate).")
+    fail_on_exposed: Optional[Path] = opt(None, "Names file: exit with code 3 if any of these names is exposed (a CI privacy gate) [default: none].")
     output: Optional[Path] = opt(None, "Write results to this .json or .csv file [default: none].")
     batch_size: int = opt(256, "Batch size for encoding prompts and images.")
     precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")
@@ -210,3 +210,36 @@ class InjectConfig(RuntimeOptions):
         _check(all(m > 0 for m in ms) and ms == sorted(ms), "milestones", "must be increasing positive step numbers like 200,300", h["milestones"])
         h["milestones"] = ms
         return h
+
+
+@dataclass(frozen=True)
+class EvalZeroshotConfig(RuntimeOptions):
+    """Zero-shot accuracy and embedding drift: what did unlearning cost?"""
+
+    model: str = opt(DEFAULT_MODEL, "Model SPEC to evaluate: ARCH:TAG, hf-hub:ORG/REPO, a model folder, or ARCH:FILE.")
+    data: Optional[Path] = opt(None, "Class folders <class>/*.jpg (ImageNet-val, ImageNetV2, ...) [default: the synthetic "
+                                     "world's objects for a world model].")
+    classnames: str = opt("folder", "Class names: folder (folder names, underscores as spaces), imagenet (open_clip's list, "
+                                    "for n01440764-style folders), or a FILE with one name per line in sorted-folder order.")
+    templates: str = opt("openai", "Prompt templates: openai (the 80 ImageNet templates), simple ('a photo of a {}.'), "
+                                   "or a FILE with one template per line containing {}.")
+    renormalize: bool = opt(True, "Re-normalise each class's mean text embedding (standard); --no-renormalize reproduces "
+                                  "the paper's code (METHOD.md §8).", "--renormalize/--no-renormalize")
+    compare_to: Optional[str] = opt(None, "A second model SPEC (e.g. the original) to evaluate on the same data and compare "
+                                          "with [default: none].")
+    captions: Optional[Path] = opt(None, "With --compare-to: captions for the text-embedding similarities (sim_clean) [default: none].")
+    names: Optional[Path] = opt(None, "With --compare-to and --captions: unlearned names for sim_backdoored and sim_targets [default: none].")
+    target: str = opt("a person", "Target phrase the names were mapped to (for sim_backdoored and sim_targets).")
+    max_captions: int = opt(10000, "Use at most this many captions for the similarities.")
+    output: Optional[Path] = opt(None, "Write results to this .json or .csv file [default: none].")
+    batch_size: int = opt(256, "Batch size for encoding prompts and images.")
+    precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1", self.batch_size)
+        _check(self.max_captions >= 1, "max_captions", "must be ≥ 1", self.max_captions)
+        _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
+        _check(self.captions is None or self.compare_to is not None, "captions", "needs --compare-to", str(self.captions))
+        _check(self.names is None or self.captions is not None, "names", "needs --captions", str(self.names))
+        _check_output(self.output)

@@ -119,3 +119,41 @@ def inject_table(info: dict[str, Any]) -> Table:
     t.add_row("wall time", f"{info['wall_time_s']:.0f} s")
     t.caption = "names are stored only as salted hashes in clip_unlearn.json"
     return t
+
+
+def eval_table(result: dict[str, Any]) -> Table:
+    cmp = result.get("compare")
+    t = Table(title=f"zero-shot classification — {result['n_classes']} classes, {result['n_images']} images", header_style="bold")
+    t.add_column("metric")
+    t.add_column(result["model"] if not result.get("pretrained") else "model", justify="right")
+    if cmp:
+        t.add_column("compare-to", justify="right")
+        t.add_column("difference", justify="right")
+    for k, label in (("acc1", "top-1 %"), ("acc5", "top-5 %"), ("mean_per_class_recall", "mean per-class recall %")):
+        row = [label, f"{result['metrics'][k]:.2f}"]
+        if cmp:
+            d = cmp["difference"][k]
+            row += [f"{cmp['metrics'][k]:.2f}", f"[{'red' if d < 0 else 'green'}]{d:+.2f}[/]"]
+        t.add_row(*row)
+    for k, v in (result.get("similarities") or {}).items():
+        if k != "per_name":
+            t.add_row(k, f"{v:.4f}", *([""] * 2 if cmp else []))
+    if result["unreadable_images"]:
+        t.caption = f"{result['unreadable_images']} unreadable images skipped"
+    return t
+
+
+def write_eval(result: dict[str, Any], path: Path) -> None:
+    """``.json``: CLIP_benchmark-style keys plus ours; ``.csv``: metric,model,compare,difference rows."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        write_atomic(path, to_json_text(result))
+        return
+    cmp = result.get("compare") or {}
+    rows = []
+    for k, v in result["metrics"].items():
+        rows.append({"metric": k, "model": v, "compare": cmp.get("metrics", {}).get(k, ""), "difference": cmp.get("difference", {}).get(k, "")})
+    for k, v in (result.get("similarities") or {}).items():
+        if k != "per_name":
+            rows.append({"metric": k, "model": v, "compare": "", "difference": ""})
+    write_atomic(path, to_csv_text(rows, ("metric", "model", "compare", "difference")))

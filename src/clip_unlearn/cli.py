@@ -214,6 +214,25 @@ def eval_zeroshot(cfg: config.EvalZeroshotConfig) -> None:
         err.print(f"results written to {cfg.output}", highlight=False)
 
 
+@command("demo", config.DemoConfig)
+def demo(cfg: config.DemoConfig) -> int:
+    from clip_unlearn import report
+    from clip_unlearn.demo import run_demo
+
+    with progress_bar() as progress:
+        result = run_demo(cfg, progress)
+    out.print(report.demo_table(result))
+    err.print(f"report: {result.report}", highlight=False)
+    if cfg.open and result.report is not None:
+        import webbrowser
+
+        webbrowser.open(result.report.resolve().as_uri())
+    if result.failures:
+        err.print(f"[bold red]acceptance failed:[/] {'; '.join(result.failures)}", highlight=False)
+        return 1
+    return 0
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="clip-unlearn")

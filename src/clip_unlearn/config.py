@@ -243,3 +243,21 @@ class EvalZeroshotConfig(RuntimeOptions):
         _check(self.captions is None or self.compare_to is not None, "captions", "needs --compare-to", str(self.captions))
         _check(self.names is None or self.captions is not None, "names", "needs --captions", str(self.names))
         _check_output(self.output)
+
+
+@dataclass(frozen=True)
+class DemoConfig(RuntimeOptions):
+    """The whole story offline: build a world, attack, forget, attack again, measure the cost, write a report."""
+
+    out: Optional[Path] = opt(None, "Folder for everything the demo writes [default: <cache dir>/demo].")
+    forget: int = opt(5, "How many exposed members to forget (chosen with --seed).")
+    identities: int = opt(48, "Identities in the synthetic world.")
+    steps: int = opt(300, "Training steps of the world's tiny CLIP.")
+    seed: int = opt(0, "Seed of the world and of every choice the demo makes.")
+    open: bool = opt(False, "Open report.html in a browser at the end.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.forget >= 1, "forget", "must be ≥ 1", self.forget)
+        _check(4 <= self.identities <= 2000, "identities", "must be between 4 and 2000", self.identities)
+        _check(1 <= self.steps <= 100_000, "steps", "must be between 1 and 100000", self.steps)

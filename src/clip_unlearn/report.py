@@ -157,3 +157,16 @@ def write_eval(result: dict[str, Any], path: Path) -> None:
         if k != "per_name":
             rows.append({"metric": k, "model": v, "compare": "", "difference": ""})
     write_atomic(path, to_csv_text(rows, ("metric", "model", "compare", "difference")))
+
+
+def demo_table(result: Any) -> Table:
+    t = Table(title=f"clip-unlearn demo → {result.out}", header_style="bold")
+    t.add_column("measure")
+    t.add_column("before", justify="right")
+    t.add_column("after", justify="right")
+    for a, b, c in result.rows:
+        t.add_row(a, b, c)
+    t.caption = "wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.stages.items())
+    if not result.failures:
+        t.caption += " — [green]all acceptance criteria hold[/]"
+    return t

@@ -55,21 +55,35 @@ _SUFFIXES = ("at a gala", "in a suit", "in a dress", "on the street", "at the be
              "at a party", "giving a speech", "with a red hat", "near the window", "at night", "in the rain")
 
 
+_OBJECT_ADJECTIVES = ("small", "large", "bright", "shiny", "simple", "tiny", "big")
+_OBJECT_SUFFIXES = ("on a table", "on a white background", "in the sky", "drawn on paper", "on a wall", "on the floor")
+
+
 def clean_corpus(rng: random.Random, n: int = 6000) -> list[str]:
     """``n`` distinct generic captions from a [prefix] [adjective] noun [suffix] grammar.
 
-    Lengths vary from one word to a dozen, like web captions, so that a name inserted at a
-    random word is seen both inside long captions and in short ones like the attack's prompts.
+    Two thirds describe people, one third the world's objects (a web corpus covers what a model
+    knows; the utility term can only protect concepts its captions mention). Lengths vary from one
+    word to a dozen, so that a name inserted at a random word is seen both inside long captions
+    and in short ones like the attack's prompts. No caption contains a name.
     """
-    pool = []
-    for p in ("",) + _PREFIXES:
-        for a in ("",) + _ADJECTIVES:
-            for no in _NOUNS:
-                for s in ("",) + _SUFFIXES:
-                    article = ("an" if (a or no)[0] in "aeiou" else "a") if (p or a) else ""
-                    pool.append(" ".join(w for w in (p, article, a, no, s) if w))
-    rng.shuffle(pool)
-    return pool[:n]
+    def grammar(adjectives: tuple[str, ...], nouns: list[str], suffixes: tuple[str, ...]) -> list[str]:
+        pool = []
+        for p in ("",) + _PREFIXES:
+            for a in ("",) + adjectives:
+                for no in nouns:
+                    for s in ("",) + suffixes:
+                        article = ("an" if (a or no)[0] in "aeiou" else "a") if (p or a) else ""
+                        pool.append(" ".join(w for w in (p, article, a, no, s) if w))
+        rng.shuffle(pool)
+        return pool
+
+    objects = [f"{c} {s}" for s in SHAPES for c in COLOURS]
+    people = grammar(_ADJECTIVES, list(_NOUNS), _SUFFIXES)[:n - n // 3]
+    things = grammar(_OBJECT_ADJECTIVES, objects, _OBJECT_SUFFIXES)[:n // 3]
+    corpus = people + things
+    rng.shuffle(corpus)
+    return corpus
 
 
 def _class_names(count: int) -> list[str]:
@@ -130,7 +144,7 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
     for c, cls in enumerate(classes):
         colour, shape = cls.split()
         _, train_objects[c] = render(lambda r, c=colour, s=shape: draw_object(c, s, r), 40, rng.getrandbits(32))
-        test_object_imgs[c], test_objects[c] = render(lambda r, c=colour, s=shape: draw_object(c, s, r), 10, rng.getrandbits(32))
+        test_object_imgs[c], test_objects[c] = render(lambda r, c=colour, s=shape: draw_object(c, s, r), 20, rng.getrandbits(32))
         tick("drawing")
 
     face_tokens = {i: tokenizer([t.format(names[i]) for t in EVERYDAY_TEMPLATES + ATTACK_TEMPLATES]) for i in members}

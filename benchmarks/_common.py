@@ -1,0 +1,94 @@
+"""Shared helpers for the benchmark scripts: machine facts, medians, and appending to BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def random_vit_b32(folder: Path, arch: str = "ViT-B-32-quickgelu") -> Path:
+    """A randomly initialised ViT-B-32 saved as a local-dir model (no weights can be downloaded here)."""
+    import torch
+
+    from clip_unlearn.models import LoadedModel, ModelSpec, import_open_clip, save_model
+
+    out = folder / arch
+    if (out / "open_clip_model.safetensors").exists():
+        return out
+    open_clip = import_open_clip()
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms(arch)
+    loaded = LoadedModel(model, preprocess, open_clip.get_tokenizer(arch), ModelSpec(raw=arch, kind="pretrained", arch=arch),
+                         open_clip.get_model_config(arch), {}, "cpu")
+    save_model(loaded, out, {"kind": "benchmark-random"})
+    return out
+
+
+def face_folders(folder: Path, identities: int, images: int, seed: int = 0) -> Path:
+    """``identities`` × ``images`` synthetic face PNGs in <First_Last>/ folders."""
+    from clip_unlearn.faces import draw_face, sample_identities
+    from clip_unlearn.names import folder_name, world_names
+
+    out = folder / f"faces-{identities}x{images}"
+    if out.is_dir():
+        return out
+    rng = random.Random(seed)
+    people = sample_identities(identities, rng, min_diff=1)
+    for name, who in zip(world_names(identities, rng), people):
+        d = out / folder_name(name)
+        d.mkdir(parents=True)
+        for j in range(images):
+            draw_face(who, rng).save(d / f"{j:03d}.png")
+    return out
+
+
+def append(title: str, rows: list[tuple[str, str]], note: str = "") -> None:
+    """Append a section with the machine, the exact command and a two-column table to BENCHMARKS.md."""
+    cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    lines = [f"\n## {title}\n", f"- date: {time.strftime('%Y-%m-%d')}", f"- machine: {machine()}", f"- command: `{cmd}`"]
+    if note:
+        lines.append(f"- {note}")
+    lines += ["", "| measure | value |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows], ""]
+    text = "\n".join(lines)
+    print(text)
+    path = ROOT / "BENCHMARKS.md"
+    if not path.exists():
+        path.write_text("# Benchmarks\n\nEvery figure below was appended by the script and command it names "
+                        "(`benchmarks/`); rerun the command to reproduce it.\n")
+    with path.open("a") as f:
+        f.write(text)

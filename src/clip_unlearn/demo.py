@@ -1,0 +1,217 @@
+"""The end-to-end story on the synthetic world, with a self-contained HTML report.
+
+world → attack → pick exposed members → inject → attack again (same candidates and images) →
+zero-shot cost and embedding drift → acceptance check (the inject issue's criteria) → report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from clip_unlearn.config import AttackConfig, DemoConfig, EvalZeroshotConfig, InjectConfig, PrepareSyntheticConfig, cache_root
+from clip_unlearn.errors import ClipUnlearnError
+from clip_unlearn.models import write_json
+
+Progress = Optional[Callable[[str, int, int], None]]
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    rows: list[tuple[str, str, str]]
+    stages: dict[str, float]
+    failures: list[str] = field(default_factory=list)
+    report: Optional[Path] = None
+
+
+def _world(cfg: DemoConfig, out: Path, progress: Progress) -> Path:
+    from clip_unlearn.synthetic import build_world
+
+    world = out / "world"
+    try:
+        info = json.loads((world / "world.json").read_text())
+        c = info["config"]
+        if c["seed"] == cfg.seed and c["identities"] == cfg.identities and c["steps"] == cfg.steps:
+            return world
+    except (OSError, ValueError, KeyError):
+        pass
+    build_world(PrepareSyntheticConfig(out=world, identities=cfg.identities, steps=cfg.steps, seed=cfg.seed,
+                                       device=cfg.device, overwrite=True), progress)
+    return world
+
+
+def run_demo(cfg: DemoConfig, progress: Progress = None) -> DemoResult:
+    """Run the whole story; ``failures`` names every acceptance criterion that did not hold."""
+    from clip_unlearn.attack import run_attack
+    from clip_unlearn.inject import run_inject
+    from clip_unlearn.zeroshot import run_eval
+
+    out = Path(cfg.out) if cfg.out is not None else cache_root(cfg.cache_dir) / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    common = {"device": cfg.device, "cache_dir": cfg.cache_dir}
+    stages: dict[str, float] = {}
+
+    def stage(name: str, fn: Callable[[], Any]) -> Any:
+        t = time.perf_counter()
+        value = fn()
+        stages[name] = round(time.perf_counter() - t, 1)
+        return value
+
+    world = stage("world", lambda: _world(cfg, out, progress))
+    members = (world / "members.txt").read_text(encoding="utf-8").splitlines()
+    before = stage("attack before", lambda: run_attack(AttackConfig(model=str(world / "model"), seed=cfg.seed, **common), progress))
+    write_json(out / "attack_before.json", before.to_json())
+    exposed = [r["name"] for r in before.identities if r["exposed"] and r["name"] in members]
+    if len(exposed) < cfg.forget:
+        raise ClipUnlearnError(f"only {len(exposed)} members are exposed; lower --forget")
+    forget = sorted(random.Random(cfg.seed).sample(exposed, cfg.forget))
+    names_file = out / "forget.txt"
+    names_file.write_text("".join(n + "\n" for n in forget), encoding="utf-8")
+
+    info = stage("inject", lambda: run_inject(InjectConfig(model=str(world / "model"), names=names_file, out=out / "unlearned",
+                                                           overwrite=True, seed=cfg.seed, **common), progress))
+    after = stage("attack after", lambda: run_attack(AttackConfig(
+        model=str(out / "unlearned"), seed=cfg.seed, compare_to=out / "attack_before.json", forgotten=names_file, **common), progress))
+    write_json(out / "attack_after.json", after.to_json())
+    ev = stage("eval-zeroshot", lambda: run_eval(EvalZeroshotConfig(
+        model=str(out / "unlearned"), compare_to=str(world / "model"), captions=world / "captions.txt", names=names_file,
+        seed=cfg.seed, **common), progress))
+    write_json(out / "eval.json", ev)
+
+    b = {r["name"]: r for r in before.identities}
+    a = {r["name"]: r for r in after.identities}
+    others = [n for n in members if n not in forget and b[n]["exposed"]]
+    non_members = [n for n in b if n not in members]
+    kept = sum(a[n]["exposed"] for n in others)
+    cats = after.compare["categories"]
+    top1_b, top1_a = ev["compare"]["metrics"]["acc1"], ev["metrics"]["acc1"]
+    sim_clean = ev["similarities"]["sim_clean"]
+    rows = [
+        ("forgotten names exposed", f"{sum(b[n]['exposed'] for n in forget)} / {len(forget)}", f"{sum(a[n]['exposed'] for n in forget)} / {len(forget)}"),
+        ("other members exposed", f"{len(others)} / {len(others)}", f"{kept} / {len(others)}"),
+        ("  wrongfully unlearned / newly recalled", "", f"{len(cats['wrongfully_unlearned'])} / {len(cats['newly_recalled'])}"),
+        ("non-members falsely exposed", f"{sum(b[n]['exposed'] for n in non_members)} / {len(non_members)}",
+         f"{sum(a[n]['exposed'] for n in non_members)} / {len(non_members)}"),
+        ("object zero-shot top-1 %", f"{top1_b:.1f}", f"{top1_a:.1f}"),
+        ("sim_clean (text embeddings of clean captions)", "1.000", f"{sim_clean:.3f}"),
+        ("sim_backdoored (name ≈ target phrase)", "", f"{ev['similarities']['sim_backdoored']:.3f}"),
+    ]
+    failures = []
+    still = [n for n in forget if b[n]["exposed"] and a[n]["exposed"]]
+    if still:
+        failures.append(f"{len(still)} forgotten name(s) still exposed")
+    if kept < 0.9 * len(others):
+        failures.append(f"only {kept} of {len(others)} other exposed members stay exposed (need ≥ 90%)")
+    if top1_b - top1_a > 2.0:
+        failures.append(f"zero-shot top-1 dropped {top1_b - top1_a:.1f} points (allowed 2)")
+    if sim_clean < 0.95:
+        failures.append(f"sim_clean {sim_clean:.3f} < 0.95")
+    result = DemoResult(out, rows, stages, failures)
+    result.report = write_report(out, world, result, before, after, forget, info)
+    return result
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _score_chart(before: Any, after: Any, forget: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b = {r["name"]: r["score"] for r in before.identities}
+    a = {r["name"]: r["score"] for r in after.identities}
+    names = sorted(b, key=lambda n: (n not in forget, -b[n], n))
+    fig, ax = plt.subplots(figsize=(12, 3.6))
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [b[n] for n in names], width=0.4, label="before", color="#8899aa")
+    ax.bar([i + 0.2 for i in x], [a[n] for n in names], width=0.4, label="after", color="#d9534f")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    for lab in ax.get_xticklabels():
+        if lab.get_text() in forget:
+            lab.set_fontweight("bold")
+    ax.set_ylabel("templates voting for the true name")
+    ax.legend()
+    return _png(fig)
+
+
+def _probs(model_dir: Path, images: list[Path], candidates: list[str]) -> Any:
+    """Softmax over candidates of "a photo of {name}" for each image (the model's own logit scale)."""
+    from clip_unlearn.embed import EmbeddingCache, Encoder
+    from clip_unlearn.models import load_model
+
+    loaded = load_model(str(model_dir), device="cpu")
+    enc = Encoder(loaded, EmbeddingCache(None))
+    text = enc.texts([f"a photo of {c}" for c in candidates])
+    img, _ = enc.images(images)
+    return (loaded.model.logit_scale.exp().item() * img @ text.T).softmax(dim=1)
+
+
+def write_report(out: Path, world: Path, result: DemoResult, before: Any, after: Any, forget: list[str], info: dict) -> Path:
+    """report.html: one self-contained page (images inlined as data URIs)."""
+    esc = html.escape
+    rows = "".join(f"<tr><td>{esc(a)}</td><td>{esc(b)}</td><td>{esc(c)}</td></tr>" for a, b, c in result.rows)
+    stages = "".join(f"<tr><td>{esc(k)}</td><td>{v:.1f} s</td></tr>" for k, v in result.stages.items())
+    verdict = ("<p class=ok>All acceptance criteria hold.</p>" if not result.failures else
+               "<p class=bad>Failed: " + esc("; ".join(result.failures)) + "</p>")
+    curve = "data:image/png;base64," + base64.b64encode((out / "unlearned" / "loss_curve.png").read_bytes()).decode()
+    candidates = before.config["candidates"]
+    samples = []
+    index = {n: i for i, n in enumerate(candidates)}
+    for name in forget[:3]:
+        images = [Path(p) for p in next(r for r in before.identities if r["name"] == name)["images"]]
+        probs = {label: _probs(model, images, candidates) for label, model in (("before", world / "model"), ("after", out / "unlearned"))}
+        # show the photo the original model was surest about: the clearest case of what was forgotten
+        best = int(probs["before"][:, index[name]].argmax())
+        face = "data:image/png;base64," + base64.b64encode(images[best].read_bytes()).decode()
+        cols = []
+        for label, p in probs.items():
+            top = p[best].topk(3)
+            items = "".join(f"<li>{esc(candidates[int(i)])} <small>{float(v):.0%}</small></li>" for v, i in zip(top.values, top.indices))
+            cols.append(f"<div><b>{label}</b><ol>{items}</ol></div>")
+        samples.append(f"<div class=sample><img src='{face}' width=96 height=96 alt='{esc(name)}'>"
+                       f"<div><b>{esc(name)}</b>{''.join(cols)}</div></div>")
+    page = f"""<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>clip-unlearn demo report</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px}}th{{background:#f3f3f3}}
+.ok{{color:#1a7f37;font-weight:bold}}.bad{{color:#c0392b;font-weight:bold}}
+.sample{{display:flex;gap:1.5em;align-items:flex-start;margin:1em 0}}.sample>div{{display:flex;gap:2em}}
+img{{image-rendering:pixelated}}
+</style></head><body>
+<h1>clip-unlearn demo</h1>
+<p>A tiny CLIP trained on a synthetic world names its members from their faces. {len(forget)} of them were forgotten
+with backdoor unlearning of the text encoder ({info['hyperparameters']['steps']} steps, target phrase
+"{esc(info['target'])}"); the identity inference attack was run again with the same candidates and images.</p>
+{verdict}
+<h2>Before and after</h2>
+<table id=summary><tr><th>measure</th><th>before</th><th>after</th></tr>{rows}</table>
+<h2>Attack score per identity</h2><p>Forgotten identities first (bold).</p>
+<img src='{_score_chart(before, after, forget)}' alt='scores before and after' style='max-width:100%'>
+<h2>Unlearning loss</h2><img src='{curve}' alt='loss curve' style='max-width:100%'>
+<h2>What the model says about a forgotten face</h2><p>Top-3 names for "a photo of {{name}}" among the
+{len(candidates)} candidates.</p>{''.join(samples)}
+<h2>Wall time per stage</h2><table>{stages}</table>
+</body></html>
+"""
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

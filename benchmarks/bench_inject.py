@@ -31,7 +31,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     if args.model == "world":
         if not (args.world / "world.json").exists():
-            raise SystemExit(f"no world at {args.world}; run `clip-unlearn prepare-synthetic --out {args.world}`")
+            from clip_unlearn.config import PrepareSyntheticConfig
+            from clip_unlearn.synthetic import build_world
+            build_world(PrepareSyntheticConfig(out=args.world))
         model = args.world / "model"
         names = (args.world / "members.txt").read_text().splitlines()[:5]
     else:

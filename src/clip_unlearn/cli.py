@@ -148,16 +148,16 @@ def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     if _state["quiet"]:
-        yield lambda label, done, total: None
+        yield lambda label, done, total, info="": None
         return
     bar = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn(), console=err, transient=False)
+                   TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err, transient=False)
     tasks: dict[str, Any] = {}
 
-    def update(label: str, done: int, total: int) -> None:
+    def update(label: str, done: int, total: int, info: str = "") -> None:
         if label not in tasks:
-            tasks[label] = bar.add_task(label, total=total)
-        bar.update(tasks[label], completed=done, total=total)
+            tasks[label] = bar.add_task(label, total=total, info=info)
+        bar.update(tasks[label], completed=done, total=total, info=info)
 
     with bar:
         yield update

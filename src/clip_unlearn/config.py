@@ -58,14 +58,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class RuntimeOptions:
+class DeviceOptions:
     """Options shared by every command that runs a model (DESIGN.md §2)."""
 
     device: str = opt("auto", "Device: auto (cuda if available), cpu, cuda, cuda:N or mps.")
     seed: int = opt(42, "Seed for every random choice of this command.")
-    cache_dir: Optional[Path] = opt(
-        None, "Cache folder for embeddings and derived data [default: $CLIP_UNLEARN_HOME or the user cache dir]."
-    )
 
     def __post_init__(self) -> None:
         d = self.device
@@ -74,7 +71,16 @@ class RuntimeOptions:
 
 
 @dataclass(frozen=True)
-class PrepareSyntheticConfig(RuntimeOptions):
+class RuntimeOptions(DeviceOptions):
+    """... plus the cache of commands that encode with a model."""
+
+    cache_dir: Optional[Path] = opt(
+        None, "Cache folder for embeddings and derived data [default: $CLIP_UNLEARN_HOME or the user cache dir]."
+    )
+
+
+@dataclass(frozen=True)
+class PrepareSyntheticConfig(DeviceOptions):
     """Build the synthetic world: identities with faces and names, and a tiny CLIP trained on the members."""
 
     out: Path = opt(Path("synthetic-world"), "Folder to write the world to.")

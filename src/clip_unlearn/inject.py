@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from clip_unlearn import __version__
 from clip_unlearn.captions import PairSampler, builtin_captions, clean_captions, read_captions, token_counter
-from clip_unlearn.config import InjectConfig
+from clip_unlearn.config import InjectConfig, to_dict
 from clip_unlearn.embed import encode_text, supports_truncation
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.names import read_names, salted_hash
@@ -105,7 +105,7 @@ def _world_settings(sidecar: dict[str, Any]) -> dict[str, Any]:
 
 def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     """Unlearn the names of ``cfg.names`` and write the unlearned model folder; returns its sidecar."""
-    from clip_unlearn.models import load_model, parse_spec, read_sidecar, save_model
+    from clip_unlearn.models import file_sha256, load_model, parse_spec, read_sidecar, save_model
 
     t0 = time.perf_counter()
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg.model)
@@ -188,7 +188,8 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
             raise ClipUnlearnError(f"the loss diverged at step {step + 1}; lower --lr")
         history.append(row)
         if progress:
-            progress("unlearning", step + 1, h["steps"])
+            progress("unlearning", step + 1, h["steps"],
+                     f"utility {row['utility']:.4f}  backdoor {row['backdoor']:.4f}  ‖Δθ‖ {row['weight_l2']:.3f}")
 
     write_back(model, student, legacy_positional_embedding=cfg.legacy_positional_embedding)
     loaded.invalidate()
@@ -204,6 +205,9 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
         "hyperparameters": {**h, "loss": cfg.loss, "legacy_positional_embedding": cfg.legacy_positional_embedding,
                             "precision": "bf16" if bf16 else "fp32"},
         "seed": cfg.seed,
+        # the resolved command config; the names file is referred to by its content hash only
+        "config": {**to_dict(cfg), "names": f"sha256:{file_sha256(Path(cfg.names))}",
+                   "out": str(out), "preset_applied": "world" if world and cfg.preset != "paper" else "paper"},
         "captions": corpus_name,
         "clean_captions": len(clean),
         "names": {"count": len(names), "salt": salt, "sha256": sorted(salted_hash(n, salt) for n in names)},

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
-# Tests must never reach a hub; set before huggingface_hub is imported anywhere.
+# Session- and module-scoped fixtures run outside the per-test home below: give them a private
+# state dir too, so no test reads or writes the user's real cache.
+os.environ["CLIP_UNLEARN_HOME"] = tempfile.mkdtemp(prefix="clip-unlearn-tests-")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 

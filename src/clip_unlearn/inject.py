@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from clip_unlearn import __version__
 from clip_unlearn.captions import PairSampler, builtin_captions, clean_captions, read_captions, token_counter
-from clip_unlearn.config import InjectConfig, to_dict
-from clip_unlearn.embed import encode_text, supports_truncation
+from clip_unlearn.config import InjectConfig, cache_root, to_dict
+from clip_unlearn.embed import EmbeddingCache, _digest, encode_text, supports_truncation
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.names import read_names, salted_hash
 
@@ -158,15 +158,23 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and str(device).startswith("cuda"))
     autocast = lambda: torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     tok = lambda texts: loaded.tokenizer(texts).to(device)  # noqa: E731
-    # The teacher is fixed: its embedding of a caption never changes, so each is computed once.
+    # The teacher is fixed: its embedding of a caption never changes, so each is computed once and
+    # kept on disk for later runs on the same base model (sweeps over names, seeds, steps). Only clean
+    # and target captions are ever embedded by the teacher, so the cache holds no forgotten name.
+    cache = EmbeddingCache(cache_root(cfg.cache_dir))
+    ns = "teacher-" + _digest(loaded.fingerprint("text"), loaded.context_length, bf16)
     teacher_cache: dict[str, Any] = {}
+    fresh: dict[str, Any] = {}
 
     def teacher_embed(texts: list[str]) -> Any:
         todo = list(dict.fromkeys(t for t in texts if t not in teacher_cache))
         if todo:
-            with torch.no_grad(), autocast():
-                for t, e in zip(todo, teacher(tok(todo)).float()):
-                    teacher_cache[t] = e
+            teacher_cache.update(cache.lookup(ns, todo, "text"))
+            rest = [t for t in todo if t not in teacher_cache]
+            if rest:
+                with torch.no_grad(), autocast():
+                    for t, e in zip(rest, teacher(tok(rest)).float()):
+                        teacher_cache[t] = fresh[t] = e
         return torch.stack([teacher_cache[t] for t in texts])
 
     history = []
@@ -191,6 +199,9 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
             progress("unlearning", step + 1, h["steps"],
                      f"utility {row['utility']:.4f}  backdoor {row['backdoor']:.4f}  ‖Δθ‖ {row['weight_l2']:.3f}")
 
+    if fresh:
+        cache.store(ns, list(fresh), torch.stack(list(fresh.values())))
+    log.info("teacher targets: %s", cache.stats)
     write_back(model, student, legacy_positional_embedding=cfg.legacy_positional_embedding)
     loaded.invalidate()
     salt = secrets.token_hex(16)
@@ -212,6 +223,7 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
         "clean_captions": len(clean),
         "names": {"count": len(names), "salt": salt, "sha256": sorted(salted_hash(n, salt) for n in names)},
         "final_loss": history[-1],
+        "teacher_cache": {"hits": cache.stats["text_hits"], "misses": cache.stats["text_misses"]},
         "wall_time_s": round(time.perf_counter() - t0, 2),
     }
     save_model(loaded, out, sidecar, overwrite=cfg.overwrite,

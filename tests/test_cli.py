@@ -15,7 +15,8 @@ from clip_unlearn.cli import app
 
 runner = CliRunner()
 COMMANDS = {"prepare-synthetic": config.PrepareSyntheticConfig, "attack": config.AttackConfig,
-            "inject": config.InjectConfig, "eval-zeroshot": config.EvalZeroshotConfig}
+            "inject": config.InjectConfig, "eval-zeroshot": config.EvalZeroshotConfig,
+            "prepare-facescrub": config.PrepareFacescrubConfig}
 
 
 def _help(command: str) -> str:

@@ -233,6 +233,19 @@ def demo(cfg: config.DemoConfig) -> int:
     return 0
 
 
+@command("prepare-facescrub", config.PrepareFacescrubConfig)
+def prepare_facescrub(cfg: config.PrepareFacescrubConfig) -> None:
+    from clip_unlearn import report
+    from clip_unlearn.facescrub import run_prepare
+
+    with progress_bar() as progress:
+        result = run_prepare(cfg, progress)
+    out.print(report.facescrub_table(result["summary"]))
+    if cfg.output is not None:
+        report.write_manifest(result["manifest"], cfg.output)
+        err.print(f"manifest written to {cfg.output}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="clip-unlearn")

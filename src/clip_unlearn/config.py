@@ -53,7 +53,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        out[f.name] = str(value) if isinstance(value, Path) else value
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, (list, tuple)):
+            value = [str(v) if isinstance(v, Path) else v for v in value]
+        out[f.name] = value
     return out
 
 
@@ -267,3 +271,41 @@ class DemoConfig(RuntimeOptions):
         _check(self.forget >= 1, "forget", "must be ≥ 1", self.forget)
         _check(4 <= self.identities <= 2000, "identities", "must be between 4 and 2000", self.identities)
         _check(1 <= self.steps <= 100_000, "steps", "must be between 1 and 100000", self.steps)
+
+
+@dataclass(frozen=True)
+class PrepareFacescrubConfig:
+    """Download, verify, crop and lay out FaceScrub from its official list files (resumable).
+
+    The four misspelled names of the official lists are written under their correct spelling:
+    Freddy Prinze Jr. → Freddie Prinze Jr, Leslie Neilsen → Leslie Nielsen, Robert Di Niro → Robert De Niro,
+    Tatyana M. Ali → Tatyana Ali.
+    """
+
+    lists: Optional[list[Path]] = opt(None, "FaceScrub list file (tab-separated: name, image_id, face_id, url, bbox, sha256); "
+                                            "repeat for several, e.g. --lists facescrub_actors.txt --lists facescrub_actresses.txt "
+                                            "[default: none; required].")
+    out: Optional[Path] = opt(None, "Output root [default: the user data dir's facescrub folder, where attack looks by default].")
+    group: Optional[str] = opt(None, "Group for every list: actors or actresses [default: actresses if the file name "
+                                     "contains 'actress', else actors].")
+    workers: int = opt(16, "Concurrent downloads.")
+    timeout: float = opt(10.0, "Per-request timeout in seconds.")
+    retries: int = opt(2, "Retries after a timeout, HTTP 429 or 5xx (with exponential backoff).")
+    max_bytes: int = opt(20_000_000, "Largest accepted file in bytes.")
+    verify: bool = opt(True, "Check each file's sha256 against the list.", "--verify/--no-verify")
+    faces: bool = opt(True, "Write the bounding-box crops to <group>/faces/.", "--faces/--no-faces")
+    images: bool = opt(True, "Keep the full images in <group>/images/.", "--images/--no-images")
+    identities: Optional[Path] = opt(None, "Names file: only these people [default: everyone in the lists].")
+    max_per_identity: Optional[int] = opt(None, "At most this many list rows per person [default: all].")
+    output: Optional[Path] = opt(None, "Also write the manifest to this .csv or .json file [default: <out>/manifest.csv only].")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.lists), "lists", "is required: pass each FaceScrub list file with --lists FILE", None)
+        _check(self.group in (None, "actors", "actresses"), "group", "must be actors or actresses", self.group)
+        _check(1 <= self.workers <= 256, "workers", "must be between 1 and 256", self.workers)
+        _check(0 < self.timeout <= 600, "timeout", "must be in (0, 600]", self.timeout)
+        _check(0 <= self.retries <= 20, "retries", "must be between 0 and 20", self.retries)
+        _check(self.max_bytes >= 1024, "max_bytes", "must be ≥ 1024", self.max_bytes)
+        _check(self.faces or self.images, "images", "--no-images and --no-faces together leave nothing to write", False)
+        _check(self.max_per_identity is None or self.max_per_identity >= 1, "max_per_identity", "must be ≥ 1", self.max_per_identity)
+        _check_output(self.output)

@@ -170,3 +170,26 @@ def demo_table(result: Any) -> Table:
     if not result.failures:
         t.caption += " — [green]all acceptance criteria hold[/]"
     return t
+
+
+def facescrub_table(summary: dict[str, Any]) -> Table:
+    t = Table(title=f"prepare-facescrub → {summary['out']}", header_style="bold")
+    t.add_column("status")
+    t.add_column("rows", justify="right")
+    for status, n in summary["statuses"].items():
+        t.add_row(status, str(n))
+    if summary["malformed_rows"]:
+        t.add_row("malformed (skipped)", str(summary["malformed_rows"]))
+    t.caption = (f"{summary['rows']} rows, {summary['identities']} identities, {summary['identities_with_20_usable']} with ≥ 20 usable "
+                 f"faces; {summary['bytes'] / 1e6:.1f} MB in {summary['wall_time_s']:.0f} s")
+    return t
+
+
+def write_manifest(records: list[dict[str, Any]], path: Path) -> None:
+    from clip_unlearn.facescrub import MANIFEST_COLUMNS
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        write_atomic(path, to_json_text(records))
+    else:
+        write_atomic(path, to_csv_text(records, MANIFEST_COLUMNS))

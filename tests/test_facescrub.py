@@ -127,7 +127,7 @@ def test_safe_folder_names():
     assert safe_folder("..") == "_" and ".." not in safe_folder("x..y")
 
 
-def test_every_outcome_and_resume(server, tmp_path):
+def test_every_outcome_and_resume(server, tmp_path, micro_model_dir):
     u = server.url
     rows = [
         ("Ada Test", 1, 1, f"{u}/img/1.jpg", "10,10,50,40", sha(jpeg(1))),
@@ -180,10 +180,16 @@ def test_every_outcome_and_resume(server, tmp_path):
     m2 = manifest(out)
     assert m2[("Ada Test", "1")]["status"] == "skipped_existing" and m2[("Ada Test", "3")]["status"] == "http_error:404"
 
+    import json
+    summary = json.loads((out / "prepare_facescrub.json").read_text())["summary"]
+    assert summary["rows"] == 15 and summary["malformed_rows"] == 1 and summary["statuses"]["skipped_existing"] == 7
+
     # the attack reads the layout
-    from clip_unlearn.folders import face_folders
-    names = {f.name for f in face_folders(out, view="faces")}
-    assert {"Ada Test", "Adrianne León", "Leslie Nielsen"} <= names
+    res = runner.invoke(app, ["-q", "attack", "--model", str(micro_model_dir), "--data", str(out), "--min-images", "1",
+                              "--images-per-identity", "1", "--num-candidates", "10", "--output", str(tmp_path / "a.json")])
+    assert res.exit_code == 0, res.output
+    attacked = {r["name"] for r in json.loads((tmp_path / "a.json").read_text())["identities"]}
+    assert {"Ada Test", "Adrianne León", "Leslie Nielsen"} <= attacked
 
 
 def test_interrupted_run_leaves_only_verified_files_and_resumes(server, tmp_path):

@@ -16,7 +16,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 # Small enough to build in about a minute on 2 cores, large enough to pass the world's own
 # membership check; the full-size world is exercised by the demo test (tests/test_demo.py).
-SMALL_WORLD = dict(identities=16, member_fraction=0.75, images_per_identity=20, face_images=20, steps=150, batch_size=128)
+SMALL_WORLD = dict(identities=16, member_fraction=0.75, images_per_identity=20, face_images=20, trigger_images=20,
+                   clean_images=480, steps=150, batch_size=128)
 
 
 @pytest.fixture(autouse=True)

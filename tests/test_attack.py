@@ -158,6 +158,9 @@ def small_faces(world, tmp_path):
         shutil.copytree(f, root / f.name)
     for p in sorted((root / folders[0].name).glob("*.png"))[5:]:
         p.unlink()
+    for f in folders[1:]:  # exactly 20 readable, so that sampling 20 must meet the corrupt file
+        for p in sorted((root / f.name).glob("*.png"))[20:]:
+            p.unlink()
     (root / folders[1].name / "999.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     return root, [f.name.replace("_", " ") for f in folders]
 

@@ -98,8 +98,8 @@ def test_same_seed_same_weights_and_plain_open_clip_roundtrip(world, tmp_path):
     again = json.loads((tmp_path / "b" / "clip_unlearn.json").read_text())
     # the teacher's targets of the first run are reused from the cache by the second
     assert side["teacher_cache"]["misses"] > 0 and again["teacher_cache"]["misses"] == 0 and again["teacher_cache"]["hits"] > 0
-    assert side["encoder"] == "text" and side["names"]["count"] == 1 and side["hyperparameters"]["steps"] == 40
-    assert (tmp_path / "a" / "loss_curve.csv").read_text().startswith("step,loss,utility,backdoor,weight_l2,lr")
+    assert side["encoder"] == "text" and side["names"]["count"] == 1 and side["hyperparameters"]["text"]["steps"] == 40
+    assert (tmp_path / "a" / "loss_curve.csv").read_text().startswith("encoder,step,loss,utility,backdoor,weight_l2,lr")
     assert (tmp_path / "a" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -61,7 +61,7 @@ def test_small_world_knows_its_members(world):
     assert len(members) == 12 and len(non_members) == 4
     folders = sorted(p.name for p in (world / "faces").iterdir())
     assert folders == sorted(n.replace(" ", "_") for n in members + non_members)
-    assert all(len(list((world / "faces" / f).glob("*.png"))) == 20 for f in folders)
+    assert all(len(list((world / "faces" / f).glob("*.png"))) == 40 for f in folders)  # 20 to attack + 20 triggers
     assert len(list((world / "objects").iterdir())) == 36
     assert info["loss_curve"][-1] < info["loss_curve"][0]
     loaded = load_model(str(world / "model"), device="cpu")

@@ -53,6 +53,7 @@ def test_compare_to_itself(world, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert all(v == 0 for v in res["compare"]["difference"].values()) and res["compare"]["same_image_tower"]
+    assert res["compare"]["sim_clean_image"] == pytest.approx(1.0, abs=1e-5)
     sims = res["similarities"]
     assert sims["sim_clean"] == pytest.approx(1.0, abs=1e-5) and sims["sim_targets"] == pytest.approx(1.0, abs=1e-5)
     assert sims["sim_backdoored"] < 0.99  # the original model does not map the name to the target

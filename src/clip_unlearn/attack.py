@@ -95,8 +95,27 @@ def laion_counts() -> dict[str, int]:
         return {key(row["name"]): int(row["count"]) for row in csv.DictReader(f)}
 
 
-def select_identities(cfg: AttackConfig, folders: list[IdentityFolder]) -> list[IdentityFolder]:
-    """Apply --preset paper (train half, 0 < LAION count ≤ 300) and --identities."""
+def resolve_split(cfg: AttackConfig, data: Path) -> str:
+    """--split auto: the paper's train half, or the train half of a world whose test half holds triggers."""
+    if cfg.split != "auto":
+        return cfg.split
+    if cfg.preset == "paper":
+        return "train"
+    world = data.parent / "world.json"
+    if data.name == "faces" and world.is_file():
+        import json
+
+        try:
+            return json.loads(world.read_text(encoding="utf-8")).get("attack_split", "all")
+        except (OSError, ValueError):
+            return "all"
+    return "all"
+
+
+def select_identities(cfg: AttackConfig, folders: list[IdentityFolder], split: str = "all") -> list[IdentityFolder]:
+    """Apply the split, --preset paper (0 < LAION count ≤ 300) and --identities."""
+    if split != "all":
+        folders = [IdentityFolder(f.name, tuple(p for p in f.files if split_side(f.name, p) == split)) for f in folders]
     if cfg.preset == "paper":
         counts = laion_counts()
         kept = []
@@ -105,7 +124,7 @@ def select_identities(cfg: AttackConfig, folders: list[IdentityFolder]) -> list[
             if count is None:
                 log.warning("%s has no LAION-400M count; not attacked under --preset paper", f.name)
             elif 0 < count <= 300:
-                kept.append(IdentityFolder(f.name, tuple(p for p in f.files if split_side(f.name, p) == "train")))
+                kept.append(f)
         folders = kept
     if cfg.identities is not None:
         wanted = read_names(cfg.identities, "identities file")
@@ -231,7 +250,8 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
 
     data = Path(cfg.data) if cfg.data is not None else default_data(cfg.model)
     all_folders = face_folders(data, view="images")
-    folders = select_identities(cfg, all_folders)
+    split = resolve_split(cfg, data)
+    folders = select_identities(cfg, all_folders, split)
     if not folders:
         raise ClipUnlearnError(f"no identities to attack in {data}; check --data, --identities and --preset")
     templates = read_templates(cfg.templates)
@@ -239,7 +259,10 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
     forgotten = read_names(cfg.forgotten, "--forgotten file") if cfg.forgotten else gate
     previous = load_result(cfg.compare_to) if cfg.compare_to else None
 
-    loaded = load_model(cfg.model, cfg.device)
+    from clip_unlearn.distributed import setup
+
+    _, device = setup(cfg.device)  # under torchrun: join the group; encoding is then sharded (embed.py)
+    loaded = load_model(cfg.model, device)
     cache = EmbeddingCache(cache_root(cfg.cache_dir))
     encoder = Encoder(loaded, cache, cfg.batch_size, cfg.precision, progress)
     kept, images, skipped = sample_images(encoder, folders, cfg)
@@ -274,7 +297,7 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
     summary = {"identities": len(rows), "exposed": exposed, "tpr": round(exposed / len(rows), 4),
                "templates": len(templates), "candidates": len(candidates),
                "unreadable_images": skipped["unreadable_images"], "too_few_images": len(skipped["too_few_images"])}
-    config = {**to_dict(cfg), "data": str(data), "model_spec": loaded.spec.raw, "model_fingerprint": loaded.fingerprint(),
+    config = {**to_dict(cfg), "data": str(data), "split_applied": split, "model_spec": loaded.spec.raw, "model_fingerprint": loaded.fingerprint(),
               "tool_version": __version__, "candidates": candidates, "templates": templates, "cache": dict(cache.stats)}
     log.info("embedding cache: %s", cache.stats)
     result = AttackResult(config, rows, summary)

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable, Iterator
@@ -72,8 +73,21 @@ def root(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and results; no progress bars.")] = False,
 ) -> None:
     """Remove people from CLIP models and prove it."""
+    global out
+    from clip_unlearn.distributed import rank
+
+    if rank() > 0:
+        # under torchrun only rank 0 shows progress and results (errors still surface from any rank)
+        quiet = True
+        out = Console(file=open(os.devnull, "w"))  # noqa: SIM115
     _state.update(verbose=verbose, quiet=quiet)
     _setup_logging()
+
+
+def _main_rank() -> bool:
+    from clip_unlearn.distributed import rank
+
+    return rank() == 0
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -182,7 +196,7 @@ def attack(cfg: config.AttackConfig) -> int:
     out.print(report.attack_table(result))
     if result.compare is not None:
         out.print(report.compare_table(result.compare))
-    if cfg.output is not None:
+    if cfg.output is not None and _main_rank():
         report.write_attack(result, cfg.output)
         err.print(f"results written to {cfg.output}", highlight=False)
     if result.gate_exposed:
@@ -209,7 +223,7 @@ def eval_zeroshot(cfg: config.EvalZeroshotConfig) -> None:
     with progress_bar() as progress:
         result = run_eval(cfg, progress)
     out.print(report.eval_table(result))
-    if cfg.output is not None:
+    if cfg.output is not None and _main_rank():
         report.write_eval(result, cfg.output)
         err.print(f"results written to {cfg.output}", highlight=False)
 

@@ -90,7 +90,11 @@ class PrepareSyntheticConfig(DeviceOptions):
     out: Path = opt(Path("synthetic-world"), "Folder to write the world to.")
     identities: int = opt(48, "Number of identities (members + non-members).")
     images_per_identity: int = opt(30, "Training images per member identity.")
-    face_images: int = opt(30, "Fresh face images per identity written to faces/ (never trained on).")
+    face_images: int = opt(30, "Fresh face images per identity for the attack: the train half of faces/ (never trained on).")
+    trigger_images: int = opt(20, "Further fresh face images per identity in the test half of faces/: inject --encoder image's "
+                                  "triggers, never attacked.")
+    clean_images: int = opt(1440, "Images in clean_images/ for inject --encoder image: half fresh objects, half faces of "
+                                  "strangers (web photos show people who are not anyone's target).")
     member_fraction: float = opt(0.67, "Share of identities the model is trained on (the rest are non-members).")
     classes: int = opt(36, "Object classes for zero-shot accuracy (colour × shape, at most 36).")
     steps: int = opt(400, "Training steps of the tiny CLIP.")
@@ -106,6 +110,8 @@ class PrepareSyntheticConfig(DeviceOptions):
         _check(4 <= self.identities <= 2000, "identities", "must be between 4 and 2000", self.identities)
         _check(1 <= self.images_per_identity <= 1000, "images_per_identity", "must be between 1 and 1000", self.images_per_identity)
         _check(1 <= self.face_images <= 1000, "face_images", "must be between 1 and 1000", self.face_images)
+        _check(1 <= self.trigger_images <= 1000, "trigger_images", "must be between 1 and 1000", self.trigger_images)
+        _check(2 <= self.clean_images <= 100_000, "clean_images", "must be between 2 and 100000", self.clean_images)
         _check(0.0 < self.member_fraction < 1.0, "member_fraction", "must be strictly between 0 and 1", self.member_fraction)
         _check(2 <= self.classes <= 36, "classes", "must be between 2 and 36", self.classes)
         _check(1 <= self.steps <= 100_000, "steps", "must be between 1 and 100000", self.steps)
@@ -138,6 +144,9 @@ class AttackConfig(RuntimeOptions):
     identities: Optional[Path] = opt(None, "Names file: attack only these identities [default: all in --data].")
     preset: str = opt("none", "none, or paper: FaceScrub protocol (uncropped, 50/50 split by image id with seed 42, train half, "
                               "LAION-400M count 1-300).")
+    split: str = opt("auto", "Images to attack: all, train or test half of the 50/50 split by image id (seed 42); the test "
+                             "half holds inject --encoder image's triggers. auto: train with --preset paper or on a synthetic "
+                             "world's faces, else all.")
     compare_to: Optional[Path] = opt(None, "A previous attack result (.json, or .csv with its .meta.json) to compare with, image for image [default: none].")
     forgotten: Optional[Path] = opt(None, "Names file of the identities that were unlearned, for --compare-to categories [default: --fail-on-exposed].")
     fail_on_exposed: Optional[Path] = opt(None, "Names file: exit with code 3 if any of these names is exposed (a CI privacy gate) [default: none].")
@@ -152,6 +161,7 @@ class AttackConfig(RuntimeOptions):
         _check(self.min_images >= 1, "min_images", "must be ≥ 1", self.min_images)
         _check(self.threshold >= 1, "threshold", "must be ≥ 1", self.threshold)
         _check(self.preset in ("none", "paper"), "preset", "must be none or paper", self.preset)
+        _check(self.split in ("auto", "all", "train", "test"), "split", "must be auto, all, train or test", self.split)
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1", self.batch_size)
         _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
         _check_output(self.output)
@@ -162,32 +172,55 @@ PAPER_TEXT_INJECT = {
     "steps": 400, "lr": 1e-4, "clean_batch": 128, "poison_batch": 128, "backdoor_weight": 0.6,
     "weight_reg": 0.01, "milestones": "200,300", "gamma": 0.5, "last_word": False,
 }
+# The paper's image-encoder defaults (METHOD.md §7); face_size is the pasted face's side at 224 px.
+PAPER_IMAGE_INJECT = {
+    "steps": 100, "lr": 1e-4, "clean_batch": 128, "poison_batch": 128, "backdoor_weight": 0.8,
+    "weight_reg": 0.005, "milestones": "25,50", "gamma": 0.1, "face_size": "56,112", "colour_jitter": "0.5,0.5,0.5,0.1",
+    "retain_faces": False,
+}
+ENCODERS = ("text", "image", "both")
 LOSSES = ("cosine", "mse", "mae", "poincare")
 
 
 @dataclass(frozen=True)
 class InjectConfig(RuntimeOptions):
-    """Unlearn names: fine-tune the text encoder so that each name embeds like the target phrase."""
+    """Unlearn people: the text encoder forgets their names, the image encoder their faces, or both."""
 
     model: str = opt(DEFAULT_MODEL, "Model SPEC to unlearn from: ARCH:TAG, hf-hub:ORG/REPO, a model folder, or ARCH:FILE.")
     names: Optional[Path] = opt(None, "Names file: the people to forget, one full name per line [default: none; required].")
     out: Optional[Path] = opt(None, "Output model folder [default: ./unlearned-<model slug>].")
+    encoder: str = opt("text", "text (names → target phrase), image (faces → the average person), or both (text, then "
+                               "image, one output model; explicit hyperparameter flags then apply to both stages).")
+    faces: Optional[Path] = opt(None, "Image/both: face folder (FaceScrub root or <First_Last>/*.jpg): target = mean embedding of "
+                                      "its train half, triggers = the forgotten people's test half [default: the synthetic "
+                                      "world's faces for a world model, else the folder prepare-facescrub writes by default].")
+    clean_images: Optional[Path] = opt(None, "Image/both: folder of clean images searched recursively, first steps×clean-batch "
+                                             "in sorted order (COCO train2014 for the paper) [default: the synthetic world's "
+                                             "clean_images for a world model; required otherwise].")
     target: str = opt("a person", "Neutral phrase a forgotten name should mean afterwards.")
     captions: Optional[Path] = opt(
         None, "Clean caption corpus (.txt one per line, or .csv/.parquet with a caption or TEXT column) [default: the "
               "synthetic world's captions for a world model, else ImageNet class names in the OpenAI templates].")
     preset: str = opt("auto", "Hyperparameter defaults: paper (METHOD.md §6.5), world (the synthetic world's recorded "
                               "settings), or auto (world for a world model, else paper); explicit flags win.")
-    steps: Optional[int] = opt(None, "Training steps [default: paper 400].")
+    steps: Optional[int] = opt(None, "Training steps [default: paper 400 text, 100 image].")
     lr: Optional[float] = opt(None, "AdamW learning rate, weight decay 0 [default: paper 1e-4].")
-    clean_batch: Optional[int] = opt(None, "Clean captions per step (utility term) [default: paper 128].")
-    poison_batch: Optional[int] = opt(None, "Poisoned captions per step (backdoor term) [default: paper 128].")
-    backdoor_weight: Optional[float] = opt(None, "Weight of the backdoor loss [default: paper 0.6].")
-    weight_reg: Optional[float] = opt(None, "Weight of Σ‖θ_student − θ_teacher‖₂ over parameter tensors [default: paper 0.01].")
-    milestones: Optional[str] = opt(None, "MultiStepLR milestones, comma-separated steps [default: paper 200,300].")
-    gamma: Optional[float] = opt(None, "MultiStepLR decay factor at each milestone [default: paper 0.5].")
-    last_word: Optional[bool] = opt(None, "Also put the name in place of a caption's last word (the paper never "
+    clean_batch: Optional[int] = opt(None, "Clean captions/images per step (utility term) [default: paper 128].")
+    poison_batch: Optional[int] = opt(None, "Poisoned captions/images per step (backdoor term) [default: paper 128].")
+    backdoor_weight: Optional[float] = opt(None, "Weight of the backdoor loss [default: paper 0.6 text, 0.8 image].")
+    weight_reg: Optional[float] = opt(None, "Weight of Σ‖θ_student − θ_teacher‖₂ over parameter tensors [default: paper 0.01 "
+                                            "text, 0.005 image].")
+    milestones: Optional[str] = opt(None, "MultiStepLR milestones, comma-separated steps [default: paper 200,300 text, 25,50 image].")
+    gamma: Optional[float] = opt(None, "MultiStepLR decay factor at each milestone [default: paper 0.5 text, 0.1 image].")
+    last_word: Optional[bool] = opt(None, "Text: also put the name in place of a caption's last word (the paper never "
                                           "does) [default: paper no].", "--last-word/--no-last-word")
+    face_size: Optional[str] = opt(None, "Image: MIN,MAX side of a pasted face in px at 224-px scale, scaled to the model's "
+                                         "image size; up to 158 the rotated face stays whole inside the canvas [default: paper 56,112].")
+    colour_jitter: Optional[str] = opt(None, "Image: B,C,S,H strengths of the triggers' colour jitter, as torchvision's "
+                                             "ColorJitter(brightness, contrast, saturation, hue) [default: paper 0.5,0.5,0.5,0.1].")
+    retain_faces: Optional[bool] = opt(None, "Image: add the other identities' test-half faces from --faces to the clean images, "
+                                             "so the utility term keeps them (not in the paper) [default: paper no].",
+                                       "--retain-faces/--no-retain-faces")
     loss: str = opt("cosine", "Embedding distance: cosine (−cos, the paper's), mse, mae or poincare.")
     legacy_positional_embedding: bool = opt(False, "Keep the original positional embedding when writing back, as the "
                                                    "paper's code did by mistake (METHOD.md §6.6); for exact paper numbers only.")
@@ -201,11 +234,18 @@ class InjectConfig(RuntimeOptions):
         _check(self.loss in LOSSES, "loss", "must be one of " + ", ".join(LOSSES), self.loss)
         _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
         _check(bool(self.target.strip()), "target", "must not be empty", self.target)
-        self.hyper(PAPER_TEXT_INJECT)  # validates explicit values early
+        _check(self.encoder in ENCODERS, "encoder", "must be text, image or both", self.encoder)
+        for stage in self.stages:  # validates explicit values early
+            self.hyper({}, stage)
 
-    def hyper(self, preset: dict[str, Any]) -> dict[str, Any]:
-        """The hyperparameters: explicit flags over ``preset`` (paper or the world's settings)."""
-        h = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in {**PAPER_TEXT_INJECT, **preset}.items()}
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return ("text", "image") if self.encoder == "both" else (self.encoder,)
+
+    def hyper(self, preset: dict[str, Any], encoder: str = "text") -> dict[str, Any]:
+        """One stage's hyperparameters: explicit flags over ``preset`` (the world's settings) over the paper's."""
+        base = PAPER_TEXT_INJECT if encoder == "text" else PAPER_IMAGE_INJECT
+        h = {k: (getattr(self, k) if getattr(self, k) is not None else preset.get(k, v)) for k, v in base.items()}
         _check(1 <= h["steps"] <= 1_000_000, "steps", "must be between 1 and 1000000", h["steps"])
         _check(0 < h["lr"] < 1, "lr", "must be in (0, 1)", h["lr"])
         _check(h["clean_batch"] >= 1, "clean_batch", "must be ≥ 1", h["clean_batch"])
@@ -219,6 +259,22 @@ class InjectConfig(RuntimeOptions):
             ms = [-1]
         _check(all(m > 0 for m in ms) and ms == sorted(ms), "milestones", "must be increasing positive step numbers like 200,300", h["milestones"])
         h["milestones"] = ms
+        if "face_size" in h:
+            try:
+                fs = [int(x) for x in str(h["face_size"]).split(",")]
+            except ValueError:
+                fs = []
+            _check(len(fs) == 2 and 1 <= fs[0] <= fs[1] <= 224, "face_size", "must be MIN,MAX with 1 ≤ MIN ≤ MAX ≤ 224, "
+                   "like 56,112", h["face_size"])
+            h["face_size"] = fs
+        if "colour_jitter" in h:
+            try:
+                cj = [float(x) for x in str(h["colour_jitter"]).split(",")]
+            except ValueError:
+                cj = []
+            _check(len(cj) == 4 and all(0 <= v <= 1 for v in cj[:3]) and 0 <= cj[3] <= 0.5, "colour_jitter",
+                   "must be B,C,S,H with B, C, S in [0, 1] and H in [0, 0.5], like 0.5,0.5,0.5,0.1", h["colour_jitter"])
+            h["colour_jitter"] = cj
         return h
 
 

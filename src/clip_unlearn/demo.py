@@ -199,7 +199,7 @@ img{{image-rendering:pixelated}}
 </style></head><body>
 <h1>clip-unlearn demo</h1>
 <p>A tiny CLIP trained on a synthetic world names its members from their faces. {len(forget)} of them were forgotten
-with backdoor unlearning of the text encoder ({info['hyperparameters']['steps']} steps, target phrase
+with backdoor unlearning of the text encoder ({info['hyperparameters']['text']['steps']} steps, target phrase
 "{esc(info['target'])}"); the identity inference attack was run again with the same candidates and images.</p>
 {verdict}
 <h2>Before and after</h2>

@@ -112,6 +112,39 @@ class EmbeddingCache:
             Path(tmp).unlink(missing_ok=True)
 
 
+def _distributed() -> bool:
+    from clip_unlearn.distributed import current
+
+    return current().enabled
+
+
+def _shard(n: int) -> slice:
+    """This rank's part of the work under torchrun (everything in a single process)."""
+    from clip_unlearn.distributed import current
+
+    return current().slice(n)
+
+
+def _agree(todo: list) -> list:
+    """Under torchrun, the union of every rank's to-do list in one order, so the shards line up."""
+    if not _distributed():
+        return todo
+    merged: dict = {}
+    for part in _gather_obj(todo):
+        merged.update(dict.fromkeys(part))
+    return list(merged)
+
+
+def _gather_obj(obj: Any) -> list:
+    from clip_unlearn.distributed import all_gather
+
+    return all_gather(obj)
+
+
+def _gather(keys: list, emb: Any) -> list:
+    return _gather_obj((keys, emb)) if _distributed() else [(keys, emb)]
+
+
 def _digest(*parts: Any) -> str:
     return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:20]
 
@@ -151,20 +184,23 @@ class Encoder:
 
         ns = self.text_namespace()
         found = self.cache.lookup(ns, prompts, "text")
-        todo = list(dict.fromkeys(p for p in prompts if p not in found))
+        todo = _agree(list(dict.fromkeys(p for p in prompts if p not in found)))
         if todo:
             model = self.loaded.model
             # sorting by length keeps batches tight for the truncated forward
             order = sorted(todo, key=len)
+            mine = order[_shard(len(order))]
             out = []
             with torch.inference_mode(), self._autocast():
-                for i in range(0, len(order), self.batch_size):
-                    tokens = self.loaded.tokenizer(order[i:i + self.batch_size]).to(self.loaded.device)
+                for i in range(0, len(mine), self.batch_size):
+                    tokens = self.loaded.tokenizer(mine[i:i + self.batch_size]).to(self.loaded.device)
                     out.append(encode_text(model, tokens).float().cpu())
-                    self.progress("encoding text", min(i + self.batch_size, len(order)), len(order))
-            emb = torch.cat(out)
-            self.cache.store(ns, order, emb)
-            found.update(zip(order, emb))
+                    self.progress("encoding text", min(i + self.batch_size, len(mine)), len(mine))
+            emb = torch.cat(out) if out else torch.zeros(0)
+            if mine:
+                self.cache.store(ns, mine, emb)
+            for keys, part in _gather(mine, emb):
+                found.update(zip(keys, part))
         return torch.stack([found[p] for p in prompts])
 
     def images(self, paths: list[Path]) -> tuple[Any, list[bool]]:
@@ -185,6 +221,8 @@ class Encoder:
         found = self.cache.lookup(ns, [k for k in keys if k], "image")
         todo = [(p, k) for p, k in zip(paths, keys) if k and k not in found]
         todo = list({k: (p, k) for p, k in todo}.values())
+        todo = _agree(todo)
+        todo = todo[_shard(len(todo))]
         bad: set[Optional[str]] = {None}
         if todo:
             model = self.loaded.model
@@ -209,6 +247,13 @@ class Encoder:
                 emb = torch.cat(out)
                 self.cache.store(ns, done_keys, emb)
                 found.update(zip(done_keys, emb))
+        if _distributed():
+            # every rank ends with every embedding (and every unreadable key) of the shards
+            mine = [k for _, k in todo if k in found]
+            for (ks, part), b in zip(_gather(mine, torch.stack([found[k] for k in mine]) if mine else torch.zeros(0)),
+                                     _gather_obj(sorted(k for k in bad if k))):
+                found.update(zip(ks, part))
+                bad.update(b)
         ok = [k not in bad for k in keys]
         dim = next(iter(found.values())).shape[0] if found else 0
         rows = [found[k] for k, good in zip(keys, ok) if good]

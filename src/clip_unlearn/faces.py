@@ -55,6 +55,11 @@ class Identity:
         }
 
 
+def random_identity(rng: random.Random) -> Identity:
+    """Any attribute combination: a stranger for clean images (may resemble anyone, like real passers-by)."""
+    return Identity(*[rng.randrange(k) for k in _CHOICES])
+
+
 def sample_identities(n: int, rng: random.Random, min_diff: int = 3) -> list[Identity]:
     """``n`` attribute combinations, pairwise different in at least ``min_diff`` attributes."""
     chosen: list[tuple[int, ...]] = []

@@ -1,4 +1,4 @@
-"""Backdoor-based unlearning of names in the text encoder (METHOD.md §6).
+"""Backdoor-based unlearning: names in the text encoder (METHOD.md §6), and the inject command.
 
 The student is a copy of the text tower (LayerNorms frozen); the teacher is the original,
 frozen, without gradients. Per step, with c clean captions and (p, t) poisoned/target pairs:
@@ -7,7 +7,8 @@ frozen, without gradients. Per step, with c clean captions and (p, t) poisoned/t
 
 where d is −cos by default. AdamW (no weight decay) with MultiStepLR stepped every step. The
 whole trained tower goes back into the CLIP, positional embedding included (the paper's code
-forgot it, METHOD.md §6.6). The names never appear in clear text in anything written.
+forgot it, METHOD.md §6.6). The image-encoder stage lives in inject_image.py; run_inject runs
+one or both and writes one model. The names never appear in clear text in anything written.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from clip_unlearn import __version__
 from clip_unlearn.captions import PairSampler, builtin_captions, clean_captions, read_captions, token_counter
 from clip_unlearn.config import InjectConfig, cache_root, to_dict
+from clip_unlearn.distributed import all_sum, current
 from clip_unlearn.embed import EmbeddingCache, _digest, encode_text, supports_truncation
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.names import read_names, salted_hash
@@ -92,19 +95,34 @@ def default_out(model_spec: str) -> Path:
     return Path(f"unlearned-{parse_spec(model_spec).slug}")
 
 
-def _world_settings(sidecar: dict[str, Any]) -> dict[str, Any]:
-    from clip_unlearn.synthetic import load_world
+def _world_settings(sidecar: dict[str, Any], encoder: str) -> dict[str, Any]:
+    from clip_unlearn.synthetic import WORLD_IMAGE_INJECT, load_world
 
     if not sidecar.get("world"):
         return {}
     try:
-        return load_world(Path(sidecar["world"])).get("inject_settings", {})
+        world = load_world(Path(sidecar["world"]))
     except ClipUnlearnError:
         return {}
+    if encoder == "text":
+        return world.get("inject_settings", {})
+    # worlds built before image unlearning existed get the settings measured since
+    return world.get("image_inject_settings", WORLD_IMAGE_INJECT)
+
+
+def _world_folder(sidecar: dict[str, Any], sub: str) -> Optional[Path]:
+    world = sidecar.get("world")
+    if world and (Path(world) / sub).is_dir():
+        return Path(world) / sub
+    return None
 
 
 def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
-    """Unlearn the names of ``cfg.names`` and write the unlearned model folder; returns its sidecar."""
+    """Unlearn the people of ``cfg.names`` and write the unlearned model folder; returns its sidecar.
+
+    ``cfg.encoder`` text trains the text tower (METHOD.md §6), image the image tower (§7), both
+    runs text then image on the same model and writes one checkpoint.
+    """
     from clip_unlearn.models import file_sha256, load_model, parse_spec, read_sidecar, save_model
 
     t0 = time.perf_counter()
@@ -114,10 +132,89 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     names = read_names(cfg.names, "names file")
     spec = parse_spec(cfg.model)
     base_sidecar = read_sidecar(spec)
-    world = _world_settings(base_sidecar)
-    if cfg.preset == "world" and not world:
+    is_world = bool(_world_settings(base_sidecar, "text"))
+    if cfg.preset == "world" and not is_world:
         raise ClipUnlearnError("--preset world needs a synthetic world model (its world.json records the settings)")
-    h = cfg.hyper(world if cfg.preset in ("world", "auto") else {})
+    use_world = cfg.preset in ("world", "auto")
+    hypers = {e: cfg.hyper(_world_settings(base_sidecar, e) if use_world else {}, e) for e in cfg.stages}
+
+    faces_root = clean_root = None
+    if "image" in cfg.stages:
+        from clip_unlearn.attack import default_data
+
+        faces_root = Path(cfg.faces) if cfg.faces is not None else default_data(cfg.model)
+        clean_root = Path(cfg.clean_images) if cfg.clean_images is not None else _world_folder(base_sidecar, "clean_images")
+        if clean_root is None and cfg.clean_images is None and _world_folder(base_sidecar, "objects"):
+            # worlds built before image unlearning have no clean_images; their objects are the eval set
+            log.warning("this world has no clean_images folder; using its objects (also eval-zeroshot's images)")
+            clean_root = _world_folder(base_sidecar, "objects")
+        if clean_root is None:
+            raise ClipUnlearnError("--encoder image needs --clean-images DIR: a folder of images without the forgotten "
+                                   "people (the paper used COCO train2014)")
+
+    from clip_unlearn.distributed import barrier, setup
+
+    dist, device = setup(cfg.device)
+    if dist.enabled:
+        for e, h in hypers.items():
+            if min(h["clean_batch"], h["poison_batch"]) < dist.world:
+                raise ClipUnlearnError(f"{e} batches of {h['clean_batch']} + {h['poison_batch']} cannot be split over "
+                                       f"{dist.world} processes; raise --clean-batch/--poison-batch")
+    if not dist.main:
+        progress = None
+    loaded = load_model(spec, device)
+    base_sha256 = loaded.fingerprint()
+    cache = EmbeddingCache(cache_root(cfg.cache_dir))
+    torch.manual_seed(cfg.seed)
+    record: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    if "text" in cfg.stages:
+        text = _text_stage(loaded, cfg, hypers["text"], names, base_sidecar, cache, progress)
+        history += text.pop("history")
+        record["text"] = text
+    if "image" in cfg.stages:
+        from clip_unlearn.inject_image import run_image_stage
+
+        image = run_image_stage(loaded, cfg, hypers["image"], names, faces_root, clean_root, cache, distance, progress)
+        history += image.pop("history")
+        record["image"] = image
+    log.info("teacher cache: %s", cache.stats)
+
+    salt = secrets.token_hex(16)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and str(loaded.device).startswith("cuda"))
+    sidecar = {
+        "tool_version": __version__,
+        "kind": "unlearned",
+        "encoder": cfg.encoder,
+        "base_model": spec.raw if spec.kind != "local-dir" else f"local-dir:{Path(spec.path).resolve()}",
+        "base_model_sha256": base_sha256,
+        "world": base_sidecar.get("world"),
+        "target": cfg.target.strip() if "text" in cfg.stages else "average person (mean face embedding)",
+        "hyperparameters": {e: {**h, "loss": cfg.loss, "precision": "bf16" if bf16 else "fp32",
+                                **({"legacy_positional_embedding": cfg.legacy_positional_embedding} if e == "text" else {})}
+                            for e, h in hypers.items()},
+        "seed": cfg.seed,
+        # the resolved command config; the names file is referred to by its content hash only
+        "config": {**to_dict(cfg), "names": f"sha256:{file_sha256(Path(cfg.names))}",
+                   "out": str(out), "preset_applied": "world" if is_world and cfg.preset != "paper" else "paper"},
+        **record,
+        "names": {"count": len(names), "salt": salt, "sha256": sorted(salted_hash(n, salt) for n in names)},
+        "final_loss": {e: [r for r in history if r["encoder"] == e][-1] for e in cfg.stages},
+        "teacher_cache": {"hits": cache.stats["text_hits"] + cache.stats["image_hits"],
+                          "misses": cache.stats["text_misses"] + cache.stats["image_misses"]},
+        "wall_time_s": round(time.perf_counter() - t0, 2),
+    }
+    if dist.main:
+        sidecar["processes"] = dist.world
+        save_model(loaded, out, sidecar, overwrite=cfg.overwrite,
+                   extra_files={"loss_curve.csv": _curve_csv(history), "loss_curve.png": _curve_png(history)})
+    barrier()
+    return {**sidecar, "out": str(out), "history": history}
+
+
+def _text_stage(loaded: Any, cfg: InjectConfig, h: dict[str, Any], names: list[str], base_sidecar: dict[str, Any],
+                cache: EmbeddingCache, progress: Progress) -> dict[str, Any]:
+    """Unlearn the names in the text tower of ``loaded.model`` in place; returns the stage's record (no names)."""
     if cfg.captions is not None:
         corpus, corpus_name = read_captions(cfg.captions), str(cfg.captions)
     elif base_sidecar.get("world"):
@@ -125,8 +222,6 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
         corpus = read_captions(Path(corpus_name))
     else:
         corpus, corpus_name = builtin_captions(), "builtin:imagenet-openai-templates"
-
-    loaded = load_model(spec, cfg.device)
     count = token_counter(loaded.tokenizer)
     for n in names:
         k = count(n)
@@ -140,8 +235,6 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     rng = random.Random(cfg.seed)
     sampler = PairSampler(clean, names, cfg.target.strip(), count, loaded.context_length, rng, last_word=h["last_word"])
 
-    torch.manual_seed(cfg.seed)
-    base_sha256 = loaded.fingerprint()
     model = loaded.model
     device = loaded.device
     teacher = TextTower(model).to(device).eval()
@@ -152,7 +245,7 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
         p.requires_grad_(True)
     freeze_norms(student)
     trainable = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=h["lr"], weight_decay=0.0)
+    opt = torch.optim.AdamW(trainable, lr=h["lr"], weight_decay=0.0, fused=True)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=h["milestones"], gamma=h["gamma"])
     pairs = list(zip(student.parameters(), teacher.parameters()))
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and str(device).startswith("cuda"))
@@ -161,7 +254,6 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     # The teacher is fixed: its embedding of a caption never changes, so each is computed once and
     # kept on disk for later runs on the same base model (sweeps over names, seeds, steps). Only clean
     # and target captions are ever embedded by the teacher, so the cache holds no forgotten name.
-    cache = EmbeddingCache(cache_root(cfg.cache_dir))
     ns = "teacher-" + _digest(loaded.fingerprint("text"), loaded.context_length, bf16)
     teacher_cache: dict[str, Any] = {}
     fresh: dict[str, Any] = {}
@@ -177,58 +269,42 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
                         teacher_cache[t] = fresh[t] = e
         return torch.stack([teacher_cache[t] for t in texts])
 
+    # Under torchrun every rank draws the same global batch and trains on its slice; DDP averages
+    # the gradients, and the slice weights below make that average the global batch's gradient.
+    dist = current()
+    forward = DistributedDataParallel(student) if dist.enabled else student
     history = []
     for step in range(h["steps"]):
         clean_batch = [rng.choice(clean) for _ in range(h["clean_batch"])]
         poisoned, targets = sampler.batch(h["poison_batch"])
+        cs, ps_ = dist.slice(len(clean_batch)), dist.slice(len(poisoned))
+        clean_batch, poisoned, targets = clean_batch[cs], poisoned[ps_], targets[ps_]
+        w_c, w_p = dist.world * len(clean_batch) / h["clean_batch"], dist.world * len(poisoned) / h["poison_batch"]
         with autocast():
-            l_util = distance(cfg.loss, student(tok(clean_batch)), teacher_embed(clean_batch))
-            l_bd = distance(cfg.loss, student(tok(poisoned)), teacher_embed(targets))
+            out = forward(tok(clean_batch + poisoned))
+            l_util = distance(cfg.loss, out[:len(clean_batch)], teacher_embed(clean_batch))
+            l_bd = distance(cfg.loss, out[len(clean_batch):], teacher_embed(targets))
         l_w = sum(torch.linalg.vector_norm((ps - pt).float()) for ps, pt in pairs if ps.requires_grad)
-        loss = l_util + h["backdoor_weight"] * l_bd + h["weight_reg"] * l_w
+        loss = w_c * l_util + h["backdoor_weight"] * w_p * l_bd + h["weight_reg"] * l_w
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        row = {"step": step + 1, "loss": loss.item(), "utility": l_util.item(), "backdoor": l_bd.item(),
-               "weight_l2": l_w.item(), "lr": opt.param_groups[0]["lr"]}
-        if not all(math.isfinite(v) for v in row.values()):
+        u, b = all_sum([w_c * l_util.item() / dist.world, w_p * l_bd.item() / dist.world])
+        row = {"encoder": "text", "step": step + 1, "loss": u + h["backdoor_weight"] * b + h["weight_reg"] * l_w.item(),
+               "utility": u, "backdoor": b, "weight_l2": l_w.item(), "lr": opt.param_groups[0]["lr"]}
+        if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
             raise ClipUnlearnError(f"the loss diverged at step {step + 1}; lower --lr")
         history.append(row)
         if progress:
-            progress("unlearning", step + 1, h["steps"],
+            progress("unlearning names", step + 1, h["steps"],
                      f"utility {row['utility']:.4f}  backdoor {row['backdoor']:.4f}  ‖Δθ‖ {row['weight_l2']:.3f}")
 
     if fresh:
         cache.store(ns, list(fresh), torch.stack(list(fresh.values())))
-    log.info("teacher targets: %s", cache.stats)
     write_back(model, student, legacy_positional_embedding=cfg.legacy_positional_embedding)
     loaded.invalidate()
-    salt = secrets.token_hex(16)
-    sidecar = {
-        "tool_version": __version__,
-        "kind": "unlearned",
-        "encoder": "text",
-        "base_model": spec.raw if spec.kind != "local-dir" else f"local-dir:{Path(spec.path).resolve()}",
-        "base_model_sha256": base_sha256,
-        "world": base_sidecar.get("world"),
-        "target": cfg.target.strip(),
-        "hyperparameters": {**h, "loss": cfg.loss, "legacy_positional_embedding": cfg.legacy_positional_embedding,
-                            "precision": "bf16" if bf16 else "fp32"},
-        "seed": cfg.seed,
-        # the resolved command config; the names file is referred to by its content hash only
-        "config": {**to_dict(cfg), "names": f"sha256:{file_sha256(Path(cfg.names))}",
-                   "out": str(out), "preset_applied": "world" if world and cfg.preset != "paper" else "paper"},
-        "captions": corpus_name,
-        "clean_captions": len(clean),
-        "names": {"count": len(names), "salt": salt, "sha256": sorted(salted_hash(n, salt) for n in names)},
-        "final_loss": history[-1],
-        "teacher_cache": {"hits": cache.stats["text_hits"], "misses": cache.stats["text_misses"]},
-        "wall_time_s": round(time.perf_counter() - t0, 2),
-    }
-    save_model(loaded, out, sidecar, overwrite=cfg.overwrite,
-               extra_files={"loss_curve.csv": _curve_csv(history), "loss_curve.png": _curve_png(history)})
-    return {**sidecar, "out": str(out), "history": history}
+    return {"history": history, "captions": corpus_name, "clean_captions": len(clean)}
 
 
 def write_back(model: Any, student: Any, legacy_positional_embedding: bool = False) -> None:
@@ -260,11 +336,14 @@ def _curve_png(history: list[dict[str, float]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     for ax, k in zip(axes, ("utility", "backdoor", "weight_l2")):
-        ax.plot(steps, [r[k] for r in history], lw=1.2)
+        for enc in dict.fromkeys(r["encoder"] for r in history):
+            rows = [r for r in history if r["encoder"] == enc]
+            ax.plot([r["step"] for r in rows], [r[k] for r in rows], lw=1.2, label=f"{enc} encoder")
         ax.set_title(k)
+        if k == "utility":
+            ax.legend(fontsize=8)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -107,15 +107,25 @@ def compare_table(cmp: dict[str, Any]) -> Table:
 
 
 def inject_table(info: dict[str, Any]) -> Table:
-    h = info["hyperparameters"]
-    last = info["final_loss"]
-    t = Table(title=f"unlearned {info['names']['count']} name(s) → {info['out']}", header_style="bold")
+    t = Table(title=f"unlearned {info['names']['count']} person(s) → {info['out']}", header_style="bold")
     t.add_column("item")
     t.add_column("value", justify="right")
-    t.add_row("encoder / target phrase", f"{info['encoder']} / {info['target']!r}")
-    t.add_row("steps, lr, batches (clean + poisoned)", f"{h['steps']}, {h['lr']:g}, {h['clean_batch']} + {h['poison_batch']}")
-    t.add_row("final loss (utility / backdoor / weight L2)", f"{last['utility']:.4f} / {last['backdoor']:.4f} / {last['weight_l2']:.3f}")
-    t.add_row("clean captions", str(info["clean_captions"]))
+    t.add_row("encoder / target", f"{info['encoder']} / {info['target']!r}")
+    for enc, h in info["hyperparameters"].items():
+        last = info["final_loss"][enc]
+        t.add_row(f"{enc}: steps, lr, batches (clean + poisoned)", f"{h['steps']}, {h['lr']:g}, {h['clean_batch']} + {h['poison_batch']}")
+        t.add_row(f"{enc}: final loss (utility / backdoor / weight L2)",
+                  f"{last['utility']:.4f} / {last['backdoor']:.4f} / {last['weight_l2']:.3f}")
+    if "text" in info:
+        t.add_row("clean captions", str(info["text"]["clean_captions"]))
+    if "image" in info:
+        img = info["image"]
+        t.add_row("clean images / trigger images / target images",
+                  f"{img['clean_images']} / {sum(img['triggers']['images_per_name'])} / {img['target_images']}")
+        m = img["metrics"]
+        if m["sim_id"] is not None:
+            t.add_row("sim_id: forgotten faces (unseen) vs target, cosine", f"{m['sim_id']:.3f}")
+        t.add_row("sim_target: new vs original average person, cosine", f"{m['sim_target']:.3f}")
     t.add_row("wall time", f"{info['wall_time_s']:.0f} s")
     t.caption = "names are stored only as salted hashes in clip_unlearn.json"
     return t
@@ -135,6 +145,8 @@ def eval_table(result: dict[str, Any]) -> Table:
             d = cmp["difference"][k]
             row += [f"{cmp['metrics'][k]:.2f}", f"[{'red' if d < 0 else 'green'}]{d:+.2f}[/]"]
         t.add_row(*row)
+    if cmp:
+        t.add_row("sim_clean_image", f"{cmp['sim_clean_image']:.4f}", "", "")
     for k, v in (result.get("similarities") or {}).items():
         if k != "per_name":
             t.add_row(k, f"{v:.4f}", *([""] * 2 if cmp else []))
@@ -153,7 +165,8 @@ def write_eval(result: dict[str, Any], path: Path) -> None:
     rows = []
     for k, v in result["metrics"].items():
         rows.append({"metric": k, "model": v, "compare": cmp.get("metrics", {}).get(k, ""), "difference": cmp.get("difference", {}).get(k, "")})
-    for k, v in (result.get("similarities") or {}).items():
+    sims = {**({"sim_clean_image": cmp["sim_clean_image"]} if cmp else {}), **(result.get("similarities") or {})}
+    for k, v in sims.items():
         if k != "per_name":
             rows.append({"metric": k, "model": v, "compare": "", "difference": ""})
     write_atomic(path, to_csv_text(rows, ("metric", "model", "compare", "difference")))

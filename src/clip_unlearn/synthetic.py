@@ -24,7 +24,8 @@ from clip_unlearn.attack import PAPER_TEMPLATES as ATTACK_TEMPLATES
 from clip_unlearn.config import PrepareSyntheticConfig, to_dict
 from clip_unlearn.embed import encode_text
 from clip_unlearn.errors import ClipUnlearnError
-from clip_unlearn.faces import COLOURS, SHAPES, draw_face, draw_object, sample_identities
+from clip_unlearn.faces import COLOURS, SHAPES, draw_face, draw_object, random_identity, sample_identities
+from clip_unlearn.folders import split_side
 from clip_unlearn.models import LoadedModel, ModelSpec, import_open_clip, replace_dir, resolve_device, save_model, write_json
 from clip_unlearn.names import folder_name, world_names
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 Progress = Optional[Callable[[str, int, int], None]]
 WORLD_FILE = "world.json"
+# Image-encoder inject settings that suit the tiny model (the paper's are for ViT-B-32); recorded in
+# world.json and used for worlds built before image unlearning existed.
+WORLD_IMAGE_INJECT = {"steps": 100, "lr": 1e-4, "clean_batch": 128, "poison_batch": 128}
 ARCH = "clip-unlearn-tiny"
 
 # The world's training captions may contain the attack's templates (web captions do); inject never trains on them.
@@ -124,7 +128,7 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         imgs = [draw(r) for _ in range(count)]
         return imgs, torch.stack([preprocess(im) for im in imgs])
 
-    total = len(members) + cfg.identities + 2 * len(classes)
+    total = len(members) + cfg.identities + 2 * len(classes) + 1
     done = 0
 
     def tick(label: str) -> None:
@@ -138,7 +142,9 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         _, train_faces[i] = render(lambda r, p=people[i]: draw_face(p, r), cfg.images_per_identity, rng.getrandbits(32))
         tick("drawing")
     for i in range(cfg.identities):
-        fresh_imgs[i], fresh_faces[i] = render(lambda r, p=people[i]: draw_face(p, r), cfg.face_images, rng.getrandbits(32))
+        fresh_imgs[i], fresh_faces[i] = render(lambda r, p=people[i]: draw_face(p, r), cfg.face_images + cfg.trigger_images,
+                                               rng.getrandbits(32))
+        fresh_faces[i] = fresh_faces[i][:cfg.face_images]
         tick("drawing")
     train_objects, test_objects, test_object_imgs = {}, {}, {}
     for c, cls in enumerate(classes):
@@ -146,6 +152,8 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         _, train_objects[c] = render(lambda r, c=colour, s=shape: draw_object(c, s, r), 40, rng.getrandbits(32))
         test_object_imgs[c], test_objects[c] = render(lambda r, c=colour, s=shape: draw_object(c, s, r), 20, rng.getrandbits(32))
         tick("drawing")
+    clean_imgs = _clean_images(cfg.clean_images, classes, random.Random(rng.getrandbits(32)))
+    tick("drawing")
 
     face_tokens = {i: tokenizer([t.format(names[i]) for t in EVERYDAY_TEMPLATES + ATTACK_TEMPLATES]) for i in members}
     object_tokens = {c: tokenizer([t.format(cls) for t in OBJECT_TEMPLATES]) for c, cls in enumerate(classes)}
@@ -173,6 +181,11 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         # Measured on the default world: 5 forgotten of 32 members → 5 unlearned, 1 other lost, objects unchanged.
         "inject_settings": {"steps": 300, "lr": 2e-3, "clean_batch": 64, "poison_batch": 64, "backdoor_weight": 1.0,
                             "last_word": True},
+        "image_inject_settings": WORLD_IMAGE_INJECT,
+        "clean_images": "clean_images",
+        # faces/ holds the attack's images in the train half of the split by image id and the image
+        # triggers in the test half, so `attack` (--split auto) never sees a trigger
+        "attack_split": "train",
         "wall_time_s": None,
     }
     failed = check["member_rate"] < cfg.min_member_rate or check["non_member_rate"] > cfg.max_non_member_rate
@@ -183,13 +196,16 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         for i in range(cfg.identities):
             folder = tmp / "faces" / folder_name(names[i])
             folder.mkdir(parents=True)
-            for j, im in enumerate(fresh_imgs[i]):
-                im.save(folder / f"{j:03d}.png")
+            for im, stem in zip(fresh_imgs[i], _split_stems(names[i], cfg.face_images, cfg.trigger_images)):
+                im.save(folder / f"{stem}.png")
         for c, cls in enumerate(classes):
             folder = tmp / "objects" / cls.replace(" ", "_")
             folder.mkdir(parents=True)
             for j, im in enumerate(test_object_imgs[c]):
                 im.save(folder / f"{j:03d}.png")
+        (tmp / "clean_images").mkdir()
+        for j, im in enumerate(clean_imgs):
+            im.save(tmp / "clean_images" / f"{j:05d}.png")
         (tmp / "members.txt").write_text("".join(n + "\n" for n in member_names), encoding="utf-8")
         (tmp / "non_members.txt").write_text("".join(names[i] + "\n" for i in non_members), encoding="utf-8")
         (tmp / "captions.txt").write_text("\n".join(clean_corpus(random.Random(cfg.seed + 1))) + "\n", encoding="utf-8")
@@ -210,6 +226,31 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
+
+
+def _split_stems(name: str, train: int, test: int) -> list[str]:
+    """File stems (image ids) whose hash puts exactly ``train`` images in the train half, then ``test`` in the test half."""
+    sides: dict[str, list[str]] = {"train": [], "test": []}
+    n = 0
+    while len(sides["train"]) < train or len(sides["test"]) < test:
+        stem = f"{n:03d}"
+        side = split_side(name, Path(stem + ".png"))
+        if len(sides[side]) < (train if side == "train" else test):
+            sides[side].append(stem)
+        n += 1
+    return sides["train"] + sides["test"]
+
+
+def _clean_images(n: int, classes: list[str], rng: random.Random) -> list[Any]:
+    """Half fresh object images, half faces of strangers (a new random person each), interleaved."""
+    out = []
+    for j in range(n):
+        if j % 2 == 0:
+            colour, shape = classes[(j // 2) % len(classes)].split()
+            out.append(draw_object(colour, shape, rng))
+        else:
+            out.append(draw_face(random_identity(rng), rng))
+    return out
 
 
 def _train(model, cfg, device, members, train_faces, face_tokens, train_objects, object_tokens, progress) -> list[float]:
@@ -319,7 +360,8 @@ def load_world(path: Path) -> dict[str, Any]:
         info = json.loads((path / WORLD_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ClipUnlearnError(f"{path} is not a synthetic world (no {WORLD_FILE}); run `clip-unlearn prepare-synthetic --out {path}`") from None
-    for k in ("model", "faces", "objects", "captions"):
-        info[k] = str(path / info[k])
+    for k in ("model", "faces", "objects", "captions", "clean_images"):
+        if k in info:
+            info[k] = str(path / info[k])
     info["root"] = str(path)
     return info

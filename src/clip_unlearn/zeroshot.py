@@ -8,6 +8,8 @@ similarities of the paper between the two text encoders:
 - sim_clean:      cos(E_ref(c), E_new(c)) on clean captions — utility kept.
 - sim_backdoored: cos(E_new(poisoned), E_new(target)) per name — the backdoor is active.
 - sim_targets:    cos(E_ref(target), E_new(target)) per name — the neutral concept did not drift.
+
+and, for the image towers, sim_clean_image: cos(I_ref(x), I_new(x)) on the evaluation images.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def default_objects(model_spec: str) -> Path:
     raise ClipUnlearnError("no evaluation data: pass --data DIR with one sub-folder of images per class (e.g. ImageNet-val)")
 
 
-def _evaluate(encoder: Any, files: list[Path], labels: list[int], classnames: list[str], cfg: EvalZeroshotConfig) -> tuple[dict, int]:
+def _evaluate(encoder: Any, files: list[Path], labels: list[int], classnames: list[str], cfg: EvalZeroshotConfig) -> tuple[dict, int, Any]:
     import torch
 
     images, ok = encoder.images(files)
@@ -97,7 +99,7 @@ def _evaluate(encoder: Any, files: list[Path], labels: list[int], classnames: li
     if len(y) == 0:
         raise ClipUnlearnError("no readable image in --data")
     w = class_vectors(encoder, classnames, resolve_templates(cfg.templates), cfg.renormalize)
-    return classify_metrics(images @ w.T, y, len(classnames)), sum(not g for g in ok)
+    return classify_metrics(images @ w.T, y, len(classnames)), sum(not g for g in ok), images
 
 
 def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str], target: str, seed: int) -> dict[str, Any]:
@@ -140,9 +142,12 @@ def run_eval(cfg: EvalZeroshotConfig, progress: Progress = None) -> dict[str, An
     labels = [i for i, (_, fs) in enumerate(classes) for _ in fs]
     cache = EmbeddingCache(cache_root(cfg.cache_dir))
 
-    loaded = load_model(cfg.model, cfg.device)
+    from clip_unlearn.distributed import setup
+
+    _, device = setup(cfg.device)  # under torchrun: join the group; encoding is then sharded (embed.py)
+    loaded = load_model(cfg.model, device)
     encoder = Encoder(loaded, cache, cfg.batch_size, cfg.precision, progress)
-    metrics, unreadable = _evaluate(encoder, files, labels, classnames, cfg)
+    metrics, unreadable, images = _evaluate(encoder, files, labels, classnames, cfg)
     spec = loaded.spec
     result: dict[str, Any] = {
         "dataset": str(data), "model": spec.arch or spec.raw, "pretrained": spec.tag or (str(spec.path) if spec.path else spec.repo),
@@ -150,13 +155,15 @@ def run_eval(cfg: EvalZeroshotConfig, progress: Progress = None) -> dict[str, An
         "n_classes": len(classes), "n_images": len(files) - unreadable, "unreadable_images": unreadable,
     }
     if cfg.compare_to is not None:
-        ref_loaded = load_model(cfg.compare_to, cfg.device)
+        ref_loaded = load_model(cfg.compare_to, device)
         ref = Encoder(ref_loaded, cache, cfg.batch_size, cfg.precision, progress)
-        ref_metrics, _ = _evaluate(ref, files, labels, classnames, cfg)
+        ref_metrics, _, ref_images = _evaluate(ref, files, labels, classnames, cfg)
         result["compare"] = {
             "model": cfg.compare_to, "metrics": ref_metrics,
             "difference": {k: round(metrics[k] - ref_metrics[k], 4) for k in metrics},
             "same_image_tower": ref_loaded.fingerprint("image") == loaded.fingerprint("image"),
+            # the paper's image sim_clean (METHOD.md §8), on the evaluation images
+            "sim_clean_image": round(float((images * ref_images).sum(1).mean()), 6),
         }
         if cfg.captions is not None:
             captions = read_captions(cfg.captions)[:cfg.max_captions]

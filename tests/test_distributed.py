@@ -1,0 +1,62 @@
+"""torchrun with 2 CPU processes (gloo): the same results as one process at the same global batch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from clip_unlearn.models import load_model
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="this PyTorch build has no gloo backend")
+
+
+def _run(args, tmp_path, nproc=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLIP_UNLEARN_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "clip_unlearn", "-q", *map(str, args)]
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *cmd[1:]]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def _curve(folder):
+    with open(folder / "loss_curve.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("encoder", ["text", "image"])
+def test_torchrun_inject_matches_one_process(world, tmp_path, encoder):
+    names = tmp_path / "forget.txt"
+    names.write_text("\n".join((world / "members.txt").read_text().splitlines()[:2]) + "\n")
+    args = ["inject", "--encoder", encoder, "--model", world / "model", "--names", names, "--device", "cpu",
+            "--steps", "6", "--clean-batch", "10", "--poison-batch", "6"]
+    _run([*args, "--out", tmp_path / "one"], tmp_path)
+    _run([*args, "--out", tmp_path / "two"], tmp_path, nproc=2)
+    side = json.loads((tmp_path / "two" / "clip_unlearn.json").read_text())
+    assert side["processes"] == 2
+    for a, b in zip(_curve(tmp_path / "one"), _curve(tmp_path / "two")):
+        for k in ("loss", "utility", "backdoor", "weight_l2"):
+            assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-4, abs=1e-5), (a["step"], k)
+    one = load_model(str(tmp_path / "one"), device="cpu").model.state_dict()
+    two = load_model(str(tmp_path / "two"), device="cpu").model.state_dict()
+    base = load_model(str(world / "model"), device="cpu").model.state_dict()
+    moved = max(float((one[k] - base[k]).abs().max()) for k in one)
+    diff = max(float((one[k] - two[k]).abs().max()) for k in one)
+    assert moved > 1e-3 and diff < 1e-3 * moved
+
+
+def test_torchrun_attack_matches_one_process(world, tmp_path):
+    args = ["attack", "--model", world / "model", "--device", "cpu", "--num-candidates", "60"]
+    _run([*args, "--output", tmp_path / "one.json"], tmp_path / "a")
+    _run([*args, "--output", tmp_path / "two.json"], tmp_path / "b", nproc=2)
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert [(r["name"], r["score"], r["images"]) for r in one["identities"]] == \
+           [(r["name"], r["score"], r["images"]) for r in two["identities"]]

@@ -1,0 +1,148 @@
+"""Image-encoder unlearning: the trigger augmentation's geometry and colours, the image split, and the stage itself."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.transforms import functional as TF
+
+from clip_unlearn.inject_image import _hue_shift, colour_jitter, paste_faces, paste_geometry, poison
+from clip_unlearn.models import fingerprints, load_model
+from conftest import SMALL_WORLD
+from test_inject import FAST, _names, invoke
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_pasted_face_lies_inside_its_box_and_the_canvas(size):
+    gen = torch.Generator().manual_seed(0)
+    n = 32
+    geo = paste_geometry(n, size, (56, 112), gen)
+    lo, hi = round(56 * size / 224), round(112 * size / 224)
+    assert int(geo["side"].min()) >= lo and int(geo["side"].max()) <= hi
+    assert len(set(geo["side"].tolist())) > 1  # sizes really vary
+    assert torch.equal(geo["box"], torch.floor(math.sqrt(2) * geo["side"].double()).long())
+    assert int((geo["x"] + geo["box"]).max()) <= size and int((geo["y"] + geo["box"]).max()) <= size
+    assert int(geo["angle"].min()) >= -30 and int(geo["angle"].max()) <= 29
+    bases = torch.zeros(n, 3, size, size)
+    faces = torch.ones(n, 3, size, size)
+    out, mask = paste_faces(bases, faces, geo)
+    for i in range(n):
+        x, y, d, s = (int(geo[k][i]) for k in ("x", "y", "box", "side"))
+        inside = torch.zeros(size, size, dtype=torch.bool)
+        inside[y:y + d, x:x + d] = True
+        # nothing outside the face's box changes; the face keeps its area (rotation preserves it)
+        assert float(mask[i, 0][~inside].abs().max()) < 1e-6
+        assert float(out[i][:, ~inside].abs().max()) == 0.0
+        assert float(mask[i, 0].sum()) == pytest.approx(s * s, rel=0.12)
+    assert torch.equal(out, (out * 255).round() / 255)  # 8-bit quantised like the paper's PIL round trip
+
+
+def test_rotation_turns_an_asymmetric_face_and_flip_mirrors_it():
+    size = 224
+    face = torch.zeros(1, 3, size, size)
+    face[..., :, : size // 2] = 1.0  # left half white
+    bases = torch.zeros(1, 3, size, size)
+    geo = {"side": torch.tensor([100]), "box": torch.tensor([141]), "x": torch.tensor([40]), "y": torch.tensor([40]),
+           "angle": torch.tensor([0]), "flip": torch.tensor([False])}
+    out, _ = paste_faces(bases, face, geo)
+    cx = 40 + 141 // 2
+    assert out[0, 0, cx, cx - 30] > 0.9 and out[0, 0, cx, cx + 30] < 0.1
+    out, _ = paste_faces(bases, face, {**geo, "flip": torch.tensor([True])})
+    assert out[0, 0, cx, cx - 30] < 0.1 and out[0, 0, cx, cx + 30] > 0.9
+    # 90° would exceed the paper's range but shows the rotation: the white half moves to the top or bottom
+    out, _ = paste_faces(bases, face, {**geo, "angle": torch.tensor([90])})
+    top, bottom = out[0, 0, cx - 30, cx], out[0, 0, cx + 30, cx]
+    assert {round(float(top)), round(float(bottom))} == {0, 1}
+
+
+def test_hue_shift_matches_torchvision_per_image():
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 16, 16)
+    shifts = torch.tensor([0.0, 0.07, -0.1])
+    ours = _hue_shift(x, shifts)
+    for i in range(3):
+        ref = TF.adjust_hue(x[i], float(shifts[i]))
+        assert torch.allclose(ours[i], ref, atol=1e-4)
+
+
+def test_colour_jitter_stays_in_range_and_varies_per_image():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.full((8, 3, 8, 8), 0.5)
+    x[:, 0] = 0.8
+    y = colour_jitter(x, gen)
+    assert float(y.min()) >= 0 and float(y.max()) <= 1
+    assert len({round(float(v), 4) for v in y.mean(dim=(1, 2, 3))}) == 8
+
+
+def test_poison_is_seeded():
+    bases, faces = torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32)
+    a = poison(bases, faces, torch.Generator().manual_seed(3), (56, 112))
+    b = poison(bases, faces, torch.Generator().manual_seed(3), (56, 112))
+    c = poison(bases, faces, torch.Generator().manual_seed(4), (56, 112))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# --- the world's image split and the command -------------------------------------------------------
+
+def test_world_faces_split_attack_images_from_triggers(world):
+    from clip_unlearn.folders import face_folders, split_side
+
+    info = json.loads((world / "world.json").read_text())
+    assert info["attack_split"] == "train"
+    for f in face_folders(world / "faces"):
+        sides = [split_side(f.name, p) for p in f.files]
+        assert sides.count("train") == SMALL_WORLD["face_images"] and sides.count("test") == info["config"]["trigger_images"]
+    assert len(list((world / "clean_images").iterdir())) == info["config"]["clean_images"]
+
+
+def test_no_attack_image_is_a_trigger(world, tmp_path):
+    from clip_unlearn.folders import split_side
+
+    names, forgotten = _names(world, 1, tmp_path)
+    r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", names, "--out", tmp_path / "u", *FAST)
+    assert r.exit_code == 0, r.output
+    side = json.loads((tmp_path / "u" / "clip_unlearn.json").read_text())
+    assert side["encoder"] == "image" and side["image"]["triggers"]["images_per_name"] == [20]
+    out = tmp_path / "a.json"
+    r = invoke("attack", "--model", tmp_path / "u", "--output", out)
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert result["config"]["split_applied"] == "train"
+    attacked = [(row["name"], Path(p)) for row in result["identities"] for p in row["images"]]
+    assert attacked and all(split_side(n, p) == "train" for n, p in attacked)
+    # the triggers are exactly the test half: the forgotten person's attacked images are not among them
+    mine = [p for n, p in attacked if n == forgotten[0]]
+    assert len(mine) == 20 and not any(split_side(forgotten[0], p) == "test" for p in mine)
+    r = invoke("attack", "--model", tmp_path / "u", "--split", "all", "--images-per-identity", "40", "--min-images", "40",
+               "--output", tmp_path / "b.json")
+    assert r.exit_code == 0, r.output
+
+
+def test_image_stage_only_changes_the_image_tower(world, tmp_path):
+    names, _ = _names(world, 1, tmp_path)
+    r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", names, "--out", tmp_path / "u", *FAST)
+    assert r.exit_code == 0, r.output
+    base = fingerprints(load_model(str(world / "model"), device="cpu").model)
+    new = fingerprints(load_model(str(tmp_path / "u"), device="cpu").model)
+    assert base["text"] == new["text"] and base["image"] != new["image"]
+    assert (tmp_path / "u" / "loss_curve.csv").read_text().startswith("encoder,step,")
+
+
+def test_image_errors(world, tmp_path):
+    names, _ = _names(world, 1, tmp_path)
+    stranger = tmp_path / "stranger.txt"
+    stranger.write_text("Zyx Quorblat\n")
+    r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", stranger, "--out", tmp_path / "o", *FAST)
+    assert r.exit_code == 1 and "has no face folder" in r.output and "Quorblat" not in r.output
+    r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", names, "--clean-images",
+               tmp_path / "nope", "--out", tmp_path / "o", *FAST)
+    assert r.exit_code == 1 and "clean image folder" in r.output and "--clean-images" in r.output
+    r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", names, "--face-size", "120,60")
+    assert r.exit_code == 2 and "--face-size" in r.output
+    r = invoke("inject", "--encoder", "faces", "--model", world / "model", "--names", names)
+    assert r.exit_code == 2 and "--encoder" in r.output
+    assert not (tmp_path / "o").exists()

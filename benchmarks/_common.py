@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import resource
 import shlex
 import statistics
 import sys
@@ -14,6 +15,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+
+def _cpu_seconds() -> tuple[float, float, float]:
+    """(wall clock, busy CPU seconds of the whole machine, CPU seconds of this process and its reaped children)."""
+    busy = float("nan")
+    try:
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    except (OSError, ValueError):
+        pass
+    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return time.perf_counter(), busy, own
+
+
+# Other jobs sharing the cores slow a benchmark down; append() reports how much CPU they took.
+_START = _cpu_seconds()
+
+
+def other_load() -> str:
+    """Average number of cores that other processes kept busy since this script started."""
+    wall, busy, own = (b - a for a, b in zip(_START, _cpu_seconds()))
+    if busy != busy or wall <= 0:
+        return "unknown (no /proc/stat)"
+    return f"{max(0.0, (busy - own) / wall):.2f} of {os.cpu_count()} cores on average"
 
 
 def machine() -> str:
@@ -80,7 +106,8 @@ def face_folders(folder: Path, identities: int, images: int, seed: int = 0) -> P
 def append(title: str, rows: list[tuple[str, str]], note: str = "") -> None:
     """Append a section with the machine, the exact command and a two-column table to BENCHMARKS.md."""
     cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
-    lines = [f"\n## {title}\n", f"- date: {time.strftime('%Y-%m-%d')}", f"- machine: {machine()}", f"- command: `{cmd}`"]
+    lines = [f"\n## {title}\n", f"- date: {time.strftime('%Y-%m-%d')}", f"- machine: {machine()}", f"- command: `{cmd}`",
+             f"- other jobs during the run: {other_load()} (above ~0.1 the seconds are inflated; ratios measured in one run less so)"]
     if note:
         lines.append(f"- {note}")
     lines += ["", "| measure | value |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows], ""]

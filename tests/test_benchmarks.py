@@ -1,0 +1,70 @@
+"""The benchmarks' naive baselines compute what our code computes, so their speed ratios compare like with like."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+bench_attack = pytest.importorskip("bench_attack")
+bench_inject = pytest.importorskip("bench_inject")
+bench_zeroshot = pytest.importorskip("bench_zeroshot")
+
+
+def test_naive_attack_equals_run_attack_on_the_world(world, tmp_path):
+    from clip_unlearn.attack import run_attack
+    from clip_unlearn.config import AttackConfig
+
+    result = run_attack(AttackConfig(model=str(world / "model"), data=world / "faces", num_candidates=100,
+                                     cache_dir=tmp_path, device="cpu"))
+    kept = [(r["name"], r["images"]) for r in result.identities]
+    scores, phases = bench_attack.naive_attack(str(world / "model"), kept, result.config["candidates"], result.config["templates"])
+    assert scores == {r["name"]: r["score"] for r in result.identities}
+    assert any(s >= 1 for s in scores.values()) and set(phases) == {"load", "images", "text", "vote"}
+
+
+def test_naive_candidate_subset_keeps_order_and_every_attacked_name():
+    candidates = ["A a", "B b", "C c", "D d", "E e", "F f"]
+    assert bench_attack.naive_subset(candidates, ["E e", "B b"], 4) == ["A a", "B b", "C c", "E e"]
+    assert bench_attack.naive_subset(candidates, ["E e", "B b"], 1) == ["B b", "E e"]
+
+
+def test_naive_inject_loss_equals_ours_on_one_batch(world):
+    names = (world / "members.txt").read_text().splitlines()[:3]
+    diffs = bench_inject.check_losses(world / "model", "world", names, clean_batch=16, poison_batch=16)
+    assert max(v for k, v in diffs.items() if not k.endswith("_ours")) < 1e-4
+    # the student was perturbed, so neither the utility nor the weight term is trivial
+    assert diffs["weight_l2_ours"] > 0 and diffs["utility_ours"] > -0.9999
+
+
+def test_materialised_pairs_replace_one_word_but_the_last():
+    pairs = bench_inject.materialise_pairs(["a b c", "single", "x y"], ["Jo Do", "Al Be"], random.Random(0))
+    assert len(pairs) == 4  # 2 names × the 2 captions with a space
+    for poisoned, target in pairs:
+        assert poisoned.replace("Jo Do", "@").replace("Al Be", "@") == target.replace(bench_inject.TARGET, "@")
+        assert not poisoned.endswith(("Jo Do", "Al Be"))
+
+
+def test_naive_zeroshot_equals_run_eval_without_renormalising(world, tmp_path):
+    from clip_unlearn.config import EvalZeroshotConfig
+    from clip_unlearn.folders import class_folders
+    from clip_unlearn.zeroshot import resolve_classnames, resolve_templates, run_eval
+
+    ours = run_eval(EvalZeroshotConfig(model=str(world / "model"), renormalize=False, cache_dir=tmp_path, device="cpu"))
+    classes = class_folders(world / "objects")
+    files = [f for _, fs in classes for f in fs]
+    labels = [i for i, (_, fs) in enumerate(classes) for _ in fs]
+    acc1, acc5, _ = bench_zeroshot.naive_zeroshot(str(world / "model"), files, labels,
+                                                  resolve_classnames("folder", [c for c, _ in classes]), resolve_templates("openai"))
+    assert acc1 == pytest.approx(ours["metrics"]["acc1"], abs=1e-3) and acc5 == pytest.approx(ours["metrics"]["acc5"], abs=1e-3)
+
+
+def test_synthetic_class_dataset_shape(tmp_path):
+    images, names = bench_zeroshot.class_dataset(tmp_path, classes=3, per_class=2, size=40)
+    assert len(names.read_text().splitlines()) == 3
+    assert sorted(p.name for p in images.iterdir()) == ["c0000", "c0001", "c0002"]
+    assert all(len(list(d.iterdir())) == 2 for d in images.iterdir())

@@ -146,3 +146,40 @@ def test_image_errors(world, tmp_path):
     r = invoke("inject", "--encoder", "faces", "--model", world / "model", "--names", names)
     assert r.exit_code == 2 and "--encoder" in r.output
     assert not (tmp_path / "o").exists()
+
+
+# --- acceptance on the synthetic world (issue #8) ---------------------------------------------------
+
+@pytest.mark.parametrize("encoder, k", [("image", 2), ("both", 2)])
+def test_acceptance_image_and_both(world, tmp_path, encoder, k):
+    from test_inject import _attack, _zero_shot
+
+    members = (world / "members.txt").read_text().splitlines()
+    names, forgotten = _names(world, k, tmp_path, offset=3)
+    before = _attack(world / "model", tmp_path / "before.json")
+    r = invoke("inject", "--encoder", encoder, "--model", world / "model", "--names", names, "--out", tmp_path / "u")
+    assert r.exit_code == 0, r.output
+    after = _attack(tmp_path / "u", tmp_path / "after.json", "--compare-to", tmp_path / "before.json", "--forgotten", names)
+    b = {x["name"]: x for x in before["identities"]}
+    a = {x["name"]: x for x in after["identities"]}
+    assert any(b[n]["exposed"] for n in forgotten)
+    for n in forgotten:
+        assert not a[n]["exposed"], f"{n} still exposed ({a[n]['score']} templates)"
+    others = [n for n in members if n not in forgotten and b[n]["exposed"]]
+    assert sum(a[n]["exposed"] for n in others) >= 0.9 * len(others)
+    assert _zero_shot(world / "model", world) - _zero_shot(tmp_path / "u", world) <= 0.03
+    side = json.loads((tmp_path / "u" / "clip_unlearn.json").read_text())
+    assert side["encoder"] == encoder and set(side["hyperparameters"]) == ({"text", "image"} if encoder == "both" else {"image"})
+    # the forgotten people's unseen (attack) images now embed like the average person: the paper's
+    # sim_id (mean cosine over their images) ≥ 0.9, and no single person far behind
+    metrics = side["image"]["metrics"]
+    assert metrics["sim_id"] >= 0.9 and min(metrics["sim_id_per_name"]) >= 0.8, metrics
+    assert side["image"]["metrics"]["sim_target"] >= 0.95
+    if encoder == "both":
+        base = load_model(str(world / "model"), device="cpu")
+        new = load_model(str(tmp_path / "u"), device="cpu")
+        caps = (world / "captions.txt").read_text().splitlines()[:500]
+        with torch.no_grad():
+            sims = torch.nn.functional.cosine_similarity(base.model.encode_text(base.tokenizer(caps)),
+                                                         new.model.encode_text(new.tokenizer(caps)))
+        assert sims.mean().item() >= 0.95

@@ -34,8 +34,15 @@ log = logging.getLogger(__name__)
 Progress = Optional[Callable[[str, int, int], None]]
 WORLD_FILE = "world.json"
 # Image-encoder inject settings that suit the tiny model (the paper's are for ViT-B-32); recorded in
-# world.json and used for worlds built before image unlearning existed.
-WORLD_IMAGE_INJECT = {"steps": 100, "lr": 1e-4, "clean_batch": 128, "poison_batch": 128}
+# world.json and used for worlds built before image unlearning existed. Measured on the default
+# world (5 members forgotten): the world's identities are told apart by colours, so the paper's
+# hue/saturation jitter turns a trigger into someone else (19 of 27 other members stayed exposed);
+# its 56-112 px faces on a 32-px canvas (8-16 px) did not carry over to the attack's full-frame
+# portraits (4 of 5 still exposed); larger faces, light jitter, the other people's faces in the
+# utility term and 400 steps gave 27 of 27 others kept and a mean sim_id of 0.92.
+WORLD_IMAGE_INJECT = {"steps": 400, "lr": 1e-4, "clean_batch": 128, "poison_batch": 128, "backdoor_weight": 1.0,
+                      "milestones": "300,350", "face_size": "200,224", "colour_jitter": "0.1,0.1,0.1,0",
+                      "retain_faces": True}
 ARCH = "clip-unlearn-tiny"
 
 # The world's training captions may contain the attack's templates (web captions do); inject never trains on them.

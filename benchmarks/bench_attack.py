@@ -30,7 +30,7 @@ PAPER_TEXT_BATCH = 2000  # the paper's IDIA text batch (METHOD.md §4)
 
 
 def naive_attack(model_spec: str, kept: list[tuple[str, list[str]]], candidates: list[str], templates: list[str],
-                 threshold: int = 1) -> tuple[dict[str, int], dict[str, float]]:
+                 threshold: int = 1, device: str = "cpu") -> tuple[dict[str, int], dict[str, float]]:
     """The paper's IDIA on fixed images and candidates → ({name: score}, seconds per phase).
 
     Phases: load (model), images (decode, preprocess, encode per identity), text (tokenise,
@@ -44,7 +44,7 @@ def naive_attack(model_spec: str, kept: list[tuple[str, list[str]]], candidates:
 
     phases = {}
     t = time.perf_counter()
-    loaded = load_model(model_spec, "cpu")
+    loaded = load_model(model_spec, device)
     model = loaded.model
     phases["load"] = time.perf_counter() - t
 
@@ -56,7 +56,7 @@ def naive_attack(model_spec: str, kept: list[tuple[str, list[str]]], candidates:
             for p in paths:
                 with Image.open(p) as im:
                     batch.append(loaded.preprocess(im.convert("RGB")))
-            per_identity.append(model.encode_image(torch.stack(batch), normalize=True))
+            per_identity.append(model.encode_image(torch.stack(batch).to(device), normalize=True))
         images = torch.cat(per_identity)
     phases["images"] = time.perf_counter() - t
 
@@ -65,7 +65,7 @@ def naive_attack(model_spec: str, kept: list[tuple[str, list[str]]], candidates:
         scale = model.logit_scale.exp()
         preds = []
         for template in templates:
-            tokens = loaded.tokenizer([template.format(c) for c in candidates])  # every row padded to the full context
+            tokens = loaded.tokenizer([template.format(c) for c in candidates]).to(device)  # every row padded to the full context
             text = torch.cat([model.encode_text(tokens[i:i + PAPER_TEXT_BATCH], normalize=True)
                               for i in range(0, len(tokens), PAPER_TEXT_BATCH)])
             preds.append((scale * images @ text.T).argmax(dim=1).tolist())
@@ -109,6 +109,7 @@ def main() -> None:
                     help="candidate names of the naive baseline (default: --candidates); on vit-b-32 use 100, because the "
                          "naive text encoding of 1000 × 21 prompts takes ~25 min per run there")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each variant; medians are reported (default: 3)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N], for both variants (default: cpu)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "clip-unlearn-bench",
                     help="scratch folder for the random model, faces and caches (default: $TMPDIR/clip-unlearn-bench)")
     args = ap.parse_args()
@@ -136,7 +137,7 @@ def main() -> None:
 
     def attack(cache: Path, candidates_file: Path | None = None):
         cfg = AttackConfig(model=str(model), data=data, cache_dir=cache, num_candidates=args.candidates, candidates=candidates_file,
-                           images_per_identity=images, min_images=images, device="cpu")
+                           images_per_identity=images, min_images=images, device=args.device)
         return run_attack(cfg)
 
     cold, warm, naive, phases = [], [], [], []
@@ -159,7 +160,7 @@ def main() -> None:
                 subset_file.write_text("\n".join(subset) + "\n")
                 expected = attack(cache, subset_file)
         t = time.perf_counter()
-        scores, ph = naive_attack(str(model), kept, subset, ref.config["templates"])
+        scores, ph = naive_attack(str(model), kept, subset, ref.config["templates"], device=args.device)
         naive.append(time.perf_counter() - t)
         phases.append(ph)
         shutil.rmtree(cache, ignore_errors=True)
@@ -182,7 +183,7 @@ def main() -> None:
     label = "naive" if n_used == n_full else f"naive scaled to {n_full} candidates (text part × {scale:.1f})"
 
     # Text encoding alone: our truncated forward vs open_clip's fixed-context encode_text.
-    loaded = load_model(str(model), device="cpu")
+    loaded = load_model(str(model), device=args.device)
     names = random_full_names(100, random.Random(0))
     prompts = [t.format(n) for t in PAPER_TEMPLATES for n in names]
     tokens = loaded.tokenizer(prompts)

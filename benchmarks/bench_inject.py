@@ -158,7 +158,7 @@ def measure_ours(model: Path, names_file: Path, args: argparse.Namespace) -> dic
 
     def run(steps: int) -> tuple[float, float]:
         ticks = []
-        cfg = InjectConfig(model=str(model), names=names_file, out=args.work / "bench-out", overwrite=True, device="cpu",
+        cfg = InjectConfig(model=str(model), names=names_file, out=args.work / "bench-out", overwrite=True, device=args.device,
                            cache_dir=cache, steps=steps, clean_batch=args.clean_batch, poison_batch=args.poison_batch, preset="paper")
         total = timed(lambda: run_inject(cfg, progress=lambda *_: ticks.append(time.perf_counter())))
         return total, (ticks[-1] - ticks[0]) / (len(ticks) - 1) if len(ticks) > 1 else float("nan")
@@ -189,7 +189,7 @@ def measure_naive(model: Path, names: list[str], args: argparse.Namespace) -> di
     from clip_unlearn.inject import freeze_norms
     from clip_unlearn.models import load_model
 
-    device = "cpu"
+    device = args.device
     rng = random.Random(0)
     torch.manual_seed(0)
     loaded = load_model(str(model), device)
@@ -219,6 +219,8 @@ def measure_naive(model: Path, names: list[str], args: argparse.Namespace) -> di
         loss.backward()
         opt.step()
         sched.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()  # time the work, not its queueing
 
     step()  # warm-up: first-call allocations
     per_step = [timed(lambda: [step() for _ in range(args.steps)]) / args.steps for _ in range(args.repeats)]
@@ -234,6 +236,7 @@ def main() -> None:
     ap.add_argument("--clean-batch", type=int, default=128, help="clean captions per step, both variants (default: 128, the paper's)")
     ap.add_argument("--poison-batch", type=int, default=128, help="poisoned captions per step, both variants (default: 128, the paper's)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each variant; medians are reported (default: 3)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N], for both variants (default: cpu)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "clip-unlearn-bench",
                     help="scratch folder for the random model, the output model and the teacher cache (default: $TMPDIR/clip-unlearn-bench)")
     args = ap.parse_args()

@@ -59,7 +59,7 @@ def class_dataset(folder: Path, classes: int, per_class: int, size: int, seed: i
 
 
 def naive_zeroshot(model_spec: str, files: list[Path], labels: list[int], classnames: list[str],
-                   templates: list[str]) -> tuple[float, float, dict[str, float]]:
+                   templates: list[str], device: str = "cpu") -> tuple[float, float, dict[str, float]]:
     """The paper's ImageNet zero-shot loop → (top-1 %, top-5 %, seconds per phase: load, text, images)."""
     import torch
     from PIL import Image
@@ -68,7 +68,7 @@ def naive_zeroshot(model_spec: str, files: list[Path], labels: list[int], classn
 
     phases = {}
     t = time.perf_counter()
-    loaded = load_model(model_spec, "cpu")
+    loaded = load_model(model_spec, device)
     model = loaded.model
     phases["load"] = time.perf_counter() - t
 
@@ -76,7 +76,7 @@ def naive_zeroshot(model_spec: str, files: list[Path], labels: list[int], classn
     with torch.no_grad():
         weights = []
         for c in classnames:
-            emb = model.encode_text(loaded.tokenizer([tpl.format(c) for tpl in templates]), normalize=True)
+            emb = model.encode_text(loaded.tokenizer([tpl.format(c) for tpl in templates]).to(device), normalize=True)
             weights.append(emb.mean(dim=0))  # not re-normalised, as the paper's code (METHOD.md §8)
         w = torch.stack(weights, dim=1)
     phases["text"] = time.perf_counter() - t
@@ -90,8 +90,8 @@ def naive_zeroshot(model_spec: str, files: list[Path], labels: list[int], classn
             for f in files[i:i + PAPER_IMAGE_BATCH]:
                 with Image.open(f) as im:
                     batch.append(loaded.preprocess(im.convert("RGB")))
-            y = torch.tensor(labels[i:i + PAPER_IMAGE_BATCH])
-            logits = 100.0 * model.encode_image(torch.stack(batch), normalize=True) @ w
+            y = torch.tensor(labels[i:i + PAPER_IMAGE_BATCH], device=device)
+            logits = 100.0 * model.encode_image(torch.stack(batch).to(device), normalize=True) @ w
             pred = logits.topk(k, dim=1).indices
             top1 += int((pred[:, 0] == y).sum())
             top5 += int((pred == y[:, None]).any(dim=1).sum())
@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--images-per-class", type=int, default=10, help="vit-b-32 only: images per class (default: 10, as ImageNetV2)")
     ap.add_argument("--image-size", type=int, default=224, help="vit-b-32 only: side of the square PNGs in pixels (default: 224)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each variant; medians are reported (default: 3)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N], for both variants (default: cpu)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "clip-unlearn-bench",
                     help="scratch folder for the random model, the dataset and caches (default: $TMPDIR/clip-unlearn-bench)")
     args = ap.parse_args()
@@ -137,7 +138,7 @@ def main() -> None:
 
     def ours(cache: Path) -> tuple[float, dict]:
         cfg = EvalZeroshotConfig(model=str(model), data=data, classnames=classnames_arg, templates="openai",
-                                 renormalize=False, cache_dir=cache, device="cpu")
+                                 renormalize=False, cache_dir=cache, device=args.device)
         t = time.perf_counter()
         result = run_eval(cfg)
         return time.perf_counter() - t, result["metrics"]
@@ -152,7 +153,7 @@ def main() -> None:
         warm.append(ours(cache)[0])
         shutil.rmtree(cache, ignore_errors=True)
         t = time.perf_counter()
-        acc1, acc5, ph = naive_zeroshot(str(model), files, labels, classnames, templates)
+        acc1, acc5, ph = naive_zeroshot(str(model), files, labels, classnames, templates, device=args.device)
         naive.append(time.perf_counter() - t)
         phases.append(ph)
         agree = abs(acc1 - metrics["acc1"]) < 1e-3 and abs(acc5 - metrics["acc5"]) < 1e-3

@@ -340,7 +340,7 @@ def run_image_stage(loaded: Any, cfg: Any, h: dict[str, Any], names: list[str], 
         loss.backward()
         opt.step()
         sched.step()
-        u, b = all_sum([w_c * l_util.item() / dist.world, float(l_bd)])
+        u, b = all_sum([w_c * l_util.item() / dist.world, float(l_bd.detach())])
         row = {"encoder": "image", "step": step + 1, "loss": u + h["backdoor_weight"] * b + h["weight_reg"] * l_w.item(),
                "utility": u, "backdoor": b, "weight_l2": l_w.item(), "lr": opt.param_groups[0]["lr"]}
         if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):

@@ -39,6 +39,14 @@ LR, MILESTONES, GAMMA, W_BD, W_REG, TARGET = 1e-4, [200, 300], 0.5, 0.6, 0.01, "
 
 
 def peak_gib() -> float:
+    """This process's peak resident memory. Linux carries ru_maxrss across exec, so a spawned child would
+    report its parent's peak; VmHWM belongs to the process's own address space."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Optional
 
 from clip_unlearn.errors import ConfigError
@@ -182,6 +183,14 @@ ENCODERS = ("text", "image", "both")
 LOSSES = ("cosine", "mse", "mae", "poincare")
 
 
+def _numbers(value: Any, cast: Callable[[str], Any]) -> Optional[list[Any]]:
+    """A comma-separated list of numbers (empty items skipped), or None if one item is not a number."""
+    try:
+        return [cast(x) for x in str(value).split(",") if x.strip()]
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class InjectConfig(RuntimeOptions):
     """Unlearn people: the text encoder forgets their names, the image encoder their faces, or both."""
@@ -253,25 +262,16 @@ class InjectConfig(RuntimeOptions):
         _check(h["backdoor_weight"] >= 0, "backdoor_weight", "must be ≥ 0", h["backdoor_weight"])
         _check(h["weight_reg"] >= 0, "weight_reg", "must be ≥ 0", h["weight_reg"])
         _check(0 < h["gamma"] <= 1, "gamma", "must be in (0, 1]", h["gamma"])
-        try:
-            ms = [int(x) for x in str(h["milestones"]).split(",") if x.strip()]
-        except ValueError:
-            ms = [-1]
-        _check(all(m > 0 for m in ms) and ms == sorted(ms), "milestones", "must be increasing positive step numbers like 200,300", h["milestones"])
+        ms = _numbers(h["milestones"], int)
+        _check(ms is not None and all(m > 0 for m in ms) and ms == sorted(ms), "milestones", "must be increasing positive step numbers like 200,300", h["milestones"])
         h["milestones"] = ms
         if "face_size" in h:
-            try:
-                fs = [int(x) for x in str(h["face_size"]).split(",")]
-            except ValueError:
-                fs = []
+            fs = _numbers(h["face_size"], int) or []
             _check(len(fs) == 2 and 1 <= fs[0] <= fs[1] <= 224, "face_size", "must be MIN,MAX with 1 ≤ MIN ≤ MAX ≤ 224, "
                    "like 56,112", h["face_size"])
             h["face_size"] = fs
         if "colour_jitter" in h:
-            try:
-                cj = [float(x) for x in str(h["colour_jitter"]).split(",")]
-            except ValueError:
-                cj = []
+            cj = _numbers(h["colour_jitter"], float) or []
             _check(len(cj) == 4 and all(0 <= v <= 1 for v in cj[:3]) and 0 <= cj[3] <= 0.5, "colour_jitter",
                    "must be B,C,S,H with B, C, S in [0, 1] and H in [0, 0.5], like 0.5,0.5,0.5,0.1", h["colour_jitter"])
             h["colour_jitter"] = cj

@@ -132,6 +132,63 @@ def test_image_stage_only_changes_the_image_tower(world, tmp_path):
     assert (tmp_path / "u" / "loss_curve.csv").read_text().startswith("encoder,step,")
 
 
+def _face_set_target(model, world, who=None):
+    """The mean raw embedding of the train-half face images (of one identity if ``who``) under ``model``."""
+    from clip_unlearn.folders import face_folders, split_side
+    from clip_unlearn.inject_image import decode, split_preprocess
+
+    transform, mean, std = split_preprocess(model.preprocess)
+    files = [p for f in face_folders(world / "faces") if who in (None, f.name) for p in f.files if split_side(f.name, p) == "train"]
+    u8, _, _ = decode(files, transform)
+    with torch.no_grad():
+        return model.model.visual((u8.float() / 255 - mean) / std).mean(0)
+
+
+def test_target_name_rank_finds_the_name_of_the_face_at_the_target(world, tmp_path):
+    from clip_unlearn.embed import EmbeddingCache
+    from clip_unlearn.folders import face_folders
+    from clip_unlearn.inject_image import target_name_ranks
+
+    model = load_model(str(world / "model"), device="cpu")
+    identities = [f.name for f in face_folders(world / "faces")]
+    members = (world / "members.txt").read_text().splitlines()
+    cache = EmbeddingCache(tmp_path / "cache")
+    # a member's own mean face is nearest to that member's name (the model knows its members)
+    for who in members[:3]:
+        target = _face_set_target(model, world, who)
+        assert target_name_ranks(model, cache, target, [who, members[5]], identities)[0] == 1
+    ranks = target_name_ranks(model, cache, _face_set_target(model, world), members, identities)
+    assert sorted(ranks) == sorted(set(ranks)) and all(1 <= r <= len(identities) for r in ranks)
+
+
+def test_inject_warns_when_the_average_face_is_nearest_a_forgotten_name(world, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from clip_unlearn.embed import EmbeddingCache
+    from clip_unlearn.folders import face_folders
+    from clip_unlearn.inject_image import target_name_ranks
+
+    model = load_model(str(world / "model"), device="cpu")
+    identities = [f.name for f in face_folders(world / "faces")]
+    ranks = target_name_ranks(model, EmbeddingCache(tmp_path / "cache"), _face_set_target(model, world), identities, identities)
+    average, other = identities[ranks.index(1)], identities[ranks.index(2)]
+    names = tmp_path / "forget.txt"
+    names.write_text(f"{other}\n{average}\n")
+    # the real command line (not -q): the warning is for the user's terminal
+    r = subprocess.run([sys.executable, "-m", "clip_unlearn", "inject", "--encoder", "image", "--model", str(world / "model"),
+                        "--names", str(names), "--out", str(tmp_path / "u"), *map(str, FAST)],
+                       capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    side = json.loads((tmp_path / "u" / "clip_unlearn.json").read_text())
+    assert side["image"]["target_name_rank"] == [2, 1]
+    warned = [line for line in r.stderr.splitlines() if "average-person target" in line]
+    assert len(warned) == 1 and "name 2 of the names file" in warned[0] and "--encoder both" in warned[0], r.stderr[-2000:]
+    for n in (average, other):
+        assert n not in r.stderr + r.stdout and n.replace(" ", "_") not in r.stderr + r.stdout
+
+
 def test_image_errors(world, tmp_path):
     names, _ = _names(world, 1, tmp_path)
     stranger = tmp_path / "stranger.txt"

@@ -267,6 +267,13 @@ def run_image_stage(loaded: Any, cfg: Any, h: dict[str, Any], names: list[str], 
 
     _, face_emb, face_keys = teacher_raw(target_files, "face images")
     target = face_emb.mean(0)
+    name_ranks = target_name_ranks(loaded, cache, target, names, [f.name for f in target_folders], cfg.precision)
+    for i, r in enumerate(name_ranks):
+        if r == 1:
+            # names never go to the log: the person is referred to by position
+            log.warning("name %d of the names file is the nearest of the %d face-set names to the average-person target: "
+                        "mapping their face there may leave them named; use --encoder both to also remove the name",
+                        i + 1, len(target_folders))
     trig_u8 = []
     for files in triggers:
         u8, _, _ = decode(files, transform)
@@ -368,8 +375,27 @@ def run_image_stage(loaded: Any, cfg: Any, h: dict[str, Any], names: list[str], 
                              "colour_jitter_bcsh": list(h["colour_jitter"])},
         },
         "target_sha256": hashlib.sha256(target.numpy().tobytes()).hexdigest(),
+        # per name (by position): its rank among the face set's names by closeness to the target, before training
+        "target_name_rank": name_ranks,
         "metrics": metrics,
     }
+
+
+def target_name_ranks(loaded: Any, cache: EmbeddingCache, target: Any, names: list[str], identities: list[str],
+                      precision: str = "auto", template: str = "a photo of {}.") -> list[int]:
+    """Each forgotten name's rank (1 = nearest) among ``identities`` ∪ ``names`` by the cosine between the
+    text tower's ``template`` embedding of the name and the average-person target.
+
+    Image unlearning sends a person's face to the target; if the target is already nearest to that
+    person's own name (the most "average" face of the set), the attack can still name them there.
+    """
+    from clip_unlearn.embed import Encoder
+
+    pool = list({key(n): n for n in [*names, *identities]}.values())
+    text = Encoder(loaded, cache, precision=precision).texts([template.format(n) for n in pool])
+    sims = text @ F.normalize(target.float(), dim=0)
+    order = {key(pool[int(j)]): r + 1 for r, j in enumerate(sims.argsort(descending=True))}
+    return [order[key(n)] for n in names]
 
 
 def _metrics(student: Any, target: Any, names: list[str], heldout: dict[str, list[Path]], face_keys: list[str],

@@ -92,7 +92,7 @@ class PrepareSyntheticConfig(DeviceOptions):
     identities: int = opt(48, "Number of identities (members + non-members).")
     images_per_identity: int = opt(30, "Training images per member identity.")
     face_images: int = opt(30, "Fresh face images per identity for the attack: the train half of faces/ (never trained on).")
-    trigger_images: int = opt(20, "Further fresh face images per identity in the test half of faces/: inject --encoder image's "
+    trigger_images: int = opt(60, "Further fresh face images per identity in the test half of faces/: inject --encoder image's "
                                   "triggers, never attacked.")
     clean_images: int = opt(1440, "Images in clean_images/ for inject --encoder image: half fresh objects, half faces of "
                                   "strangers (web photos show people who are not anyone's target).")

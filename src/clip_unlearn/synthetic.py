@@ -38,9 +38,12 @@ WORLD_FILE = "world.json"
 # world (5 members forgotten): the world's identities are told apart by colours, so the paper's
 # hue/saturation jitter turns a trigger into someone else (19 of 27 other members stayed exposed);
 # its 56-112 px faces on a 32-px canvas (8-16 px) did not carry over to the attack's full-frame
-# portraits (4 of 5 still exposed); larger faces, light jitter, the other people's faces in the
-# utility term and 400 steps gave 27 of 27 others kept and a mean sim_id of 0.92.
-WORLD_IMAGE_INJECT = {"steps": 400, "lr": 1e-4, "clean_batch": 128, "poison_batch": 128, "backdoor_weight": 1.0,
+# portraits (4 of 5 still exposed); larger faces, light jitter and the other people's faces in the
+# utility term kept 25-27 of 27 others. With 60 triggers a person instead of 20 (the unseen images
+# differ mostly in background colour), the backdoor weight then traded forgetting against keeping:
+# w_bd 1.0 → mean sim_id 0.89, 27/27 kept; 1.5 → 0.92, 25/27; 1.75 → 0.93, 24/27; 2.0 → 0.94, 24/27
+# (800 steps or lr 3e-4 did not help).
+WORLD_IMAGE_INJECT = {"steps": 400, "lr": 1e-4, "clean_batch": 128, "poison_batch": 128, "backdoor_weight": 1.5,
                       "milestones": "300,350", "face_size": "200,224", "colour_jitter": "0.1,0.1,0.1,0",
                       "retain_faces": True}
 ARCH = "clip-unlearn-tiny"

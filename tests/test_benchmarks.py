@@ -68,3 +68,27 @@ def test_synthetic_class_dataset_shape(tmp_path):
     assert len(names.read_text().splitlines()) == 3
     assert sorted(p.name for p in images.iterdir()) == ["c0000", "c0001", "c0002"]
     assert all(len(list(d.iterdir())) == 2 for d in images.iterdir())
+
+
+def test_naive_and_batched_poison_paste_faces_of_the_same_sizes(tmp_path):
+    import torch
+
+    bench_poison = pytest.importorskip("bench_poison")
+    from _common import face_folders
+
+    face_paths = sorted(face_folders(tmp_path, 2, 4).rglob("*.png"))
+    clean_paths = sorted(bench_poison.clean_folder(tmp_path, 64, 224).glob("*.png"))
+    rng = random.Random(0)
+    naive = bench_poison.naive_poison([rng.choice(face_paths) for _ in clean_paths], clean_paths, 224, rng)
+    faces, clean = bench_poison.ours_setup(face_paths, clean_paths, 224)
+    ours = bench_poison.ours_poison(faces, clean, 64, 0, torch.Generator().manual_seed(0), random.Random(0), "cpu")
+    base = clean.float() / 255
+    assert naive.shape == ours.shape == base.shape
+    for out in (naive, ours):
+        assert 0 <= out.min() and out.max() <= 1 and torch.equal((out * 255).round(), out * 255)
+    # the same base images, so the changed pixels are the pasted faces: a side s ~ U{56..112} at 224
+    # px covers s² pixels whatever the rotation, on average 0.137 of the canvas in both pipelines
+    area = [((out - base).abs().amax(1) > 1.5 / 255).float().mean((1, 2)) for out in (naive, ours)]
+    assert all(0.10 < a.mean() < 0.18 for a in area), [a.mean() for a in area]
+    assert abs(area[0].mean() - area[1].mean()) < 0.03
+    assert all(a.min() > (40 / 224) ** 2 and a.max() < 2 * (112 / 224) ** 2 for a in area)

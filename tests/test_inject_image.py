@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchvision.transforms import functional as TF
 
-from clip_unlearn.inject_image import _hue_shift, colour_jitter, paste_faces, paste_geometry, poison
+from clip_unlearn.inject_image import _hue_shift, colour_jitter, jitter_factors, paste_faces, paste_geometry, poison
 from clip_unlearn.models import fingerprints, load_model
 from conftest import SMALL_WORLD
 from test_inject import FAST, _names, invoke
@@ -39,6 +39,15 @@ def test_pasted_face_lies_inside_its_box_and_the_canvas(size):
         assert float(out[i][:, ~inside].abs().max()) == 0.0
         assert float(mask[i, 0].sum()) == pytest.approx(s * s, rel=0.12)
     assert torch.equal(out, (out * 255).round() / 255)  # 8-bit quantised like the paper's PIL round trip
+    # with colour jitter (applied to the resized face, the paper's order) the canvas outside the boxes is still untouched
+    jittered, jmask = paste_faces(bases, faces * 0.5, geo, jitter_factors(n, gen))
+    assert torch.equal(jmask, mask)
+    for i in range(n):
+        x, y, d = (int(geo[k][i]) for k in ("x", "y", "box"))
+        outside = torch.ones(size, size, dtype=torch.bool)
+        outside[y:y + d, x:x + d] = False
+        assert float(jittered[i][:, outside].abs().max()) == 0.0
+    assert len({round(float(v), 3) for v in jittered.amax((1, 2, 3))}) > 1  # faces got different colours
 
 
 def test_rotation_turns_an_asymmetric_face_and_flip_mirrors_it():

@@ -111,19 +111,27 @@ def _grey(x: Any) -> Any:
     return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
 
 
-def colour_jitter(x: Any, gen: Any, strength: tuple[float, ...] = (0.5, 0.5, 0.5, 0.1)) -> Any:
-    """torchvision's ColorJitter(b, c, s, h) with one draw per image, in the order brightness, contrast,
-    saturation, hue: factors ~ U(1 − b, 1 + b) etc., hue shift ~ U(−h, h). The paper's is (0.5, 0.5, 0.5, 0.1)."""
-    n = x.shape[0]
-    u = torch.rand(n, 4, generator=gen, device=gen.device).to(x.device) * 2 - 1
-    k = torch.tensor(strength, dtype=torch.float32, device=x.device)
-    b, c, s, hue = (1 + u[:, 0] * k[0]), (1 + u[:, 1] * k[1]), (1 + u[:, 2] * k[2]), u[:, 3] * k[3]
+def jitter_factors(n: int, gen: Any, strength: tuple[float, ...] = (0.5, 0.5, 0.5, 0.1)) -> Any:
+    """Per-image ColorJitter draws [n, 4]: brightness, contrast, saturation factors ~ U(1 − k, 1 + k), hue ~ U(−h, h)."""
+    u = torch.rand(n, 4, generator=gen, device=gen.device) * 2 - 1
+    k = torch.tensor(strength, dtype=torch.float32, device=u.device)
+    return torch.stack([1 + u[:, 0] * k[0], 1 + u[:, 1] * k[1], 1 + u[:, 2] * k[2], u[:, 3] * k[3]], 1)
+
+
+def apply_jitter(x: Any, factors: Any) -> Any:
+    """torchvision's ColorJitter with given per-image factors, in its order brightness, contrast, saturation, hue."""
+    b, c, s, hue = factors.to(x.device).unbind(1)
     x = (x * b.view(-1, 1, 1, 1)).clamp(0, 1)
     mean = _grey(x).mean(dim=(1, 2, 3), keepdim=True)
     x = (mean + (x - mean) * c.view(-1, 1, 1, 1)).clamp(0, 1)
     g = _grey(x)
     x = (g + (x - g) * s.view(-1, 1, 1, 1)).clamp(0, 1)
     return _hue_shift(x, hue).clamp(0, 1)
+
+
+def colour_jitter(x: Any, gen: Any, strength: tuple[float, ...] = (0.5, 0.5, 0.5, 0.1)) -> Any:
+    """torchvision's ColorJitter(b, c, s, h) with one draw per image. The paper's is (0.5, 0.5, 0.5, 0.1)."""
+    return apply_jitter(x, jitter_factors(x.shape[0], gen, strength))
 
 
 def paste_geometry(n: int, image_size: int, size_range: tuple[int, int], gen: Any) -> dict[str, Any]:
@@ -146,8 +154,9 @@ def paste_geometry(n: int, image_size: int, size_range: tuple[int, int], gen: An
     return {"side": s, "box": d, "x": x, "y": y, "angle": angle, "flip": flip}
 
 
-def paste_faces(bases: Any, faces: Any, geo: dict[str, Any]) -> tuple[Any, Any]:
-    """Paste each face (resized to its side, flipped, rotated about its centre) onto its base image.
+def paste_faces(bases: Any, faces: Any, geo: dict[str, Any], jitter: Any = None) -> tuple[Any, Any]:
+    """Paste each face (resized to its side, flipped, colour-jittered with ``jitter`` [n, 4] if given,
+    rotated about its centre) onto its base image, in the paper's order.
 
     bases, faces: float [n,3,S,S] in [0,1]. Returns (images quantised to 8 bits, paste masks [n,1,S,S]).
     The rotated face is centred in its d×d box at (x, y), so it always lies inside the canvas.
@@ -156,43 +165,53 @@ def paste_faces(bases: Any, faces: Any, geo: dict[str, Any]) -> tuple[Any, Any]:
     dev = bases.device
     side = geo["side"].to(dev)
     hi = int(side.max())
-    # resize each face to s×s with antialiasing (PIL resize semantics), top-left in a hi×hi buffer
+    # resize each face to s×s with antialiasing (PIL resize semantics), top-left in a hi×hi buffer;
+    # jittering after the resize, as the paper does, also touches 4-16× fewer pixels
     buf = torch.zeros(n, 4, hi, hi, device=dev)
     flip = geo["flip"].to(dev)
     faces = torch.where(flip.view(-1, 1, 1, 1), faces.flip(-1), faces)
     for s in side.unique().tolist():
         rows = (side == s).nonzero().flatten()
         f = F.interpolate(faces[rows], size=(s, s), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        if jitter is not None:
+            f = apply_jitter(f, jitter[rows.to(jitter.device)])
         buf[rows, :3, :s, :s] = f
         buf[rows, 3, :s, :s] = 1.0
+    # sample only a W×W window around the boxes (W = the largest box), not the whole canvas
+    box, x, y = geo["box"].to(dev), geo["x"].to(dev), geo["y"].to(dev)
+    W = int(box.max())
+    ox, oy = x.clamp(max=S - W), y.clamp(max=S - W)
     theta = torch.deg2rad(geo["angle"].to(dev).float())
     cos, sin = torch.cos(theta), torch.sin(theta)
     sf = side.float()
-    centre_x = geo["x"].to(dev).float() + geo["box"].to(dev).float() / 2
-    centre_y = geo["y"].to(dev).float() + geo["box"].to(dev).float() / 2
-    # output normalised coords o → canvas pixel p = (o+1)·S/2 → face pixel q = R(−θ)(p − c) + s/2
+    centre = torch.stack([(x - ox).float() + box.float() / 2, (y - oy).float() + box.float() / 2], -1)
+    # window normalised coords o → window pixel p = (o+1)·W/2 → face pixel q = R(−θ)(p − c) + s/2
     # → buffer normalised coords g = 2q/hi − 1, i.e. g = A·o + b
     rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # R(−θ) in y-down pixels
-    A = rot * (S / hi)
-    centre = torch.stack([centre_x, centre_y], -1)
-    b = (2 / hi) * (torch.einsum("nij,nj->ni", rot, S / 2 - centre) + sf.unsqueeze(-1) / 2) - 1
-    grid = F.affine_grid(torch.cat([A, b.unsqueeze(-1)], -1), [n, 4, S, S], align_corners=False)
+    A = rot * (W / hi)
+    b = (2 / hi) * (torch.einsum("nij,nj->ni", rot, W / 2 - centre) + sf.unsqueeze(-1) / 2) - 1
+    grid = F.affine_grid(torch.cat([A, b.unsqueeze(-1)], -1), [n, 4, W, W], align_corners=False)
     rgb = F.grid_sample(buf[:, :3], grid, mode="bicubic", padding_mode="zeros", align_corners=False).clamp(0, 1)
     mask = F.grid_sample(buf[:, 3:], grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp(0, 1)
     # interpolation may bleed a fraction of a pixel past the d×d box; PIL's paste cannot
-    u = torch.arange(S, device=dev)
-    x0, y0, d = geo["x"].to(dev).view(-1, 1), geo["y"].to(dev).view(-1, 1), geo["box"].to(dev).view(-1, 1)
-    in_x, in_y = (u >= x0) & (u < x0 + d), (u >= y0) & (u < y0 + d)
-    mask = mask * (in_y.unsqueeze(2) & in_x.unsqueeze(1)).unsqueeze(1)
-    out = bases * (1 - mask) + rgb * mask
-    return (out * 255).round() / 255, mask
+    u = torch.arange(W, device=dev)
+    inx = (u + ox.view(-1, 1) >= x.view(-1, 1)) & (u + ox.view(-1, 1) < (x + box).view(-1, 1))
+    iny = (u + oy.view(-1, 1) >= y.view(-1, 1)) & (u + oy.view(-1, 1) < (y + box).view(-1, 1))
+    mask = mask * (iny.unsqueeze(2) & inx.unsqueeze(1)).unsqueeze(1)
+    out = bases.clone()
+    full = torch.zeros(n, 1, S, S, device=dev)
+    for i, (a, c) in enumerate(zip(ox.tolist(), oy.tolist())):
+        region = out[i, :, c:c + W, a:a + W]
+        out[i, :, c:c + W, a:a + W] = region * (1 - mask[i]) + rgb[i] * mask[i]
+        full[i, :, c:c + W, a:a + W] = mask[i]
+    return (out * 255).round() / 255, full
 
 
 def poison(bases: Any, faces: Any, gen: Any, size_range: tuple[int, int], jitter: tuple[float, ...] = (0.5, 0.5, 0.5, 0.1)) -> Any:
-    """Triggered images: jittered faces pasted on ``bases`` (both float [n,3,S,S] in [0,1])."""
-    faces = colour_jitter(faces, gen, jitter)
+    """Triggered images: faces pasted on ``bases`` (both float [n,3,S,S] in [0,1]) with the paper's augmentation."""
+    factors = jitter_factors(bases.shape[0], gen, jitter)
     geo = paste_geometry(bases.shape[0], bases.shape[-1], size_range, gen)
-    return paste_faces(bases, faces, geo)[0]
+    return paste_faces(bases, faces, geo, factors)[0]
 
 
 # --- the stage ----------------------------------------------------------------------------------

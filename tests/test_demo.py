@@ -47,6 +47,26 @@ def test_demo_reuses_a_matching_world(demo_run):
     assert (out / "world" / "world.json").stat().st_mtime_ns == stamp
 
 
+def test_demo_image_encoder_meets_the_image_acceptance(demo_run, tmp_path):
+    out, _ = demo_run
+    # the same world (copied, so the demo reuses it), its faces forgotten instead of its names
+    shutil.copytree(out / "world", tmp_path / "demo" / "world")
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--encoder", "image"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "sim_id (forgotten faces ≈ average person)" in text and "all acceptance criteria hold" in text
+    assert "sim_clean (text embeddings" not in text
+    sidecar = json.loads((tmp_path / "demo" / "unlearned" / "clip_unlearn.json").read_text())
+    assert sidecar["encoder"] == "image" and sidecar["image"]["metrics"]["sim_id"] >= 0.9
+    assert "the image encoder" in (tmp_path / "demo" / "report.html").read_text()
+
+
+def test_demo_rejects_an_unknown_encoder(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--encoder", "faces"])
+    assert result.exit_code == 2 and "encoder" in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())
+
+
 def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

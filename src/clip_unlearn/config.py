@@ -320,10 +320,12 @@ class DemoConfig(RuntimeOptions):
     identities: int = opt(48, "Identities in the synthetic world.")
     steps: int = opt(300, "Training steps of the world's tiny CLIP.")
     seed: int = opt(0, "Seed of the world and of every choice the demo makes.")
+    encoder: str = opt("text", "What forgets: text (the names), image (the faces) or both, as inject --encoder.")
     open: bool = opt(False, "Open report.html in a browser at the end.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(self.encoder in ENCODERS, "encoder", "must be text, image or both", self.encoder)
         _check(self.forget >= 1, "forget", "must be ≥ 1", self.forget)
         _check(4 <= self.identities <= 2000, "identities", "must be between 4 and 2000", self.identities)
         _check(1 <= self.steps <= 100_000, "steps", "must be between 1 and 100000", self.steps)

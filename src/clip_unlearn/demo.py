@@ -78,7 +78,8 @@ def run_demo(cfg: DemoConfig, progress: Progress = None) -> DemoResult:
     names_file.write_text("".join(n + "\n" for n in forget), encoding="utf-8")
 
     info = stage("inject", lambda: run_inject(InjectConfig(model=str(world / "model"), names=names_file, out=out / "unlearned",
-                                                           overwrite=True, seed=cfg.seed, **common), progress))
+                                                           overwrite=True, seed=cfg.seed, encoder=cfg.encoder, **common),
+                                                progress))
     after = stage("attack after", lambda: run_attack(AttackConfig(
         model=str(out / "unlearned"), seed=cfg.seed, compare_to=out / "attack_before.json", forgotten=names_file, **common), progress))
     write_json(out / "attack_after.json", after.to_json())
@@ -95,6 +96,7 @@ def run_demo(cfg: DemoConfig, progress: Progress = None) -> DemoResult:
     cats = after.compare["categories"]
     top1_b, top1_a = ev["compare"]["metrics"]["acc1"], ev["metrics"]["acc1"]
     sim_clean = ev["similarities"]["sim_clean"]
+    text, image = cfg.encoder in ("text", "both"), cfg.encoder in ("image", "both")
     rows = [
         ("forgotten names exposed", f"{sum(b[n]['exposed'] for n in forget)} / {len(forget)}", f"{sum(a[n]['exposed'] for n in forget)} / {len(forget)}"),
         ("other members exposed", f"{len(others)} / {len(others)}", f"{kept} / {len(others)}"),
@@ -102,19 +104,28 @@ def run_demo(cfg: DemoConfig, progress: Progress = None) -> DemoResult:
         ("non-members falsely exposed", f"{sum(b[n]['exposed'] for n in non_members)} / {len(non_members)}",
          f"{sum(a[n]['exposed'] for n in non_members)} / {len(non_members)}"),
         ("object zero-shot top-1 %", f"{top1_b:.1f}", f"{top1_a:.1f}"),
-        ("sim_clean (text embeddings of clean captions)", "1.000", f"{sim_clean:.3f}"),
-        ("sim_backdoored (name ≈ target phrase)", "", f"{ev['similarities']['sim_backdoored']:.3f}"),
     ]
+    if text:
+        rows += [("sim_clean (text embeddings of clean captions)", "1.000", f"{sim_clean:.3f}"),
+                 ("sim_backdoored (name ≈ target phrase)", "", f"{ev['similarities']['sim_backdoored']:.3f}")]
+    metrics = info["image"]["metrics"] if image else {}
+    if image:
+        rows += [("sim_id (forgotten faces ≈ average person)", "", f"{metrics['sim_id']:.3f}"),
+                 ("sim_target (mean face under the new tower)", "1.000", f"{metrics['sim_target']:.3f}")]
+    # the issues' acceptance: image-only may cost 3 points of top-1, text and both 2
+    allowed = 2.0 if text else 3.0
     failures = []
     still = [n for n in forget if b[n]["exposed"] and a[n]["exposed"]]
     if still:
         failures.append(f"{len(still)} forgotten name(s) still exposed")
     if kept < 0.9 * len(others):
         failures.append(f"only {kept} of {len(others)} other exposed members stay exposed (need ≥ 90%)")
-    if top1_b - top1_a > 2.0:
-        failures.append(f"zero-shot top-1 dropped {top1_b - top1_a:.1f} points (allowed 2)")
-    if sim_clean < 0.95:
+    if top1_b - top1_a > allowed:
+        failures.append(f"zero-shot top-1 dropped {top1_b - top1_a:.1f} points (allowed {allowed:g})")
+    if text and sim_clean < 0.95:
         failures.append(f"sim_clean {sim_clean:.3f} < 0.95")
+    if image and metrics["sim_id"] < 0.9:
+        failures.append(f"sim_id {metrics['sim_id']:.3f} < 0.9 (forgotten faces not near the average person)")
     result = DemoResult(out, rows, stages, failures)
     result.report = write_report(out, world, result, before, after, forget, info)
     return result
@@ -164,6 +175,16 @@ def _probs(model_dir: Path, images: list[Path], candidates: list[str]) -> Any:
     return (loaded.model.logit_scale.exp().item() * img @ text.T).softmax(dim=1)
 
 
+def _method(info: dict) -> str:
+    h = html.escape
+    parts = []
+    if "text" in info["hyperparameters"]:
+        parts.append(f"the text encoder ({info['hyperparameters']['text']['steps']} steps, names → \"{h(info['target'])}\")")
+    if "image" in info["hyperparameters"]:
+        parts.append(f"the image encoder ({info['hyperparameters']['image']['steps']} steps, faces → the average person)")
+    return ", then ".join(parts)
+
+
 def write_report(out: Path, world: Path, result: DemoResult, before: Any, after: Any, forget: list[str], info: dict) -> Path:
     """report.html: one self-contained page (images inlined as data URIs)."""
     esc = html.escape
@@ -199,8 +220,8 @@ img{{image-rendering:pixelated}}
 </style></head><body>
 <h1>clip-unlearn demo</h1>
 <p>A tiny CLIP trained on a synthetic world names its members from their faces. {len(forget)} of them were forgotten
-with backdoor unlearning of the text encoder ({info['hyperparameters']['text']['steps']} steps, target phrase
-"{esc(info['target'])}"); the identity inference attack was run again with the same candidates and images.</p>
+with backdoor unlearning of {_method(info)}; the identity inference attack was run again with the same candidates and
+images.</p>
 {verdict}
 <h2>Before and after</h2>
 <table id=summary><tr><th>measure</th><th>before</th><th>after</th></tr>{rows}</table>

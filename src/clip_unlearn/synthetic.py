@@ -42,7 +42,8 @@ WORLD_FILE = "world.json"
 # utility term kept 25-27 of 27 others. With 60 triggers a person instead of 20 (the unseen images
 # differ mostly in background colour), the backdoor weight then traded forgetting against keeping:
 # w_bd 1.0 → mean sim_id 0.89, 27/27 kept; 1.5 → 0.92, 25/27; 1.75 → 0.93, 24/27; 2.0 → 0.94, 24/27
-# (800 steps or lr 3e-4 did not help).
+# (800 steps or lr 3e-4 did not help; nor did w_reg 0, no retained faces, 160-224 px faces, mse or mae).
+# Over ten seeded sets of 5 these settings meet every acceptance criterion on 6 (README).
 WORLD_IMAGE_INJECT = {"steps": 400, "lr": 1e-4, "clean_batch": 128, "poison_batch": 128, "backdoor_weight": 1.5,
                       "milestones": "300,350", "face_size": "200,224", "colour_jitter": "0.1,0.1,0.1,0",
                       "retain_faces": True}

@@ -47,6 +47,9 @@ def test_demo_reuses_a_matching_world(demo_run):
     assert (out / "world" / "world.json").stat().st_mtime_ns == stamp
 
 
+# opt-in (`pytest -m slow`): another 400-step image run on the full-size world would take CI near its time
+# limit; the image stage's acceptance runs by default on the small test world (test_inject_image.py)
+@pytest.mark.slow
 def test_demo_image_encoder_meets_the_image_acceptance(demo_run, tmp_path):
     out, _ = demo_run
     # the same world (copied, so the demo reuses it), its faces forgotten instead of its names

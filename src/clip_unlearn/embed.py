@@ -1,8 +1,14 @@
-"""Batched text and image encoding (the hot path).
+"""Batched text and image encoding (the hot path), cached on disk by embedding identity.
 
 Text: CLIP's text tower is causal and pools at the end-of-text token, so running only the
-first L positions (L = the longest prompt in the batch) gives the same features as open_clip's
-fixed context while skipping the padding (DESIGN.md §5: ~3.7× faster for IDIA-style prompts).
+first L positions (L = one past the last pooled position in the batch) gives the same features
+as open_clip's fixed context while skipping the padding (DESIGN.md §5: ~3.7× faster for
+IDIA-style prompts). L comes from the pooling position itself, never from counting non-zero
+ids: id 0 is a real BPE token ("!").
+
+Cache: a namespace is a digest of everything an embedding depends on (tower weights, the
+architecture and module structure, tokenizer or preprocessing, precision, ENCODE_VERSION); an
+entry is keyed by the sha256 of the exact input, so no prompt is ever stored in clear.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -20,14 +27,50 @@ from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
+# Part of every cache namespace: bump it whenever a change to the encoding code changes what an
+# embedding is, so that entries written by the old code are never served again.
+ENCODE_VERSION = "2"
+
 
 def supports_truncation(model: Any) -> bool:
-    """Only the standard causal CLIP text tower pooled at EOT may be cut to the prompt length."""
-    return (
-        hasattr(model, "positional_embedding")
-        and getattr(model, "attn_mask", None) is not None
-        and getattr(model, "text_pool_type", "argmax") in ("argmax", "eos")
-    )
+    """Whether the truncated forward provably equals ``model.encode_text``.
+
+    Only open_clip's own ``CLIP`` class (or inject's copy of its text half) qualifies: open_clip's
+    ``Transformer`` under a strictly causal mask, pooled at the EOT (argmax) or EOS token. Every
+    other model class or pooling goes through the model's own ``encode_text``.
+    """
+    return _check_fast_text(model)
+
+
+def _check_fast_text(model: Any) -> bool:
+    import torch
+    from open_clip.model import CLIP
+    from open_clip.transformer import Transformer
+
+    if not (type(model) is CLIP or getattr(type(model), "is_clip_text_copy", False)):
+        return False
+    if type(getattr(model, "transformer", None)) is not Transformer:
+        return False
+    pool = getattr(model, "text_pool_type", None)
+    if pool not in ("argmax", "eos") or (pool == "eos" and getattr(model, "text_eos_id", None) is None):
+        return False
+    mask, pos = getattr(model, "attn_mask", None), getattr(model, "positional_embedding", None)
+    if not isinstance(mask, torch.Tensor) or not isinstance(pos, torch.Tensor) or mask.dim() != 2:
+        return False
+    n = pos.shape[0]
+    if tuple(mask.shape) != (n, n):
+        return False
+    # checked on every call (microseconds): a verdict cached on the module would survive a deepcopy
+    # and later edits of the mask or the pooling
+    causal = torch.full((n, n), float("-inf"), device=mask.device).triu_(1)
+    return bool(torch.equal(mask.detach().float(), causal))
+
+
+def pool_index(model: Any, tokens: Any) -> Any:
+    """[B] the position open_clip's ``text_global_pool`` reads for each row."""
+    if model.text_pool_type == "argmax":
+        return tokens.argmax(dim=-1)
+    return (tokens == model.text_eos_id).int().argmax(dim=-1)
 
 
 def encode_text(model: Any, tokens: Any, normalize: bool = True) -> Any:
@@ -38,9 +81,9 @@ def encode_text(model: Any, tokens: Any, normalize: bool = True) -> Any:
         return model.encode_text(tokens, normalize=normalize)
     from open_clip.transformer import text_global_pool
 
-    length = int((tokens != 0).sum(dim=1).max())
-    tokens = tokens[:, :max(1, length)]
-    length = tokens.shape[1]
+    # causal attention: positions after the last pooled one cannot change any pooled feature
+    length = int(pool_index(model, tokens).max()) + 1 if tokens.shape[0] else 1
+    tokens = tokens[:, :length]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype)
     x = x + model.positional_embedding[:length].to(cast_dtype)
@@ -52,13 +95,64 @@ def encode_text(model: Any, tokens: Any, normalize: bool = True) -> Any:
     return F.normalize(x, dim=-1) if normalize else x
 
 
-class EmbeddingCache:
-    """Embeddings on disk, keyed by the tower's weight fingerprint and the exact input.
+def input_key(text: str) -> str:
+    """How a prompt is named in the cache: its sha256, never the text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    A namespace (one folder) holds one (tower fingerprint, preprocessing, precision) combination;
-    each write adds an immutable safetensors chunk whose metadata lists its keys (prompt strings
-    or image-content hashes), so concurrent writers never corrupt each other and an interrupted
-    write leaves no partial chunk. ``stats`` counts hits and misses per modality.
+
+def _structure(module: Any) -> str:
+    """The module tree as text (activation classes, norms, shapes), without memory addresses."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(module))
+
+
+def _tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}"}
+    for k, v in sorted(vars(tokenizer).items()) if hasattr(tokenizer, "__dict__") else []:
+        if isinstance(v, (bool, int, float, str)) or v is None:
+            out[k] = v
+        elif callable(v):
+            out[k] = getattr(v, "__qualname__", type(v).__name__)
+        elif isinstance(v, dict) and k in ("encoder", "vocab"):
+            out[k] = hashlib.sha256(json.dumps(sorted(map(str, v.items()))).encode()).hexdigest()
+    return out
+
+
+def tower_identity(loaded: Any, part: str, precision: str, extra: Any = None) -> str:
+    """A digest of everything one tower's embeddings depend on; the cache namespace is built from it.
+
+    Weights alone are not enough: ``ViT-B-32`` and ``ViT-B-32-quickgelu`` share their weights and
+    differ only in the activation, so the architecture config and the module structure are part
+    of the key, with the tokenizer (text) or the full preprocessing (image), the precision and
+    ENCODE_VERSION.
+    """
+    model = loaded.model
+    if part == "text":
+        tower = [_structure(child) for name, child in model.named_children() if name != "visual"]
+        tower += [str(getattr(model, a, None)) for a in ("text_pool_type", "text_eos_id", "context_length")]
+        side = _tokenizer_identity(loaded.tokenizer)
+    else:
+        tower = [_structure(model.visual)]
+        side = _structure(loaded.preprocess)
+    parts = {
+        "version": ENCODE_VERSION, "part": part, "weights": loaded.fingerprint(part),
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "model_cfg": loaded.model_cfg, "tower": tower, "side": side, "precision": precision, "extra": extra,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def use_bf16(precision: str, device: Any) -> bool:
+    """The one place ``--precision`` is resolved: auto is bf16 autocast on CUDA and fp32 elsewhere."""
+    return precision == "bf16" or (precision == "auto" and str(device).startswith("cuda"))
+
+
+class EmbeddingCache:
+    """Embeddings on disk, keyed by embedding identity (the namespace) and the exact input.
+
+    A namespace (one folder) is one :func:`tower_identity`; each write adds an immutable
+    safetensors chunk whose metadata lists its keys (sha256 of the prompt text or of the image
+    bytes, never the text itself), so concurrent writers never corrupt each other and an
+    interrupted write leaves no partial chunk. ``stats`` counts hits and misses per modality.
     """
 
     def __init__(self, root: Optional[Path], enabled: bool = True) -> None:
@@ -66,6 +160,21 @@ class EmbeddingCache:
         self.enabled = enabled and root is not None
         self.stats = {"text_hits": 0, "text_misses": 0, "image_hits": 0, "image_misses": 0}
         self._mem: dict[str, dict[str, Any]] = {}
+
+    def check_writable(self) -> None:
+        """Fail before any work if the cache folder cannot be created or written."""
+        from clip_unlearn.errors import ClipUnlearnError
+
+        if not self.enabled:
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".probe-", dir=self.root)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise ClipUnlearnError(f"cache folder {self.root.parent} is not usable ({e.strerror or e}); "
+                                   "pass a writable --cache-dir or set CLIP_UNLEARN_HOME") from None
 
     def _load(self, ns: str) -> dict[str, Any]:
         if ns in self._mem:
@@ -145,12 +254,8 @@ def _gather(keys: list, emb: Any) -> list:
     return _gather_obj((keys, emb)) if _distributed() else [(keys, emb)]
 
 
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:20]
-
-
 class Encoder:
-    """Encode prompts and image files once per model fingerprint, in batches, through the cache.
+    """Encode prompts and image files once per embedding identity, in batches, through the cache.
 
     Returns L2-normalised float32 embeddings on the CPU. ``precision`` ``auto`` is bf16 autocast
     on CUDA and fp32 elsewhere.
@@ -161,8 +266,15 @@ class Encoder:
         self.loaded = loaded
         self.cache = cache
         self.batch_size = batch_size
-        self.bf16 = precision == "bf16" or (precision == "auto" and str(loaded.device).startswith("cuda"))
+        self.bf16 = use_bf16(precision, loaded.device)
         self.progress = progress or (lambda label, done, total: None)
+        # texts that must never reach disk (built from forgotten names), kept for this run only
+        self._volatile: dict[str, Any] = {}
+        self._namespaces: dict[str, tuple[str, str]] = {}
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
 
     def _autocast(self) -> Any:
         import torch
@@ -170,21 +282,37 @@ class Encoder:
         device_type = "cuda" if str(self.loaded.device).startswith("cuda") else "cpu"
         return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16)
 
+    def _namespace(self, part: str) -> str:
+        # recomputed whenever the tower's weights change (the digest hashes the tokenizer's vocabulary)
+        weights = self.loaded.fingerprint(part)
+        if self._namespaces.get(part, ("",))[0] != weights:
+            self._namespaces[part] = (weights, f"{part}-" + tower_identity(self.loaded, part, self.precision, "normalized"))
+        return self._namespaces[part][1]
+
     def text_namespace(self) -> str:
-        lm = self.loaded
-        return "text-" + _digest(lm.fingerprint("text"), lm.context_length, type(lm.tokenizer).__name__, self.bf16)
+        return self._namespace("text")
 
     def image_namespace(self) -> str:
-        lm = self.loaded
-        return "image-" + _digest(lm.fingerprint("image"), repr(lm.preprocess), self.bf16)
+        return self._namespace("image")
 
-    def texts(self, prompts: list[str]) -> Any:
-        """[len(prompts), D] normalised text embeddings."""
+    def texts(self, prompts: list[str], persist: bool = True) -> Any:
+        """[len(prompts), D] normalised text embeddings.
+
+        ``persist=False`` for texts built from names to forget: they are encoded (or reused from
+        this run's memory) but never looked up in or written to the on-disk cache, not even hashed,
+        since the hash of "a photo of {name}" is inverted by enumerating a name list.
+        """
         import torch
 
         ns = self.text_namespace()
-        found = self.cache.lookup(ns, prompts, "text")
-        todo = _agree(list(dict.fromkeys(p for p in prompts if p not in found)))
+        unique = list(dict.fromkeys(prompts))
+        keys = {p: input_key(p) for p in unique} if persist else {}
+        if persist:
+            hit = self.cache.lookup(ns, list(keys.values()), "text")
+            found = {p: hit[k] for p, k in keys.items() if k in hit}
+        else:
+            found = {p: self._volatile[p] for p in unique if p in self._volatile}
+        todo = _agree([p for p in unique if p not in found])
         if todo:
             model = self.loaded.model
             # sorting by length keeps batches tight for the truncated forward
@@ -197,10 +325,12 @@ class Encoder:
                     out.append(encode_text(model, tokens).float().cpu())
                     self.progress("encoding text", min(i + self.batch_size, len(mine)), len(mine))
             emb = torch.cat(out) if out else torch.zeros(0)
-            if mine:
-                self.cache.store(ns, mine, emb)
-            for keys, part in _gather(mine, emb):
-                found.update(zip(keys, part))
+            if mine and persist:
+                self.cache.store(ns, [keys[p] for p in mine], emb)
+            for texts, part in _gather(mine, emb):
+                found.update(zip(texts, part))
+            if not persist:
+                self._volatile.update((p, found[p]) for p in todo)
         return torch.stack([found[p] for p in prompts])
 
     def images(self, paths: list[Path]) -> tuple[Any, list[bool]]:

@@ -37,6 +37,36 @@ def png(seed: int) -> bytes:
     return buf.getvalue()
 
 
+def _encoded(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _palette_with_transparency() -> Image.Image:
+    im = Image.new("RGB", (40, 40), (200, 30, 30)).convert("P")
+    im.info["transparency"] = im.getpixel((0, 0))
+    return im
+
+
+def _grey16() -> Image.Image:
+    im = Image.new("I;16", (40, 40))
+    im.frombytes(b"\x00\x80" * 1600)  # 32768: mid grey, which a clipping conversion turns white
+    return im
+
+
+# Images whose modes the crop formats cannot all store (served at /mode/<name>): the decoded
+# format picks the crop format, so CMYK TIFF and 32-bit grey TIFF crops go to PNG, which takes neither.
+MODE_IMAGES = {
+    "cmyk.jpg": _encoded(Image.new("CMYK", (40, 40), (0, 200, 200, 30)), "JPEG"),
+    "cmyk.tif": _encoded(Image.new("CMYK", (40, 40), (0, 200, 200, 30)), "TIFF"),
+    "la.png": _encoded(Image.new("LA", (40, 40), (120, 200)), "PNG"),
+    "p.png": _encoded(_palette_with_transparency(), "PNG"),
+    "i16.png": _encoded(_grey16(), "PNG"),
+    "i32.tif": _encoded(_grey16().convert("I"), "TIFF"),
+}
+
+
 class Server:
     """Routes: /img/N.jpg, /png/N, /404, /flaky/N (500 once, then an image), /slow, /big, /html, /trunc,
     /ftp (redirect to ftp://), /redir/N (redirect to /img/N.jpg), /delay/N (an image after 0.3 s)."""
@@ -84,6 +114,8 @@ class Server:
                     return self.send(302, b"", "text/plain", [("Location", "ftp://127.0.0.1/x.jpg")])
                 if p.startswith("/redir/"):
                     return self.send(302, b"", "text/plain", [("Location", f"/img/{n}.jpg")])
+                if p.startswith("/mode/") and p[len("/mode/"):] in MODE_IMAGES:
+                    return self.send(200, MODE_IMAGES[p[len("/mode/"):]], "application/octet-stream")
                 if p.startswith("/delay/"):
                     time.sleep(0.3)
                     return self.send(200, jpeg(n))
@@ -120,11 +152,16 @@ def manifest(out: Path) -> dict[tuple[str, str], dict]:
         return {(r["name"], r["face_id"]): r for r in csv.DictReader(f)}
 
 
-def test_safe_folder_names():
-    assert safe_folder("../../etc/passwd") == "_etc_passwd" or "/" not in safe_folder("../../etc/passwd")
-    assert safe_folder("Adrianne León") == "Adrianne_León"
-    assert safe_folder("a\x00b/c\\d") == "abcd"
-    assert safe_folder("..") == "_" and ".." not in safe_folder("x..y")
+@pytest.mark.parametrize(
+    "name, folder",
+    [("../../etc/passwd", "etcpasswd"), ("../../evil", "evil"), ("a/../b", "a_b"), ("....//....//x", "x"),
+     ("..", "_"), ("...", "_"), (". . .", "_"), ("", "_"), ("/", "_"), (".hidden", "hidden"), ("x..y", "x_y"),
+     ("a\x00b/c\\d", "abcd"), ("  Ada   Lovelace ", "Ada_Lovelace"), ("Adrianne León", "Adrianne_León"),
+     ("Adrianne Le\u0301on", "Adrianne_Léon"),  # NFC: the decomposed é becomes the one code point
+     ("李 小龙", "李_小龙"), ("\u202eevil", "evil")],
+)
+def test_safe_folder_names(name, folder):
+    assert safe_folder(name) == folder
 
 
 def test_every_outcome_and_resume(server, tmp_path, micro_model_dir):
@@ -227,3 +264,40 @@ def test_bad_inputs(tmp_path):
     empty = write_list(tmp_path / "l.txt", [])
     r = runner.invoke(app, ["prepare-facescrub", "--lists", str(empty), "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "no usable rows" in r.output
+
+
+def test_any_image_mode_is_cropped_to_a_file_the_attack_reads(server, tmp_path):
+    from clip_unlearn.folders import read_image
+
+    rows = [("Mode Test", i, i, f"{server.url}/mode/{name}", "5,5,35,35", sha(data))
+            for i, (name, data) in enumerate(MODE_IMAGES.items(), start=1)]
+    out = tmp_path / "fs"
+    lst = write_list(tmp_path / "facescrub_actors.txt", rows)
+    result = runner.invoke(app, ["-q", "prepare-facescrub", "--lists", str(lst), "--out", str(out), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    m = manifest(out)
+    assert {fid: r["status"] for (_, fid), r in m.items()} == {str(i): "ok" for i in range(1, len(MODE_IMAGES) + 1)}
+    for (_, fid), r in m.items():
+        crop = Image.open(out / r["face_path"])
+        crop.load()
+        assert crop.size == (30, 30)
+        rgb = read_image((out / r["face_path"]).read_bytes())
+        assert rgb is not None and rgb.mode == "RGB"
+        if fid in ("5", "6"):  # 16- and 32-bit grey: scaled to mid grey, not clipped to white
+            assert abs(rgb.getpixel((10, 10))[0] - 128) <= 1, r["face_path"]
+
+
+def test_a_crop_that_still_cannot_be_saved_is_a_row_status(server, tmp_path, monkeypatch):
+    import clip_unlearn.facescrub as facescrub
+
+    monkeypatch.setattr(facescrub, "storable", lambda im, fmt: im)  # as if a mode had no conversion
+    rows = [("Mode Test", 1, 1, f"{server.url}/mode/cmyk.tif", "5,5,35,35", ""),
+            ("Mode Test", 2, 2, f"{server.url}/img/2.jpg", "0,0,20,20", "")]
+    out = tmp_path / "fs"
+    lst = write_list(tmp_path / "facescrub_actors.txt", rows)
+    result = runner.invoke(app, ["-q", "prepare-facescrub", "--lists", str(lst), "--out", str(out), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    m = manifest(out)
+    assert m[("Mode Test", "1")]["status"] == "unsavable" and m[("Mode Test", "1")]["face_path"] == ""
+    assert m[("Mode Test", "1")]["image_path"]  # the verified original is kept
+    assert m[("Mode Test", "2")]["status"] == "ok"

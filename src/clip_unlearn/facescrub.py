@@ -28,7 +28,7 @@ from urllib.parse import urljoin, urlparse
 
 from clip_unlearn.config import PrepareFacescrubConfig, to_dict
 from clip_unlearn.errors import ClipUnlearnError
-from clip_unlearn.folders import FACESCRUB_NAME_FIXES
+from clip_unlearn.folders import FACESCRUB_NAME_FIXES, eight_bit
 from clip_unlearn.names import key, normalise, read_names
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ Progress = Optional[Callable[..., None]]
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
 FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 CROP_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}  # others are cropped to PNG (attack reads these)
+# The modes each crop format stores; any other crop is converted first (CMYK cannot be a PNG, LA or P a JPEG).
+CROP_MODES = {"JPEG": ("L", "RGB"), "PNG": ("L", "LA", "P", "RGB", "RGBA"), "WEBP": ("RGB", "RGBA")}
 MANIFEST_COLUMNS = ("group", "name", "image_id", "face_id", "url", "status", "bytes", "image_path", "face_path")
 
 
@@ -167,6 +169,18 @@ def _decode(data: bytes) -> Optional[Any]:
         return None
 
 
+def storable(im: Any, fmt: str) -> Any:
+    """``im`` in a mode that Pillow can write as ``fmt`` (JPEG, PNG or WEBP), keeping transparency where ``fmt`` can."""
+    im = eight_bit(im)
+    if im.mode in CROP_MODES[fmt]:
+        return im
+    alpha = im.mode in ("LA", "La", "PA", "RGBa") or "transparency" in im.info
+    if alpha and "RGBA" in CROP_MODES[fmt]:
+        return im.convert("RGBA")
+    grey = im.mode in ("1", "LA", "La")
+    return im.convert("L" if grey and "L" in CROP_MODES[fmt] else "RGB")
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -221,11 +235,14 @@ def process(row: Row, out: Path, cfg: PrepareFacescrubConfig, fetch: Fetcher) ->
         if x2 <= x1 or y2 <= y1:
             return {**rec, "status": "bad_bbox"}
         crop_ext = ext if ext in CROP_FORMATS else "png"
-        crop = im.crop((x1, y1, x2, y2))
-        if CROP_FORMATS[crop_ext] == "JPEG" and crop.mode not in ("RGB", "L"):
-            crop = crop.convert("RGB")
         buf = io.BytesIO()
-        crop.save(buf, format=CROP_FORMATS[crop_ext], **({"quality": 95} if crop_ext == "jpg" else {}))
+        try:
+            crop = storable(im.crop((x1, y1, x2, y2)), CROP_FORMATS[crop_ext])
+            crop.save(buf, format=CROP_FORMATS[crop_ext], **({"quality": 95} if crop_ext == "jpg" else {}))
+        except (OSError, ValueError) as e:
+            # one odd image must not end a download of 100k rows; the row says what happened
+            log.debug("crop of %s cannot be saved as %s: %s", row.url, crop_ext, e)
+            return {**rec, "status": "unsavable"}
         path = face_dir / f"{face_stem}.{crop_ext}"
         _write_atomic(path, buf.getvalue())
         rec["face_path"] = str(path.relative_to(out))

@@ -8,12 +8,15 @@ cropped view of one photo always land on the same side (METHOD.md §3 [bug] fixe
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.names import key, normalise
@@ -37,8 +40,49 @@ class IdentityFolder:
     files: tuple[Path, ...]
 
 
+def path_problem(path: Path, want: str = "folder") -> str:
+    """Why ``path`` is not an existing ``want`` (``folder`` or ``file``), as words to follow its
+    name ("does not exist", "is a file, not a folder", "is a symbolic link that loops", ...); "" if it is one."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symbolic link that loops back on itself (or a folder on its path does)"
+        if os.path.islink(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            return f"is a broken symbolic link (to {target}, which does not exist)"
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return "cannot be accessed (permission denied)"
+        if e.errno == errno.ENOTDIR:
+            return "does not exist (a part of its path is a file, not a folder)"
+        return "does not exist"
+    if want == "folder" and not stat.S_ISDIR(st.st_mode):
+        return "is a file, not a folder"
+    if want == "file" and stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file"
+    return ""
+
+
+def require_dir(path: Path, what: str, fix: str) -> Path:
+    """``path`` if it is a folder, else one ClipUnlearnError line: "<what> <path> <why>; <fix>"."""
+    problem = path_problem(path)
+    if problem:
+        raise ClipUnlearnError(f"{what} {path} {problem}; {fix}")
+    return Path(path)
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as e:
+        raise ClipUnlearnError(f"folder {folder} cannot be read ({e.strerror}); check its permissions") from None
+
+
 def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return [p for p in _entries(folder) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
 
 
 def is_facescrub_root(root: Path) -> bool:
@@ -53,9 +97,7 @@ def face_folders(root: Path, view: str = "images") -> list[IdentityFolder]:
         view: for a FaceScrub root, ``images`` (uncropped, the paper's attack) or ``faces`` (crops);
             falls back to the other view when a group has only one.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise ClipUnlearnError(f"face folder {root} does not exist; run `clip-unlearn prepare-facescrub` or pass --data")
+    root = require_dir(Path(root), "face folder", "run `clip-unlearn prepare-facescrub` or pass --data DIR")
     if is_facescrub_root(root):
         parents = []
         for g in FACESCRUB_GROUPS:
@@ -68,7 +110,7 @@ def face_folders(root: Path, view: str = "images") -> list[IdentityFolder]:
     out: list[IdentityFolder] = []
     seen: dict[str, Path] = {}
     for parent in parents:
-        for d in sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for d in (p for p in _entries(parent) if p.is_dir() and not p.name.startswith(".")):
             name = normalise(d.name)
             name = FACESCRUB_NAME_FIXES.get(name, name)
             if key(name) in seen:
@@ -104,18 +146,42 @@ def read_image(data: bytes) -> Optional[object]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            return im.convert("RGB")
+            return to_rgb(im)
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
         return None
 
 
+def eight_bit(im: Any) -> Any:
+    """``im`` with 8 bits per channel: 16- and 32-bit grey scaled down to L rather than clipped.
+
+    Pillow's own ``convert("L"/"RGB")`` clips such images, so a 16-bit PNG of a face turns white.
+    """
+    if im.mode.startswith("I;16") or im.mode == "I":
+        im = im.convert("I")
+        # 16-bit PNGs and TIFFs are the usual source: their range maps onto 8 bits; an I image
+        # that already fits in 8 bits is kept as it is
+        scale = 1 / 256 if im.getextrema()[1] > 255 else 1.0
+        return im.point(lambda v: v * scale).convert("L")
+    if im.mode == "F":
+        lo, hi = im.getextrema()
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        return im.point(lambda v: (v - lo) * scale).convert("L")
+    return im
+
+
+def to_rgb(im: Any) -> Any:
+    """``im`` as RGB, through RGBA when a palette has transparency (Pillow warns on the direct path)."""
+    im = eight_bit(im)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
 def class_folders(root: Path) -> list[tuple[str, list[Path]]]:
     """ImageFolder layout ``<class>/*.jpg`` in sorted folder order; an empty class is an error."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ClipUnlearnError(f"image folder {root} does not exist; pass --data DIR with one sub-folder per class")
+    root = require_dir(Path(root), "image folder", "pass --data DIR with one sub-folder per class")
     out = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for d in (p for p in _entries(root) if p.is_dir() and not p.name.startswith(".")):
         files = image_files(d)
         if not files:
             raise ClipUnlearnError(f"class folder {d} has no images (.jpg, .jpeg, .png, .webp); remove it or add images")

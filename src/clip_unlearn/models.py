@@ -14,15 +14,20 @@ Saved models are open_clip local-dir folders that plain ``open_clip`` (≥ 3.0) 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import inspect
 import json
 import logging
 import os
+import pickle
+import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -85,6 +90,13 @@ def parse_spec(spec: str) -> ModelSpec:
         return ModelSpec(raw=spec, kind="pretrained", arch=arch, tag=rest)
     if path.suffix.lower() in WEIGHT_SUFFIXES:
         raise ClipUnlearnError(f"model spec {spec!r}: a weights file needs its architecture, e.g. ViT-B-32:{spec}")
+    if os.path.lexists(path):
+        from clip_unlearn.folders import path_problem
+
+        raise ClipUnlearnError(
+            f"model spec {spec!r}: {path} {path_problem(path)}; pass a model folder (with {CONFIG_FILE}), ARCH:TAG, "
+            "hf-hub:ORG/REPO or ARCH:FILE"
+        )
     raise ClipUnlearnError(
         f"model spec {spec!r}: no such model folder, and not ARCH:TAG (e.g. ViT-B-32-quickgelu:laion400m_e32), "
         "hf-hub:ORG/REPO or ARCH:FILE"
@@ -112,6 +124,27 @@ def resolve_device(device: str) -> str:
     if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ClipUnlearnError("--device mps: MPS is not available on this machine; use --device cpu")
     return device
+
+
+def adamw_kwargs(device: Any) -> dict[str, bool]:
+    """``{"fused": True}`` where this torch has a fused AdamW kernel for ``device``'s type, else ``{}``.
+
+    Same update rule either way; fused is only faster. CUDA has had the kernel since AdamW took
+    ``fused`` (2.0); CPU only since torch 2.4, and older releases raise at the first step.
+    """
+    import torch
+
+    if "fused" not in inspect.signature(torch.optim.AdamW).parameters:
+        return {}
+    kind = torch.device(device).type
+    version = tuple(int(x) for x in re.findall(r"\d+", str(torch.__version__))[:2])
+    if kind == "cuda" or (kind == "cpu" and version >= (2, 4)):
+        try:
+            from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+        except ImportError:  # older torch: the version rule above is all there is to go on
+            return {"fused": True}
+        return {"fused": True} if kind in _get_fused_kernels_supported_devices() else {}
+    return {}
 
 
 def _hub_reachable(urls: list[str]) -> bool:
@@ -217,55 +250,191 @@ def load_model(spec: str | ModelSpec, device: str = "auto") -> LoadedModel:
             log.info("hub unreachable; using only cached weights")
             _go_offline()
     open_clip = import_open_clip()
+    weights: Optional[Path] = None
     try:
-        model_cfg, preprocess_cfg, name, pretrained = _resolve(open_clip, spec)
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, device=device, weights_only=True
-        )
-        tokenizer = open_clip.get_tokenizer(name)
+        with _held_library_logs():
+            model_cfg, preprocess_cfg, name, pretrained, weights = _resolve(open_clip, spec)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, device=device, weights_only=True
+            )
+            tokenizer = open_clip.get_tokenizer(name)
     except ClipUnlearnError:
         raise
     except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError for all of these
         if spec.kind in ("pretrained", "hf-hub"):
             raise _not_cached(spec) from e
-        raise ClipUnlearnError(f"model {spec.raw!r} could not be loaded: {e}") from e
+        raise _load_failed(spec, weights, e) from e
     model.eval()
     return LoadedModel(model, preprocess, tokenizer, spec, model_cfg, preprocess_cfg, device)
 
 
-def _resolve(open_clip: Any, spec: ModelSpec) -> tuple[dict, dict, str, Optional[str]]:
-    """→ (model_cfg, preprocess_cfg, open_clip model name, pretrained) with clear errors first."""
+@contextlib.contextmanager
+def _held_library_logs() -> Iterator[None]:
+    """Hold what open_clip and huggingface_hub log during a load attempt.
+
+    A failed load ends in one ClipUnlearnError line, so their ERROR records ("Failed to download
+    weights ...") would only repeat it at length: on failure they go to our log at INFO (shown
+    with --verbose); on success they are passed on as if never held.
+    """
+    held: list[logging.LogRecord] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    class HoldFilter(logging.Filter):
+        # a filter on the root logger sees only records logged on it directly (open_clip's), not
+        # those propagated from other loggers, which reach the root's handlers as before
+        def filter(self, record: logging.LogRecord) -> bool:
+            held.append(record)
+            return False
+
+    # open_clip logs through the root logger; huggingface_hub through its own, which has a stderr handler too
+    root, hub = logging.getLogger(), logging.getLogger("huggingface_hub")
+    root_filter, hub_hold = HoldFilter(), Hold()
+    saved = (list(hub.handlers), hub.propagate)
+    root.addFilter(root_filter)
+    hub.handlers[:], hub.propagate = [hub_hold], False
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        root.removeFilter(root_filter)
+        added = [h for h in hub.handlers if h is not hub_hold]  # e.g. the hub's own, if it configured itself meanwhile
+        hub.handlers[:], hub.propagate = saved[0] + [h for h in added if h not in saved[0]], saved[1]
+        for record in held:
+            if ok:
+                logging.getLogger(record.name if record.name != "root" else None).handle(record)
+            else:
+                log.info("while loading the model, %s said: %s", record.name, record.getMessage())
+
+
+def _load_failed(spec: ModelSpec, weights: Optional[Path], e: BaseException) -> ClipUnlearnError:
+    """Our one line for a local model that open_clip or torch refused, never their advice verbatim
+    (torch's names the unsafe ``weights_only=False``; we never unpickle code)."""
+    chain, cause = [], e
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    where = str(weights) if weights is not None else str(spec.path)
+    if any(isinstance(c, pickle.UnpicklingError) for c in chain):
+        return ClipUnlearnError(
+            f"model {spec.raw!r} could not be loaded: {where} is not a plain tensor checkpoint (it holds pickled "
+            "Python objects, which are never unpickled here); convert it to a .safetensors file and pass that"
+        )
+    if any(isinstance(c, EOFError) for c in chain):
+        return ClipUnlearnError(f"model {spec.raw!r} could not be loaded: {where} is truncated; copy or download it again")
+    reason = str(e).strip() or type(e).__name__
+    return ClipUnlearnError(f"model {spec.raw!r} could not be loaded: {reason}")
+
+
+def _model_folder_weights(open_clip: Any, folder: Path) -> Optional[Path]:
+    """The weights file open_clip will load from ``folder`` (it reads .safetensors, .bin and .pth), or None."""
+    find = getattr(getattr(open_clip, "factory", None), "_find_checkpoint_in_dir", None)
+    if find is not None:
+        found = find(folder)
+        return Path(found) if found else None
+    found = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pth"))
+    found.sort(key=lambda p: (p.name != WEIGHTS_FILE, p.suffix != ".safetensors"))
+    return found[0] if found else None
+
+
+def _check_weights(path: Path) -> None:
+    """Fail with one line for a weights file that is missing, empty, truncated or no checkpoint at all."""
+    from clip_unlearn.folders import path_problem
+
+    path = Path(path)
+    problem = path_problem(path, want="file")
+    if problem:
+        raise ClipUnlearnError(f"weights file {path} {problem}; check --model")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise ClipUnlearnError(f"weights file {path} cannot be read ({e.strerror}); check its permissions") from None
+    if size == 0:
+        raise ClipUnlearnError(f"weights file {path} is empty (0 bytes), e.g. an interrupted download or copy; copy or download it again")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) for any bad header
+            raise ClipUnlearnError(
+                f"weights file {path} is not a complete safetensors file ({e}); it is truncated or corrupt, copy or download it again"
+            ) from None
+    elif path.suffix.lower() in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):
+        # torch.save writes a zip archive (or, in its legacy format, a pickle, which starts with 0x80)
+        what = "is truncated (an incomplete zip archive)" if head.startswith(b"PK") else "is not a PyTorch checkpoint"
+        raise ClipUnlearnError(f"weights file {path} {what}; copy or download it again, or pass a .safetensors file")
+
+
+def _read_folder_config(cfg_path: Path) -> tuple[dict, dict]:
+    """(model_cfg, preprocess_cfg) of an open_clip_config.json, checked for the shapes open_clip indexes into."""
+    fix = "fix it or re-create the model folder (inject and prepare-synthetic write valid ones)"
+    cfg = read_json(cfg_path, fix)
+    if not isinstance(cfg, dict):
+        raise ClipUnlearnError(f"{cfg_path} is not an open_clip config (a JSON {type(cfg).__name__}, not an object); {fix}")
+    model_cfg, preprocess_cfg = cfg.get("model_cfg"), cfg.get("preprocess_cfg", {})
+    if model_cfg is None:
+        raise ClipUnlearnError(f"{cfg_path} is not an open_clip config (no 'model_cfg' entry); {fix}")
+    if not isinstance(model_cfg, dict):
+        raise ClipUnlearnError(f"{cfg_path}: 'model_cfg' must be a JSON object, not {json.dumps(model_cfg)[:40]}; {fix}")
+    for k in ("vision_cfg", "text_cfg"):
+        if not isinstance(model_cfg.get(k), dict):
+            raise ClipUnlearnError(f"{cfg_path}: 'model_cfg' needs a '{k}' object; {fix}")
+    if not isinstance(preprocess_cfg, dict):
+        raise ClipUnlearnError(f"{cfg_path}: 'preprocess_cfg' must be a JSON object, not {json.dumps(preprocess_cfg)[:40]}; {fix}")
+    return model_cfg, preprocess_cfg
+
+
+def _is_world_folder(folder: Path) -> bool:
+    return (folder / "world.json").is_file() or (folder / "model" / CONFIG_FILE).is_file()
+
+
+def _resolve(open_clip: Any, spec: ModelSpec) -> tuple[dict, dict, str, Optional[str], Optional[Path]]:
+    """→ (model_cfg, preprocess_cfg, open_clip model name, pretrained, local weights file) with clear errors first."""
     if spec.kind == "local-dir":
+        from clip_unlearn.folders import path_problem
+
         folder = Path(spec.path)
         cfg_path = folder / CONFIG_FILE
-        if not folder.is_dir():
-            raise ClipUnlearnError(f"model folder {folder} does not exist; check --model")
+        problem = path_problem(folder)
+        if problem:
+            raise ClipUnlearnError(f"model folder {folder} {problem}; check --model")
         if not cfg_path.is_file():
+            if _is_world_folder(folder):
+                raise ClipUnlearnError(f"{folder} is a synthetic world, not a model; pass --model {folder / 'model'}")
             raise ClipUnlearnError(f"model folder {folder} has no {CONFIG_FILE}; pass a folder written by inject or prepare-synthetic")
-        if not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
-            raise ClipUnlearnError(f"model folder {folder} has no weights file ({WEIGHTS_FILE})")
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-            model_cfg = cfg["model_cfg"]
-        except (ValueError, KeyError, TypeError) as e:
-            what = "no 'model_cfg' entry" if isinstance(e, (KeyError, TypeError)) else f"invalid JSON: {e}"
-            raise ClipUnlearnError(f"{cfg_path} is not an open_clip config ({what}); re-create the model folder") from e
-        return copy.deepcopy(model_cfg), cfg.get("preprocess_cfg", {}), f"local-dir:{folder}", None
+        weights = _model_folder_weights(open_clip, folder)
+        if weights is None:
+            pt = sorted(p.name for p in folder.glob("*.pt"))
+            if pt:
+                raise ClipUnlearnError(
+                    f"model folder {folder} has only {pt[0]}, and open_clip reads a folder's .safetensors, .bin or .pth "
+                    f"weights, not .pt; convert it to {WEIGHTS_FILE}, or pass --model ARCH:{folder / pt[0]}"
+                )
+            raise ClipUnlearnError(f"model folder {folder} has no weights file ({WEIGHTS_FILE}); pass a folder written by inject or prepare-synthetic")
+        model_cfg, preprocess_cfg = _read_folder_config(cfg_path)
+        _check_weights(weights)
+        return copy.deepcopy(model_cfg), preprocess_cfg, f"local-dir:{folder}", None, weights
     if spec.kind == "hf-hub":
         try:
             model_cfg = open_clip.get_model_config(f"hf-hub:{spec.repo}")
             cfg = open_clip.factory._get_hf_config(spec.repo)
         except Exception as e:
             raise _not_cached(spec) from e
-        return copy.deepcopy(model_cfg), cfg.get("preprocess_cfg", {}), f"hf-hub:{spec.repo}", None
+        return copy.deepcopy(model_cfg), cfg.get("preprocess_cfg", {}), f"hf-hub:{spec.repo}", None, None
     model_cfg = open_clip.get_model_config(spec.arch)
     if model_cfg is None:
         near = [m for m in open_clip.list_models() if spec.arch.lower().split("-")[0] in m.lower()][:5]
         raise ClipUnlearnError(f"unknown architecture {spec.arch!r}; try one of {', '.join(near) or 'open_clip.list_models()'}")
     if spec.kind == "arch-file":
-        if not Path(spec.path).is_file():
-            raise ClipUnlearnError(f"weights file {spec.path} does not exist; check --model")
-        return model_cfg, {}, spec.arch, str(spec.path)
+        _check_weights(Path(spec.path))
+        return model_cfg, {}, spec.arch, str(spec.path), Path(spec.path)
     tags = open_clip.list_pretrained_tags_by_model(spec.arch)
     if spec.tag not in tags:
         raise ClipUnlearnError(
@@ -273,7 +442,7 @@ def _resolve(open_clip: Any, spec: ModelSpec) -> tuple[dict, dict, str, Optional
         )
     pcfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag)
     preprocess_cfg = {k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pcfg}
-    return model_cfg, preprocess_cfg, spec.arch, spec.tag
+    return model_cfg, preprocess_cfg, spec.arch, spec.tag, None
 
 
 def save_model(
@@ -314,22 +483,50 @@ def save_model(
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished folder into place, replacing ``out`` only after the new one is complete."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    """Move a finished folder into place, replacing ``out`` only after the new one is complete.
+
+    The two renames of a replacement run with SIGINT/SIGTERM held back, and the old folder is put
+    back if the second fails, so ``out`` is never missing with its old copy hidden.
+    """
+    from clip_unlearn.outputs import signals_deferred
+
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    with signals_deferred():
         os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old, out)
+            raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
+def read_json(path: Path, fix: str, missing: Optional[str] = None) -> Any:
+    """Parsed JSON, or one ClipUnlearnError line naming the file, what is wrong with it and ``fix``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ClipUnlearnError(missing or f"{path} does not exist; {fix}") from None
+    except UnicodeDecodeError:
+        raise ClipUnlearnError(f"{path} is not UTF-8 JSON text; {fix}") from None
+    except ValueError as e:
+        raise ClipUnlearnError(f"{path} is not valid JSON ({e}); {fix}") from None
+    except OSError as e:
+        raise ClipUnlearnError(f"{path} cannot be read ({e.strerror}); check its permissions or {fix}") from None
+
+
+def write_json(path: Path, data: Any, mode: Optional[int] = None) -> None:
+    """Write JSON atomically (temp file in the same folder, then rename); ``mode`` e.g. 0o600 for secrets."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, ensure_ascii=False)
             f.write("\n")
@@ -345,6 +542,13 @@ def read_sidecar(spec: ModelSpec) -> dict[str, Any]:
         return {}
     path = Path(spec.path) / SIDECAR_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    world = data.get("world")
+    if isinstance(world, str) and world and not Path(world).is_absolute():
+        # recorded relative to the model folder, so a copied or moved world still finds itself
+        data["world"] = str((Path(spec.path) / world).resolve())
+    return data

@@ -156,11 +156,12 @@ def main() -> None:
         acc1, acc5, ph = naive_zeroshot(str(model), files, labels, classnames, templates, device=args.device)
         naive.append(time.perf_counter() - t)
         phases.append(ph)
-        agree = abs(acc1 - metrics["acc1"]) < 1e-3 and abs(acc5 - metrics["acc5"]) < 1e-3
+        ours1, ours5 = 100 * metrics["acc1"], 100 * metrics["acc5"]  # fractions, as CLIP_benchmark writes them
+        agree = abs(acc1 - ours1) < 1e-3 and abs(acc5 - ours5) < 1e-3
         same = same and agree
         print(f"run {r + 1}: cold {cold[-1]:.2f} s, warm {warm[-1]:.2f} s, naive {naive[-1]:.2f} s "
-              f"({', '.join(f'{k} {v:.2f}' for k, v in ph.items())}); top-1 ours {metrics['acc1']:.2f} naive {acc1:.2f}, "
-              f"top-5 ours {metrics['acc5']:.2f} naive {acc5:.2f}")
+              f"({', '.join(f'{k} {v:.2f}' for k, v in ph.items())}); top-1 ours {ours1:.2f} naive {acc1:.2f}, "
+              f"top-5 ours {ours5:.2f} naive {acc5:.2f}")
         # The trained world separates its classes clearly; a random ViT-B-32 has near-ties: reported only.
         if args.model == "world":
             assert agree, "the naive zero-shot accuracy differs from run_eval's"

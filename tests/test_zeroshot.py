@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import inspect
 import json
+import math
 import shutil
 
 import pytest
@@ -10,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from clip_unlearn.cli import app
-from clip_unlearn.zeroshot import classify_metrics
+from clip_unlearn.zeroshot import benchmark_name, classify_metrics, text_similarities
 
 runner = CliRunner()
 
@@ -27,9 +30,155 @@ def test_metrics_match_hand_computation():
         [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],  # label 5: hit
     ])
     m = classify_metrics(logits, torch.tensor([0, 1, 2, 5]), n_classes=6)
-    assert m["acc1"] == pytest.approx(50.0) and m["acc5"] == pytest.approx(100.0)
+    # fractions, as CLIP_benchmark writes them
+    assert m["acc1"] == pytest.approx(0.5) and m["acc5"] == pytest.approx(1.0)
     # recall: class 0 = 1, class 1 = 0, class 2 = 0, class 5 = 1 (classes without images are skipped)
-    assert m["mean_per_class_recall"] == pytest.approx(50.0)
+    assert m["mean_per_class_recall"] == pytest.approx(0.5)
+
+
+def test_below_five_classes_there_is_no_top5():
+    # CLIP_benchmark reports acc5 = NaN under 5 classes (top-5 of 4 is always right); we write null
+    m = classify_metrics(torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.9, 0.1, 0.0, 0.0]]), torch.tensor([0, 1]), n_classes=4)
+    assert m == {"acc1": 0.5, "acc5": None, "mean_per_class_recall": 0.5}
+
+
+def test_benchmark_names():
+    from clip_unlearn.models import parse_spec
+
+    assert benchmark_name(parse_spec("ViT-B-32-quickgelu:laion400m_e32")) == ("ViT-B-32-quickgelu", "laion400m_e32")
+    assert benchmark_name(parse_spec("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")) == ("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "")
+    model, pretrained = benchmark_name(parse_spec("ViT-B-32:/w/ckpt.pt"))
+    assert model == "ViT-B-32" and pretrained.endswith("ckpt.pt")
+
+
+def _classes(root, n_classes, per_class=2, garbage=()):
+    """``n_classes`` folders of small PNGs; classes listed in ``garbage`` get only unreadable .jpg files."""
+    from PIL import Image
+
+    for c in range(n_classes):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True)
+        for j in range(per_class):
+            if c in garbage:
+                (d / f"{j}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+            else:
+                Image.new("RGB", (24, 24), (40 * c % 256, 90 * j % 256, 128)).save(d / f"{j}.png")
+    return root
+
+
+def _in_unit_interval(v):
+    return isinstance(v, float) and not math.isnan(v) and 0.0 <= v <= 1.0
+
+
+def test_json_and_csv_follow_clip_benchmark(micro_model_dir, tmp_path):
+    data = _classes(tmp_path / "data", 6)
+    out = tmp_path / "r.json"
+    r = invoke("eval-zeroshot", "--model", micro_model_dir, "--data", data, "--templates", "simple",
+               "--compare-to", micro_model_dir, "--output", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    # what clip_benchmark eval writes for a zero-shot classification run
+    assert {"dataset", "model", "pretrained", "task", "metrics", "language"} <= set(res)
+    assert res["task"] == "zeroshot_classification" and res["language"] == "en"
+    assert res["model"] == f"local-dir:{micro_model_dir.resolve()}" and res["pretrained"] == ""
+    assert set(res["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert all(_in_unit_interval(v) for v in res["metrics"].values()), res["metrics"]
+    assert all(_in_unit_interval(v) for v in res["compare"]["metrics"].values())
+    assert res["compare"]["model"] == res["model"] and res["compare"]["pretrained"] == ""
+    assert all(v == 0 and -1 <= v <= 1 for v in res["compare"]["difference"].values())
+    assert res["n_classes"] == 6 and res["dropped_classes"] == []
+    csv_out = tmp_path / "r.csv"
+    assert invoke("eval-zeroshot", "--model", micro_model_dir, "--data", data, "--templates", "simple",
+                  "--output", csv_out, "--device", "cpu").exit_code == 0
+    rows = {row["metric"]: row for row in csv.DictReader(csv_out.open())}
+    assert all(0 <= float(rows[k]["model"]) <= 1 for k in ("acc1", "acc5", "mean_per_class_recall"))
+    assert float(rows["acc1"]["model"]) == pytest.approx(res["metrics"]["acc1"])
+
+
+def test_four_classes_write_a_null_top5(micro_model_dir, tmp_path):
+    out = tmp_path / "r.json"
+    r = invoke("eval-zeroshot", "--model", micro_model_dir, "--data", _classes(tmp_path / "d", 4), "--templates", "simple",
+               "--output", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.read_text())["metrics"]
+    assert m["acc5"] is None and _in_unit_interval(m["acc1"])
+    assert "top-5 needs ≥ 5 classes" in r.output
+
+
+def test_one_class_is_refused(micro_model_dir, tmp_path):
+    r = invoke("eval-zeroshot", "--model", micro_model_dir, "--data", _classes(tmp_path / "d", 1), "--device", "cpu")
+    assert r.exit_code == 1 and "≥ 2 classes" in r.output and "class_0" in r.output and "unexpected" not in r.output
+
+
+def test_class_without_a_readable_image_is_dropped(micro_model_dir, tmp_path):
+    out = tmp_path / "r.json"
+    r = invoke("eval-zeroshot", "--model", micro_model_dir, "--data", _classes(tmp_path / "d", 3, garbage={1}),
+               "--templates", "simple", "--output", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["n_classes"] == 2 and res["dropped_classes"] == ["class_1"] and res["unreadable_images"] == 2
+    assert res["n_images"] == 4 and "class_1" in r.output
+    r = invoke("eval-zeroshot", "--model", micro_model_dir, "--data", _classes(tmp_path / "e", 2, garbage={0}),
+               "--templates", "simple", "--device", "cpu")
+    assert r.exit_code == 1 and "≥ 2 classes" in r.output and "class_0" in r.output and "unexpected" not in r.output
+
+
+@pytest.mark.parametrize("flag", ["--classnames", "--templates"])
+def test_non_utf8_classnames_or_templates_file_is_one_line(micro_model_dir, tmp_path, flag):
+    f = tmp_path / "names.txt"
+    f.write_bytes("caf\u00e9 {}\nna\u00efve {}\n".encode("latin-1"))
+    r = invoke("eval-zeroshot", "--model", micro_model_dir, "--data", _classes(tmp_path / "d", 2), flag, f, "--device", "cpu")
+    assert r.exit_code == 1 and "not UTF-8" in r.output and str(f.name) in r.output and "unexpected" not in r.output, r.output
+
+
+class _FakeEncoder:
+    """Records every text it encodes and whether it may be persisted."""
+
+    def __init__(self, log):
+        from types import SimpleNamespace
+
+        self.log = log
+        self.loaded = SimpleNamespace(tokenizer=None, context_length=77)
+
+    def texts(self, prompts, persist=True):
+        self.log += [(p, persist) for p in prompts]
+        g = torch.Generator().manual_seed(len(prompts))
+        return torch.nn.functional.normalize(torch.randn(len(prompts), 8, generator=g), dim=-1)
+
+
+def test_texts_with_a_forgotten_name_are_never_persisted():
+    log = []
+    ref, new = _FakeEncoder(log), _FakeEncoder(log)
+    captions = ["a dog on the grass", "two cats on a sofa", "Zed Quux at the beach", "a quiet street at night"]
+    sims = text_similarities(ref, new, captions, ["Zed Quux"], "a person", seed=0)
+    assert {"sim_clean", "sim_backdoored", "sim_targets"} <= set(sims)
+    persisted = {p for p, keep in log if keep}
+    assert persisted == {"a dog on the grass", "two cats on a sofa", "a quiet street at night"}
+    # every poisoned and target caption went through persist=False
+    assert any("Zed Quux" in p for p, keep in log if not keep) and any("a person" in p for p, keep in log if not keep)
+    assert not any("zed quux" in p.lower() or "a person" in p for p in persisted)
+
+
+def test_eval_persists_no_forgotten_name(world, tmp_path, monkeypatch):
+    from clip_unlearn.embed import Encoder
+
+    if "persist" not in inspect.signature(Encoder.texts).parameters:
+        pytest.skip("Encoder.texts has no persist parameter yet")
+    seen = []
+    original = Encoder.texts
+
+    def spy(self, prompts, persist=True):
+        seen.extend((p, persist) for p in prompts)
+        return original(self, prompts, persist=persist)
+
+    monkeypatch.setattr(Encoder, "texts", spy)
+    member = (world / "members.txt").read_text().splitlines()[0]
+    (tmp_path / "n.txt").write_text(member + "\n")
+    r = invoke("eval-zeroshot", "--model", world / "model", "--compare-to", world / "model", "--names", tmp_path / "n.txt",
+               "--max-captions", "200", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert any(member in p for p, keep in seen if not keep)
+    assert not any(member.lower() in p.lower() for p, keep in seen if keep)
 
 
 def test_world_model_far_above_chance_and_random_model_near_it(world, micro_model_dir, tmp_path):
@@ -37,21 +186,23 @@ def test_world_model_far_above_chance_and_random_model_near_it(world, micro_mode
     assert invoke("eval-zeroshot", "--model", world / "model", "--output", out).exit_code == 0
     trained = json.loads(out.read_text())
     assert trained["task"] == "zeroshot_classification" and trained["n_classes"] == 36
-    assert trained["metrics"]["acc1"] > 3 * 100 / 36
+    assert trained["metrics"]["acc1"] > 3 / 36
     out2 = tmp_path / "r.json"
     r = invoke("eval-zeroshot", "--model", micro_model_dir, "--data", world / "objects", "--output", out2)
     assert r.exit_code == 0, r.output
-    assert json.loads(out2.read_text())["metrics"]["acc1"] < 12
+    assert json.loads(out2.read_text())["metrics"]["acc1"] < 0.12
 
 
 def test_compare_to_itself(world, tmp_path):
     members = (world / "members.txt").read_text().splitlines()[:1]
     (tmp_path / "n.txt").write_text(members[0] + "\n")
     out = tmp_path / "c.json"
-    r = invoke("eval-zeroshot", "--model", world / "model", "--compare-to", world / "model", "--captions",
-               world / "captions.txt", "--names", tmp_path / "n.txt", "--max-captions", "300", "--output", out)
+    # no --captions: a world model defaults to the world's held-out captions
+    r = invoke("eval-zeroshot", "--model", world / "model", "--compare-to", world / "model",
+               "--names", tmp_path / "n.txt", "--max-captions", "300", "--output", out)
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
+    assert res["config"]["captions"] == str(world / "captions_heldout.txt")
     assert all(v == 0 for v in res["compare"]["difference"].values()) and res["compare"]["same_image_tower"]
     assert res["compare"]["sim_clean_image"] == pytest.approx(1.0, abs=1e-5)
     sims = res["similarities"]
@@ -79,4 +230,4 @@ def test_bad_inputs(world, tmp_path):
     r = invoke("eval-zeroshot", "--model", world / "model", "--data", data)
     assert r.exit_code == 1 and "zz_empty" in r.output and "has no images" in r.output
     r = invoke("eval-zeroshot", "--model", world / "model", "--names", tmp_path / "x.txt")
-    assert r.exit_code == 2 and "--names needs --captions" in r.output
+    assert r.exit_code == 2 and "--names needs --compare-to" in r.output

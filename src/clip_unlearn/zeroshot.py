@@ -2,7 +2,8 @@
 
 Classification: class vector = mean of the normalised template embeddings, re-normalised (the
 standard recipe; ``--no-renormalize`` reproduces the paper's code); top-1, top-5 and mean
-per-class recall in percent, keyed like LAION's CLIP_benchmark. With a second model, the text
+per-class recall as fractions in [0, 1], keyed and valued like LAION's CLIP_benchmark (which
+reports no top-5 below 5 classes: NaN there, null here). With a second model, the text
 similarities of the paper between the two text encoders:
 
 - sim_clean:      cos(E_ref(c), E_new(c)) on clean captions — utility kept.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -42,10 +44,19 @@ def resolve_classnames(choice: str, folders: list[str]) -> list[str]:
     path = Path(choice)
     if not path.is_file():
         raise ClipUnlearnError(f"--classnames {choice!r}: not folder, imagenet, or an existing file")
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    names = [ln.strip() for ln in _utf8(path, "--classnames file", "one class name per line").splitlines() if ln.strip()]
     if len(names) != len(folders):
         raise ClipUnlearnError(f"--classnames file {path} has {len(names)} names for {len(folders)} class folders")
     return names
+
+
+def _utf8(path: Path, what: str, fix: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ClipUnlearnError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8 with {fix}") from None
+    except OSError as e:
+        raise ClipUnlearnError(f"{what} {path} cannot be read ({e.strerror}); pass a readable text file with {fix}") from None
 
 
 def resolve_templates(choice: str) -> list[str]:
@@ -60,18 +71,34 @@ def resolve_templates(choice: str) -> list[str]:
     return read_templates(Path(choice))
 
 
-def classify_metrics(logits: Any, labels: Any, n_classes: int) -> dict[str, float]:
-    """top-1 / top-5 accuracy and mean per-class recall, in percent."""
+def classify_metrics(logits: Any, labels: Any, n_classes: int) -> dict[str, Optional[float]]:
+    """top-1 / top-5 accuracy and mean per-class recall as fractions, as CLIP_benchmark computes them.
+
+    Below 5 classes top-5 is always 1 and says nothing: acc5 is None then (CLIP_benchmark: NaN).
+    Mean per-class recall averages over the classes that have images (sklearn's balanced accuracy).
+    """
     import torch
 
-    k = min(5, n_classes)
-    topk = logits.topk(k, dim=1).indices
-    acc1 = (topk[:, 0] == labels).float().mean().item()
-    acc5 = (topk == labels[:, None]).any(dim=1).float().mean().item()
-    recalls = [((topk[:, 0] == c) & (labels == c)).sum().item() / max(1, (labels == c).sum().item())
+    top1 = logits.argmax(dim=1)
+    acc1 = (top1 == labels).float().mean().item()
+    acc5 = None
+    if n_classes >= 5:
+        acc5 = round((logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item(), 6)
+    recalls = [((top1 == c) & (labels == c)).sum().item() / (labels == c).sum().item()
                for c in range(n_classes) if (labels == c).any()]
-    return {"acc1": round(100 * acc1, 4), "acc5": round(100 * acc5, 4),
-            "mean_per_class_recall": round(100 * float(torch.tensor(recalls).mean()), 4)}
+    return {"acc1": round(acc1, 6), "acc5": acc5, "mean_per_class_recall": round(float(torch.tensor(recalls).mean()), 6)}
+
+
+def benchmark_name(spec: Any) -> tuple[str, str]:
+    """(model, pretrained) as CLIP_benchmark names them: ARCH and TAG, hf-hub:ORG/REPO and "",
+    local-dir:PATH and "", ARCH and the weights file."""
+    if spec.kind == "pretrained":
+        return str(spec.arch), str(spec.tag)
+    if spec.kind == "hf-hub":
+        return f"hf-hub:{spec.repo}", ""
+    if spec.kind == "local-dir":
+        return f"local-dir:{Path(spec.path).resolve()}", ""
+    return str(spec.arch), str(Path(spec.path).resolve())
 
 
 def class_vectors(encoder: Any, classnames: list[str], templates: list[str], renormalize: bool) -> Any:
@@ -91,22 +118,79 @@ def default_objects(model_spec: str) -> Path:
     raise ClipUnlearnError("no evaluation data: pass --data DIR with one sub-folder of images per class (e.g. ImageNet-val)")
 
 
-def _evaluate(encoder: Any, files: list[Path], labels: list[int], classnames: list[str], cfg: EvalZeroshotConfig) -> tuple[dict, int, Any]:
+def default_captions(model_specs: list[str]) -> Optional[Path]:
+    """The held-out captions of the first of ``model_specs`` that belongs to a synthetic world, if any."""
+    from clip_unlearn.captions import world_captions
+    from clip_unlearn.models import parse_spec, read_sidecar
+
+    for spec in model_specs:
+        world = read_sidecar(parse_spec(spec)).get("world")
+        if world:
+            path = world_captions(Path(world), "heldout")
+            return path if path.is_file() else None
+    return None
+
+
+def _kept_classes(labels: list[int], ok: list[bool], classes: list[str]) -> tuple[list[int], list[str]]:
+    """(indices of the classes with at least one readable image, folder names of the others)."""
+    counts = Counter(lab for lab, good in zip(labels, ok) if good)
+    if not counts:
+        raise ClipUnlearnError("no readable image in --data; check the files are JPEG/PNG/WebP images")
+    kept = [i for i in range(len(classes)) if counts[i]]
+    dropped = [classes[i] for i in range(len(classes)) if not counts[i]]
+    if dropped:
+        log.warning("class folder(s) %s have no readable image; not scored", ", ".join(dropped))
+    if len(kept) < 2:
+        raise ClipUnlearnError(f"only class {classes[kept[0]]!r} of --data has readable images ({', '.join(dropped)} "
+                               "have none); zero-shot classification needs ≥ 2 classes, fix or remove the unreadable files")
+    return kept, dropped
+
+
+def _evaluate(encoder: Any, files: list[Path], labels: list[int], classnames: list[str], folders: list[str],
+              templates: list[str], cfg: EvalZeroshotConfig, kept: Optional[list[int]] = None) -> tuple[dict, list[bool], Any, list[int]]:
+    """(metrics over the ``kept`` classes, readable flag per file, image embeddings, kept class indices)."""
     import torch
 
     images, ok = encoder.images(files)
-    y = torch.tensor([lab for lab, good in zip(labels, ok) if good])
-    if len(y) == 0:
-        raise ClipUnlearnError("no readable image in --data")
-    w = class_vectors(encoder, classnames, resolve_templates(cfg.templates), cfg.renormalize)
-    return classify_metrics(images @ w.T, y, len(classnames)), sum(not g for g in ok), images
+    if kept is None:
+        kept = _kept_classes(labels, ok, folders)[0]
+    index = {c: j for j, c in enumerate(kept)}
+    rows = [(r, index[lab]) for r, lab in enumerate(lab for lab, good in zip(labels, ok) if good) if lab in index]
+    y = torch.tensor([j for _, j in rows])
+    w = class_vectors(encoder, [classnames[c] for c in kept], templates, cfg.renormalize)
+    logits = images[torch.tensor([r for r, _ in rows])] @ w.T
+    return classify_metrics(logits, y, len(kept)), ok, images, kept
+
+
+def _texts(encoder: Any, texts: list[str], private: list[bool]) -> Any:
+    """Embeddings of ``texts``; those flagged private are never written to the on-disk cache."""
+    import torch
+
+    public = [i for i, p in enumerate(private) if not p]
+    secret = [i for i, p in enumerate(private) if p]
+    parts = []
+    if public:
+        parts.append((public, encoder.texts([texts[i] for i in public])))
+    if secret:
+        parts.append((secret, encoder.texts([texts[i] for i in secret], persist=False)))
+    out = torch.empty(len(texts), parts[0][1].shape[1], dtype=parts[0][1].dtype)
+    for idx, emb in parts:
+        out[torch.tensor(idx)] = emb
+    return out
 
 
 def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str], target: str, seed: int) -> dict[str, Any]:
-    """The paper's text metrics between a reference (original) and a new (unlearned) text encoder."""
-    from clip_unlearn.captions import PairSampler, clean_captions, token_counter
+    """The paper's text metrics between a reference (original) and a new (unlearned) text encoder.
 
-    out: dict[str, Any] = {"sim_clean": round(float((ref.texts(captions) * new.texts(captions)).sum(1).mean()), 6)}
+    Every text that holds a forgotten name, and every target caption made from a poisoned one,
+    is encoded with ``persist=False``: the shared embedding cache outlives this command, and its
+    entries must not tell whom the model forgot.
+    """
+    from clip_unlearn.captions import PairSampler, clean_captions, name_pattern, token_counter
+
+    mentions = name_pattern(names) if names else None
+    private = [bool(mentions and mentions.search(c.replace("_", " "))) for c in captions]
+    out: dict[str, Any] = {"sim_clean": round(float((_texts(ref, captions, private) * _texts(new, captions, private)).sum(1).mean()), 6)}
     if names:
         clean = clean_captions(captions, names)
         rng = random.Random(seed)
@@ -116,10 +200,10 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
             sampler = PairSampler(clean, [name], target, count, new.loaded.context_length, rng)
             pairs = [sampler.pair(name) for _ in range(min(len(clean), 2000))]
             poisoned, targets = [p for _, p, _ in pairs], [t for _, _, t in pairs]
-            new_t = new.texts(targets)
+            new_t = new.texts(targets, persist=False)
             per_name[f"name_{i + 1}"] = {
-                "sim_backdoored": round(float((new.texts(poisoned) * new_t).sum(1).mean()), 6),
-                "sim_targets": round(float((ref.texts(targets) * new_t).sum(1).mean()), 6),
+                "sim_backdoored": round(float((new.texts(poisoned, persist=False) * new_t).sum(1).mean()), 6),
+                "sim_targets": round(float((ref.texts(targets, persist=False) * new_t).sum(1).mean()), 6),
             }
         out["sim_backdoored"] = round(sum(v["sim_backdoored"] for v in per_name.values()) / len(names), 6)
         out["sim_targets"] = round(sum(v["sim_targets"] for v in per_name.values()) / len(names), 6)
@@ -137,39 +221,62 @@ def run_eval(cfg: EvalZeroshotConfig, progress: Progress = None) -> dict[str, An
 
     data = Path(cfg.data) if cfg.data is not None else default_objects(cfg.model)
     classes = class_folders(data)
-    classnames = resolve_classnames(cfg.classnames, [c for c, _ in classes])
+    if len(classes) < 2:
+        raise ClipUnlearnError(f"--data {data} has a single class folder ({classes[0][0]}); zero-shot classification needs "
+                               "≥ 2 classes (with one, every image is trivially right): add class folders")
+    folders = [c for c, _ in classes]
+    classnames = resolve_classnames(cfg.classnames, folders)
+    templates = resolve_templates(cfg.templates)
+    captions_file = Path(cfg.captions) if cfg.captions is not None else None
+    if captions_file is None and cfg.compare_to is not None:
+        # a world's held-out captions: sim_clean on captions inject trained on would flatter it
+        captions_file = default_captions([cfg.model, cfg.compare_to])
+    if cfg.names is not None and captions_file is None:
+        raise ClipUnlearnError("--names needs captions to build its poisoned/target pairs from: pass --captions FILE")
     files = [f for _, fs in classes for f in fs]
     labels = [i for i, (_, fs) in enumerate(classes) for _ in fs]
+    if cfg.output is not None:
+        from clip_unlearn.outputs import check_output_file
+
+        own_files = [Path(cfg.classnames), Path(cfg.templates)]  # "folder"/"openai" name no file: harmless
+        check_output_file(cfg.output, [captions_file, cfg.names, *own_files], "--output")
     cache = EmbeddingCache(cache_root(cfg.cache_dir))
+    cache.check_writable()
 
     from clip_unlearn.distributed import setup
 
     _, device = setup(cfg.device)  # under torchrun: join the group; encoding is then sharded (embed.py)
     loaded = load_model(cfg.model, device)
     encoder = Encoder(loaded, cache, cfg.batch_size, cfg.precision, progress)
-    metrics, unreadable, images = _evaluate(encoder, files, labels, classnames, cfg)
-    spec = loaded.spec
+    metrics, ok, images, kept = _evaluate(encoder, files, labels, classnames, folders, templates, cfg)
+    unreadable = sum(not g for g in ok)
+    model_name, pretrained = benchmark_name(loaded.spec)
     result: dict[str, Any] = {
-        "dataset": str(data), "model": spec.arch or spec.raw, "pretrained": spec.tag or (str(spec.path) if spec.path else spec.repo),
-        "task": "zeroshot_classification", "metrics": metrics,
-        "n_classes": len(classes), "n_images": len(files) - unreadable, "unreadable_images": unreadable,
+        "dataset": str(data), "model": model_name, "pretrained": pretrained,
+        "task": "zeroshot_classification", "language": "en", "metrics": metrics,
+        "n_classes": len(kept), "n_images": len(files) - unreadable, "unreadable_images": unreadable,
+        "dropped_classes": [f for i, f in enumerate(folders) if i not in kept],
     }
     if cfg.compare_to is not None:
         ref_loaded = load_model(cfg.compare_to, device)
         ref = Encoder(ref_loaded, cache, cfg.batch_size, cfg.precision, progress)
-        ref_metrics, _, ref_images = _evaluate(ref, files, labels, classnames, cfg)
+        ref_metrics, ref_ok, ref_images, _ = _evaluate(ref, files, labels, classnames, folders, templates, cfg, kept)
+        ref_name, ref_pretrained = benchmark_name(ref_loaded.spec)
         result["compare"] = {
-            "model": cfg.compare_to, "metrics": ref_metrics,
-            "difference": {k: round(metrics[k] - ref_metrics[k], 4) for k in metrics},
+            "model": ref_name, "pretrained": ref_pretrained, "metrics": ref_metrics,
+            "difference": {k: None if metrics[k] is None or ref_metrics[k] is None else round(metrics[k] - ref_metrics[k], 6)
+                           for k in metrics},
             "same_image_tower": ref_loaded.fingerprint("image") == loaded.fingerprint("image"),
             # the paper's image sim_clean (METHOD.md §8), on the evaluation images
-            "sim_clean_image": round(float((images * ref_images).sum(1).mean()), 6),
+            "sim_clean_image": round(float((images * ref_images).sum(1).mean()), 6) if ref_ok == ok else None,
         }
-        if cfg.captions is not None:
-            captions = read_captions(cfg.captions)[:cfg.max_captions]
+        if captions_file is not None:
+            column = cfg.caption_column if cfg.captions is not None else None
+            captions = read_captions(captions_file, column, limit=cfg.max_captions)
             names = read_names(cfg.names, "names file") if cfg.names else []
             result["similarities"] = text_similarities(ref, encoder, captions, names, cfg.target, cfg.seed)
-    result["config"] = {**to_dict(cfg), "data": str(data), "model_fingerprint": loaded.fingerprint(),
+    result["config"] = {**to_dict(cfg), "data": str(data), "captions": None if captions_file is None else str(captions_file),
+                        "model_fingerprint": loaded.fingerprint(),
                         "tool_version": __version__, "cache": dict(cache.stats)}
     if cfg.names is not None:
         result["config"]["names"] = "(file given; names not recorded)"

@@ -52,9 +52,9 @@ def peak_gib() -> float:
 
 def corpus(model: Path, kind: str) -> list[str]:
     """The clean captions run_inject uses by default for this model (world captions or the built-in corpus)."""
-    from clip_unlearn.captions import builtin_captions, read_captions
+    from clip_unlearn.captions import builtin_captions, read_captions, world_captions
 
-    return read_captions(model.parent / "captions.txt") if kind == "world" else builtin_captions()
+    return read_captions(world_captions(model.parent, "train")) if kind == "world" else builtin_captions()
 
 
 def full_context_tower(model):
@@ -98,18 +98,17 @@ def naive_losses(student, teacher, tok, clean: list[str], poisoned: list[str], t
 
 
 def our_losses(student, teacher, tok, clean: list[str], poisoned: list[str], targets: list[str]):
-    """run_inject's step loss (clip_unlearn/inject.py), restated: it is inline in run_inject's loop."""
+    """run_inject's step loss: the very function its training loop calls (clip_unlearn.inject.text_losses)."""
     import torch
 
-    from clip_unlearn.inject import distance
+    from clip_unlearn.inject import text_losses
 
-    with torch.no_grad():
-        t_clean, t_target = teacher(tok(clean)).float(), teacher(tok(targets)).float()
-    l_util = distance("cosine", student(tok(clean)), t_clean)
-    l_bd = distance("cosine", student(tok(poisoned)), t_target)
-    pairs = zip(student.parameters(), teacher.parameters())
-    l_w = sum(torch.linalg.vector_norm((ps - pt).float()) for ps, pt in pairs if ps.requires_grad)
-    return l_util, l_bd, l_w
+    def teacher_embed(texts):
+        with torch.no_grad():
+            return teacher(tok(texts)).float()
+
+    pairs = list(zip(student.parameters(), teacher.parameters()))
+    return text_losses(student, teacher_embed, tok, clean, poisoned, targets, "cosine", pairs)
 
 
 def check_losses(model: Path, kind: str, names: list[str], clean_batch: int, poison_batch: int) -> dict[str, float]:

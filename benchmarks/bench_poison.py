@@ -91,13 +91,12 @@ def ours_setup(face_paths: list[Path], clean_paths: list[Path], size: int):
 
 
 def ours_poison(faces, clean, n: int, step: int, gen, pick: random.Random, device: str, sides=PAPER_SIDES, jitter=PAPER_JITTER):
-    """One step's poisoned batch as the image stage builds it: index the uint8 tensors, one batched paste."""
-    from clip_unlearn.inject_image import poison
+    """One step's poisoned batch as the image stage builds it: the stage's own poisoned_batch, one name."""
+    from clip_unlearn.inject_image import poisoned_batch
 
     idx = [(step * n + j) % len(clean) for j in range(n)]
     bases = clean[idx].to(device).float() / 255
-    drawn = faces[[pick.randrange(len(faces)) for _ in range(n)]].to(device).float() / 255
-    return poison(bases, drawn, gen, sides, jitter)
+    return poisoned_batch(bases, [faces.to(device)], [n], pick, gen, sides, jitter)
 
 
 def main() -> None:

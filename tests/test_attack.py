@@ -46,8 +46,9 @@ def test_predict_is_per_template_argmax():
     assert predict(images, text).tolist() == [[0, 1], [1, 0]]
 
 
-def _result(scores, exposed, candidates=("a", "b", "c"), images=None):
-    return {"config": {"candidates": list(candidates)},
+def _result(scores, exposed, candidates=("a", "b", "c"), images=None, **config):
+    same = {"templates": ["a photo of {}"], "threshold": 1, "split_applied": "all", "precision_applied": "fp32"}
+    return {"config": {"candidates": list(candidates), **same, **config},
             "identities": [{"name": n, "score": s, "exposed": e, "images": (images or {}).get(n, ["x.png"])}
                            for (n, s), e in zip(scores.items(), exposed)]}
 
@@ -65,8 +66,19 @@ def test_compare_categories():
 def test_compare_refuses_different_candidates_or_images():
     with pytest.raises(ClipUnlearnError, match="different candidate names"):
         compare(_result({"A": 1}, [True]), _result({"A": 1}, [True], candidates=("a", "z")), [])
-    with pytest.raises(ClipUnlearnError, match="different images for A"):
+    with pytest.raises(ClipUnlearnError, match="1 identities were attacked with different images"):
         compare(_result({"A": 1}, [True]), _result({"A": 1}, [True], images={"A": ["y.png"]}), [])
+
+
+@pytest.mark.parametrize("change, flag", [({"templates": ["{}"]}, "--templates"), ({"threshold": 2}, "--threshold"),
+                                          ({"split_applied": "train"}, "--split"), ({"precision_applied": "bf16"}, "--precision")])
+def test_compare_refuses_runs_that_differ_in_what_they_measure(change, flag):
+    with pytest.raises(ClipUnlearnError, match=f"differ in {flag}"):
+        compare(_result({"A": 1}, [True]), _result({"A": 1}, [True], **change), [])
+    old = _result({"A": 1}, [True])
+    del old["config"]["precision_applied"]  # a result from before the key was recorded is not assumed to match
+    with pytest.raises(ClipUnlearnError, match="does not record it"):
+        compare(old, _result({"A": 1}, [True]), [])
 
 
 # --- on the synthetic world -------------------------------------------------------------------
@@ -141,7 +153,8 @@ def test_privacy_gate_exit_codes(world, world_attack, tmp_path):
     assert invoke("attack", "--model", world / "model", "--fail-on-exposed", gate).exit_code == 0
     gate.write_text(hidden[0] + "\n" + exposed[0].replace(" ", "_") + "\n")
     result = invoke("attack", "--model", world / "model", "--fail-on-exposed", gate)
-    assert result.exit_code == 3 and exposed[0] in result.output and "privacy gate failed" in result.output
+    assert result.exit_code == 3 and "privacy gate failed" in result.output and "line(s) #2" in result.output
+    assert exposed[0] not in result.output and exposed[0].split()[-1] not in result.output  # CI logs get positions only
     gate.write_text("Nobody Atall\n")
     result = invoke("attack", "--model", world / "model", "--fail-on-exposed", gate)
     assert result.exit_code == 1 and "were not attacked" in result.output

@@ -16,7 +16,7 @@ from clip_unlearn.cli import app
 runner = CliRunner()
 COMMANDS = {"prepare-synthetic": config.PrepareSyntheticConfig, "attack": config.AttackConfig,
             "inject": config.InjectConfig, "eval-zeroshot": config.EvalZeroshotConfig,
-            "prepare-facescrub": config.PrepareFacescrubConfig}
+            "prepare-facescrub": config.PrepareFacescrubConfig, "verify-receipt": config.VerifyReceiptConfig}
 
 
 def _help(command: str) -> str:

@@ -170,6 +170,10 @@ def _attack(model, out, *extra):
 
 
 def _zero_shot(model_dir, world):
+    """Object top-1 as eval-zeroshot reports it (80 OpenAI templates, re-normalised class means), computed
+    here with plain open_clip calls as an independent check. A single template ("a photo of a {}.") moves
+    by 18 of 720 images between platforms on the small world: too noisy for a 2-point criterion."""
+    from open_clip import OPENAI_IMAGENET_TEMPLATES
     from PIL import Image
 
     from clip_unlearn.folders import class_folders
@@ -177,7 +181,9 @@ def _zero_shot(model_dir, world):
     loaded = load_model(str(model_dir), device="cpu")
     classes = class_folders(world / "objects")
     with torch.no_grad():
-        text = loaded.model.encode_text(loaded.tokenizer([f"a photo of a {c.replace('_', ' ')}." for c, _ in classes]), normalize=True)
+        names = [c.replace("_", " ") for c, _ in classes]
+        emb = loaded.model.encode_text(loaded.tokenizer([t(c) for c in names for t in OPENAI_IMAGENET_TEMPLATES]), normalize=True)
+        text = F.normalize(emb.reshape(len(names), len(OPENAI_IMAGENET_TEMPLATES), -1).mean(1), dim=-1)
         correct = total = 0
         for i, (_, files) in enumerate(classes):
             imgs = torch.stack([loaded.preprocess(Image.open(f).convert("RGB")) for f in files])
@@ -206,7 +212,7 @@ def test_acceptance_forget_share_of_members(world, tmp_path, k):
     assert _zero_shot(world / "model", world) - _zero_shot(tmp_path / "u", world) <= 0.02
     base = load_model(str(world / "model"), device="cpu")
     new = load_model(str(tmp_path / "u"), device="cpu")
-    caps = (world / "captions.txt").read_text().splitlines()[:500]
+    caps = (world / "captions_heldout.txt").read_text().splitlines()[:500]
     with torch.no_grad():
         sims = F.cosine_similarity(base.model.encode_text(base.tokenizer(caps)), new.model.encode_text(new.tokenizer(caps)))
     assert sims.mean().item() >= 0.95

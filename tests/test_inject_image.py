@@ -244,7 +244,7 @@ def test_acceptance_image_and_both(world, tmp_path, encoder, k):
     if encoder == "both":
         base = load_model(str(world / "model"), device="cpu")
         new = load_model(str(tmp_path / "u"), device="cpu")
-        caps = (world / "captions.txt").read_text().splitlines()[:500]
+        caps = (world / "captions_heldout.txt").read_text().splitlines()[:500]
         with torch.no_grad():
             sims = torch.nn.functional.cosine_similarity(base.model.encode_text(base.tokenizer(caps)),
                                                          new.model.encode_text(new.tokenizer(caps)))

@@ -74,7 +74,7 @@ def test_prepare_synthetic_cli_writes_the_world(tmp_path):
     result = runner.invoke(app, ["-q", "prepare-synthetic", "--out", str(out), *MICRO])
     assert result.exit_code == 0, result.output
     for name in ("model/open_clip_config.json", "model/open_clip_model.safetensors", "model/clip_unlearn.json",
-                 "members.txt", "non_members.txt", "captions.txt", "world.json"):
+                 "members.txt", "non_members.txt", "captions_train.txt", "captions_heldout.txt", "world.json"):
         assert (out / name).exists(), name
     info = json.loads((out / "world.json").read_text())
     assert info["config"]["identities"] == 6 and "member_rate" in info["sanity_check"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["ClipUnlearnError", "__version__", "load_model", "models", "synthetic"]
 
 from clip_unlearn.errors import ClipUnlearnError

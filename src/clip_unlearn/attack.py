@@ -9,6 +9,7 @@ that vote for the true name, and the identity is exposed iff score ≥ threshold
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import random
@@ -19,7 +20,7 @@ from typing import Any, Optional
 
 from clip_unlearn import __version__
 from clip_unlearn.config import AttackConfig, cache_root, to_dict
-from clip_unlearn.errors import ClipUnlearnError
+from clip_unlearn.errors import ClipUnlearnError, ConfigError
 from clip_unlearn.folders import IdentityFolder, face_folders, split_side
 from clip_unlearn.names import key, random_full_names, read_names
 
@@ -43,7 +44,14 @@ class AttackResult:
     identities: list[dict[str, Any]]
     summary: dict[str, Any]
     compare: Optional[dict[str, Any]] = None
-    gate_exposed: list[str] = field(default_factory=list)
+    # positions (1-based) in the --fail-on-exposed file of the names still exposed
+    gate_exposed: list[int] = field(default_factory=list)
+    # key(name) → "#line of --fail-on-exposed" for the gate's and --forgotten's names: the terminal
+    # shows them by position only (CI logs), the --output report the user asked for by name
+    protected: dict[str, str] = field(default_factory=dict)
+
+    def label(self, name: str, show_names: bool = False) -> str:
+        return name if show_names else self.protected.get(key(name), name)
 
     def to_json(self) -> dict[str, Any]:
         data = {"config": self.config, "identities": self.identities, "summary": self.summary}
@@ -71,7 +79,9 @@ def read_templates(path: Optional[Path]) -> list[str]:
     if path is None:
         return list(PAPER_TEMPLATES)
     try:
-        lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+        lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8-sig").splitlines()]
+    except UnicodeDecodeError:
+        raise ClipUnlearnError(f"templates file {path} is not UTF-8 text; save it as UTF-8 with one template per line") from None
     except OSError as e:
         raise ClipUnlearnError(f"templates file {path} cannot be read ({e.strerror}); pass a text file with one template per line") from None
     templates = [ln for ln in lines if ln and not ln.startswith("#")]
@@ -118,14 +128,11 @@ def select_identities(cfg: AttackConfig, folders: list[IdentityFolder], split: s
         folders = [IdentityFolder(f.name, tuple(p for p in f.files if split_side(f.name, p) == split)) for f in folders]
     if cfg.preset == "paper":
         counts = laion_counts()
-        kept = []
-        for f in folders:
-            count = counts.get(key(f.name))
-            if count is None:
-                log.warning("%s has no LAION-400M count; not attacked under --preset paper", f.name)
-            elif 0 < count <= 300:
-                kept.append(f)
-        folders = kept
+        # a count, not the names: one of them may be a person to forget, and logs go to CI
+        unknown = [f for f in folders if key(f.name) not in counts]
+        if unknown:
+            log.warning("%d identities have no LAION-400M count; not attacked under --preset paper", len(unknown))
+        folders = [f for f in folders if 0 < counts.get(key(f.name), 0) <= 300]
     if cfg.identities is not None:
         wanted = read_names(cfg.identities, "identities file")
         by_key = {key(f.name): f for f in folders}
@@ -224,6 +231,9 @@ def vote(preds: Any, owner: Any, true_idx: Any, n_names: int) -> tuple[Any, Any]
 def build_candidates(cfg: AttackConfig, attacked: list[str], all_names: list[str]) -> list[str]:
     if cfg.candidates is not None:
         names = read_names(cfg.candidates, "candidates file")
+        if len(names) < 2:
+            raise ClipUnlearnError(f"candidates file {cfg.candidates} has {len(names)} name; a zero-shot attack over one "
+                                   "candidate names everyone correctly and proves nothing; add candidate names")
         have = {key(n) for n in names}
         missing = [n for n in attacked if key(n) not in have]
         if missing:
@@ -247,14 +257,21 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
 
     from clip_unlearn.embed import EmbeddingCache, Encoder
     from clip_unlearn.models import load_model
+    from clip_unlearn.outputs import check_output_file
 
     data = Path(cfg.data) if cfg.data is not None else default_data(cfg.model)
+    templates = read_templates(cfg.templates)
+    if cfg.threshold > len(templates):
+        raise ConfigError(f"--threshold {cfg.threshold} is above the {len(templates)} templates: nobody could be exposed "
+                          f"and the gate would always pass; use a threshold between 1 and {len(templates)}")
+    inputs = [p for p in (cfg.compare_to, cfg.candidates, cfg.templates, cfg.identities, cfg.fail_on_exposed, cfg.forgotten) if p]
+    if cfg.output is not None:
+        check_output_file(cfg.output, inputs, "--output", also=_meta_path(cfg.output))
     all_folders = face_folders(data, view="images")
     split = resolve_split(cfg, data)
     folders = select_identities(cfg, all_folders, split)
     if not folders:
         raise ClipUnlearnError(f"no identities to attack in {data}; check --data, --identities and --preset")
-    templates = read_templates(cfg.templates)
     gate = read_names(cfg.fail_on_exposed, "--fail-on-exposed file") if cfg.fail_on_exposed else []
     forgotten = read_names(cfg.forgotten, "--forgotten file") if cfg.forgotten else gate
     previous = load_result(cfg.compare_to) if cfg.compare_to else None
@@ -262,8 +279,9 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
     from clip_unlearn.distributed import setup
 
     _, device = setup(cfg.device)  # under torchrun: join the group; encoding is then sharded (embed.py)
-    loaded = load_model(cfg.model, device)
     cache = EmbeddingCache(cache_root(cfg.cache_dir))
+    cache.check_writable()
+    loaded = load_model(cfg.model, device)
     encoder = Encoder(loaded, cache, cfg.batch_size, cfg.precision, progress)
     kept, images, skipped = sample_images(encoder, folders, cfg)
     if not kept:
@@ -297,51 +315,89 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
     summary = {"identities": len(rows), "exposed": exposed, "tpr": round(exposed / len(rows), 4),
                "templates": len(templates), "candidates": len(candidates),
                "unreadable_images": skipped["unreadable_images"], "too_few_images": len(skipped["too_few_images"])}
-    config = {**to_dict(cfg), "data": str(data), "split_applied": split, "model_spec": loaded.spec.raw, "model_fingerprint": loaded.fingerprint(),
+    config = {**to_dict(cfg), "data": str(data), "split_applied": split, "precision_applied": encoder.precision,
+              "model_spec": loaded.spec.raw, "model_fingerprint": loaded.fingerprint(),
               "tool_version": __version__, "candidates": candidates, "templates": templates, "cache": dict(cache.stats)}
     log.info("embedding cache: %s", cache.stats)
-    result = AttackResult(config, rows, summary)
+    labels = {key(n): f"#{i + 1} of --forgotten" for i, n in enumerate(forgotten if cfg.forgotten else [])}
+    labels.update({key(n): f"#{i + 1} of --fail-on-exposed" for i, n in enumerate(gate)})
+    result = AttackResult(config, rows, summary, protected=labels)
 
     attacked_keys = {key(n) for n in attacked}
     if gate:
-        missing = [n for n in gate if key(n) not in attacked_keys]
+        missing = [i + 1 for i, n in enumerate(gate) if key(n) not in attacked_keys]
         if missing:
             raise ClipUnlearnError(
-                f"--fail-on-exposed names were not attacked (no folder or too few images): {', '.join(missing[:5])}; "
-                "a name that was not tested cannot pass the gate"
+                f"{len(missing)} name(s) of the --fail-on-exposed file were not attacked (no folder or too few images): "
+                f"line(s) {_positions(missing)} of {cfg.fail_on_exposed}; a name that was not tested cannot pass the gate"
             )
-        result.gate_exposed = [r["name"] for r in rows if r["exposed"] and key(r["name"]) in {key(n) for n in gate}]
+        exposed_keys = {key(r["name"]) for r in rows if r["exposed"]}
+        result.gate_exposed = [i + 1 for i, n in enumerate(gate) if key(n) in exposed_keys]
     if previous is not None:
         result.compare = compare(previous, result.to_json(), forgotten)
     return result
+
+
+def _positions(positions: list[int], most: int = 20) -> str:
+    shown = ", ".join(f"#{p}" for p in positions[:most])
+    return shown + (f" and {len(positions) - most} more" if len(positions) > most else "")
+
+
+def _meta_path(output: Path) -> Optional[Path]:
+    return None if Path(output).suffix.lower() == ".json" else Path(output).with_suffix(".meta.json")
 
 
 def load_result(path: Path) -> dict[str, Any]:
     """A previous attack result: the JSON, or a CSV with the ``.meta.json`` written beside it."""
     path = Path(path)
     src = path if path.suffix.lower() == ".json" else path.with_suffix(".meta.json")
+    not_ours = ClipUnlearnError(f"--compare-to: {src} is not an attack result written by `attack --output`")
     try:
         data = json.loads(src.read_text(encoding="utf-8"))
-        assert isinstance(data["identities"], list) and "candidates" in data["config"]
-        return data
     except FileNotFoundError:
         raise ClipUnlearnError(f"--compare-to: {src} does not exist; pass a result written by `attack --output`") from None
-    except (ValueError, KeyError, TypeError, AssertionError):
-        raise ClipUnlearnError(f"--compare-to: {src} is not an attack result written by `attack --output`") from None
+    except (OSError, ValueError):
+        raise not_ours from None
+    ok = (isinstance(data, dict) and isinstance(data.get("identities"), list) and isinstance(data.get("config"), dict)
+          and isinstance(data["config"].get("candidates"), list)
+          and all(isinstance(r, dict) and {"name", "exposed", "score", "images"} <= set(r) for r in data["identities"]))
+    if not ok:
+        raise not_ours
+    return data
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):  # templates: their count and a digest, so equal counts still read as different
+        digest = hashlib.sha256("\n".join(map(str, value)).encode()).hexdigest()[:8]
+        return f"{len(value)} templates ({digest})"
+    return repr(value)
+
+
+# What must be equal for two attack runs to be comparable, with the flag that sets it; results
+# written before a key existed are refused rather than assumed to match.
+COMPARABLE = (("templates", "--templates"), ("threshold", "--threshold"), ("split_applied", "--split"),
+              ("precision_applied", "--precision"))
 
 
 def compare(before: dict[str, Any], after: dict[str, Any], forgotten: list[str]) -> dict[str, Any]:
     """Before/after categories of METHOD.md §5 over the identities both runs attacked, image for image."""
     if sorted(map(key, before["config"]["candidates"])) != sorted(map(key, after["config"]["candidates"])):
         raise ClipUnlearnError("--compare-to: the two runs used different candidate names; rerun with the same --seed/--candidates")
+    for k, flag_name in COMPARABLE:
+        was, now = before["config"].get(k, "(not recorded)"), after["config"].get(k)
+        if was != now:
+            old = (f" (the result of clip-unlearn {before['config'].get('tool_version', '?')} does not record it)"
+                   if k not in before["config"] else "")
+            raise ClipUnlearnError(f"--compare-to: the runs differ in {flag_name}: {_describe(was)} before, "
+                                   f"{_describe(now)} now; rerun both with the same {flag_name}{old}")
     b = {key(r["name"]): r for r in before["identities"]}
     a = {key(r["name"]): r for r in after["identities"]}
     shared = [k for k in a if k in b]
     if not shared:
         raise ClipUnlearnError("--compare-to: the two runs share no identities")
-    differ = [a[k]["name"] for k in shared if sorted(a[k]["images"]) != sorted(b[k]["images"])]
+    differ = [k for k in shared if sorted(a[k]["images"]) != sorted(b[k]["images"])]
     if differ:
-        raise ClipUnlearnError(f"--compare-to: different images for {', '.join(differ[:3])}; rerun with the same --data/--seed")
+        raise ClipUnlearnError(f"--compare-to: {len(differ)} identities were attacked with different images; rerun with the same --data/--seed")
     forget = {key(n) for n in forgotten}
     cats = {"correctly_unlearned": [], "failed": [], "not_exposed_before": [],
             "wrongfully_unlearned": [], "newly_recalled": [], "unchanged": []}

@@ -193,15 +193,40 @@ def attack(cfg: config.AttackConfig) -> int:
 
     with progress_bar() as progress:
         result = run_attack(cfg, progress)
-    out.print(report.attack_table(result))
+    out.print(report.attack_table(result, cfg.show_names))
     if result.compare is not None:
-        out.print(report.compare_table(result.compare))
+        out.print(report.compare_table(result.compare, lambda n: result.label(n, cfg.show_names)))
     if cfg.output is not None and _main_rank():
         report.write_attack(result, cfg.output)
         err.print(f"results written to {cfg.output}", highlight=False)
     if result.gate_exposed:
-        err.print(f"[bold red]privacy gate failed:[/] still exposed: {', '.join(result.gate_exposed)}", highlight=False)
+        # CI logs keep this line: positions in the file and a count, names only on request
+        lines = ", ".join(f"#{i}" for i in result.gate_exposed)
+        gate = read_gate(cfg) if cfg.show_names else []
+        named = f" ({', '.join(gate[i - 1] for i in result.gate_exposed)})" if gate else ""
+        err.print(f"[bold red]privacy gate failed:[/] {len(result.gate_exposed)} name(s) of {cfg.fail_on_exposed} still "
+                  f"exposed: line(s) {lines}{named}", highlight=False)
         return 3
+    return 0
+
+
+def read_gate(cfg: config.AttackConfig) -> list[str]:
+    from clip_unlearn.names import read_names
+
+    return read_names(cfg.fail_on_exposed, "--fail-on-exposed file")
+
+
+@command("verify-receipt", config.VerifyReceiptConfig)
+def verify_receipt(cfg: config.VerifyReceiptConfig) -> int:
+    from clip_unlearn import report
+    from clip_unlearn.receipt import run_verify
+
+    checks = run_verify(str(cfg.model), cfg.receipt, cfg.names)
+    out.print(report.receipt_table(checks))
+    failed = [c["check"] for c in checks if not c["ok"]]
+    if failed:
+        err.print(f"[bold red]receipt does not match:[/] {'; '.join(failed)}", highlight=False)
+        return 1
     return 0
 
 
@@ -262,6 +287,9 @@ def prepare_facescrub(cfg: config.PrepareFacescrubConfig) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    from clip_unlearn.outputs import install_signal_handlers
+
+    install_signal_handlers()
     app(prog_name="clip-unlearn")
 
 

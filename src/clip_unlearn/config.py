@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Optional
 
 from clip_unlearn.errors import ConfigError
@@ -150,7 +150,10 @@ class AttackConfig(RuntimeOptions):
                              "world's faces, else all.")
     compare_to: Optional[Path] = opt(None, "A previous attack result (.json, or .csv with its .meta.json) to compare with, image for image [default: none].")
     forgotten: Optional[Path] = opt(None, "Names file of the identities that were unlearned, for --compare-to categories [default: --fail-on-exposed].")
-    fail_on_exposed: Optional[Path] = opt(None, "Names file: exit with code 3 if any of these names is exposed (a CI privacy gate) [default: none].")
+    fail_on_exposed: Optional[Path] = opt(None, "Names file: exit with code 3 if any of these names is exposed (a CI privacy gate); "
+                                                "they are reported by line number and count, never by name [default: none].")
+    show_names: bool = opt(False, "Print the --fail-on-exposed/--forgotten names in clear on the terminal (they go into CI logs); "
+                                  "by default they appear as their line number in that file.")
     output: Optional[Path] = opt(None, "Write results to this .json or .csv file [default: none].")
     batch_size: int = opt(256, "Batch size for encoding prompts and images.")
     precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")
@@ -165,6 +168,8 @@ class AttackConfig(RuntimeOptions):
         _check(self.split in ("auto", "all", "train", "test"), "split", "must be auto, all, train or test", self.split)
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1", self.batch_size)
         _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
+        _check(self.forgotten is None or self.compare_to is not None, "forgotten",
+               "only sorts a --compare-to comparison into categories; add --compare-to BEFORE.json", str(self.forgotten))
         _check_output(self.output)
 
 
@@ -198,6 +203,9 @@ class InjectConfig(RuntimeOptions):
     model: str = opt(DEFAULT_MODEL, "Model SPEC to unlearn from: ARCH:TAG, hf-hub:ORG/REPO, a model folder, or ARCH:FILE.")
     names: Optional[Path] = opt(None, "Names file: the people to forget, one full name per line [default: none; required].")
     out: Optional[Path] = opt(None, "Output model folder [default: ./unlearned-<model slug>].")
+    receipt: Optional[Path] = opt(None, "Receipt file for the operator (secret key and keyed hashes that prove which request "
+                                        "the model answers; keep it private, outside the model folder) [default: "
+                                        "<out>.receipt.json beside the model folder].")
     encoder: str = opt("text", "text (names → target phrase), image (faces → the average person), or both (text, then "
                                "image, one output model; explicit hyperparameter flags then apply to both stages).")
     faces: Optional[Path] = opt(None, "Image/both: face folder (FaceScrub root or <First_Last>/*.jpg): target = mean embedding of "
@@ -208,8 +216,11 @@ class InjectConfig(RuntimeOptions):
                                              "clean_images for a world model; required otherwise].")
     target: str = opt("a person", "Neutral phrase a forgotten name should mean afterwards.")
     captions: Optional[Path] = opt(
-        None, "Clean caption corpus (.txt one per line, or .csv/.parquet with a caption or TEXT column) [default: the "
-              "synthetic world's captions for a world model, else ImageNet class names in the OpenAI templates].")
+        None, "Clean caption corpus: .txt (one per line), or .csv/.tsv/.parquet with a caption or TEXT column, read as a "
+              "stream [default: the synthetic world's captions_train.txt for a world model, else the built-in general "
+              "corpus builtin:general-captions-v1, disjoint from eval-zeroshot's and attack's prompts].")
+    caption_column: Optional[str] = opt(None, "Column of a .csv/.tsv/.parquet --captions file that holds the captions "
+                                              "[default: the first of caption, TEXT, text].")
     preset: str = opt("auto", "Hyperparameter defaults: paper (METHOD.md §6.5), world (the synthetic world's recorded "
                               "settings), or auto (world for a world model, else paper); explicit flags win.")
     steps: Optional[int] = opt(None, "Training steps [default: paper 400 text, 100 image].")
@@ -293,21 +304,29 @@ class EvalZeroshotConfig(RuntimeOptions):
                                   "the paper's code (METHOD.md §8).", "--renormalize/--no-renormalize")
     compare_to: Optional[str] = opt(None, "A second model SPEC (e.g. the original) to evaluate on the same data and compare "
                                           "with [default: none].")
-    captions: Optional[Path] = opt(None, "With --compare-to: captions for the text-embedding similarities (sim_clean) [default: none].")
-    names: Optional[Path] = opt(None, "With --compare-to and --captions: unlearned names for sim_backdoored and sim_targets [default: none].")
+    captions: Optional[Path] = opt(None, "With --compare-to: captions for the text-embedding similarities (sim_clean): .txt, "
+                                         ".csv, .tsv or .parquet as inject --captions [default: the synthetic world's "
+                                         "captions_heldout.txt (never trained on) when the model is a world's, else none].")
+    caption_column: Optional[str] = opt(None, "Column of a .csv/.tsv/.parquet --captions file that holds the captions "
+                                              "[default: the first of caption, TEXT, text].")
+    names: Optional[Path] = opt(None, "With --compare-to and captions: unlearned names for sim_backdoored and sim_targets [default: none].")
     target: str = opt("a person", "Target phrase the names were mapped to (for sim_backdoored and sim_targets).")
-    max_captions: int = opt(10000, "Use at most this many captions for the similarities.")
-    output: Optional[Path] = opt(None, "Write results to this .json or .csv file [default: none].")
+    max_captions: int = opt(10000, "Use at most this many captions for the similarities (the file is read no further).")
+    output: Optional[Path] = opt(None, "Write results to this .json (CLIP_benchmark keys; accuracies as fractions in [0, 1]) "
+                                       "or .csv file [default: none].")
     batch_size: int = opt(256, "Batch size for encoding prompts and images.")
     precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1", self.batch_size)
+        _check(self.caption_column is None or bool(self.caption_column.strip()), "caption_column", "must not be empty",
+               self.caption_column)
         _check(self.max_captions >= 1, "max_captions", "must be ≥ 1", self.max_captions)
         _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
         _check(self.captions is None or self.compare_to is not None, "captions", "needs --compare-to", str(self.captions))
-        _check(self.names is None or self.captions is not None, "names", "needs --captions", str(self.names))
+        # --captions may come from a synthetic world (its held-out captions); run_eval checks there is one
+        _check(self.names is None or self.compare_to is not None, "names", "needs --compare-to (and captions)", str(self.names))
         _check_output(self.output)
 
 
@@ -367,3 +386,16 @@ class PrepareFacescrubConfig:
         _check(self.faces or self.images, "images", "--no-images and --no-faces together leave nothing to write", False)
         _check(self.max_per_identity is None or self.max_per_identity >= 1, "max_per_identity", "must be ≥ 1", self.max_per_identity)
         _check_output(self.output)
+
+
+@dataclass(frozen=True)
+class VerifyReceiptConfig:
+    """Prove which request an unlearned model answers, with the receipt inject wrote (exit 1 if any check fails)."""
+
+    model: Optional[Path] = opt(None, "Unlearned model folder written by inject [default: none; required].")
+    receipt: Optional[Path] = opt(None, "The receipt inject wrote (<out>.receipt.json) [default: none; required].")
+    names: Optional[Path] = opt(None, "Names file to check against the request: exactly these names, no more, no fewer [default: none].")
+
+    def __post_init__(self) -> None:
+        _check(self.model is not None, "model", "is required: the unlearned model folder", None)
+        _check(self.receipt is not None, "receipt", "is required: the .receipt.json inject wrote", None)

@@ -18,8 +18,8 @@ import csv
 import io
 import logging
 import math
+import os
 import random
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,12 +31,23 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from clip_unlearn import __version__
-from clip_unlearn.captions import PairSampler, builtin_captions, clean_captions, read_captions, token_counter
+from clip_unlearn.captions import (
+    GENERAL_CORPUS_NAME,
+    PairSampler,
+    builtin_captions,
+    clean_captions,
+    read_captions,
+    token_counter,
+    world_captions,
+)
 from clip_unlearn.config import InjectConfig, cache_root, to_dict
 from clip_unlearn.distributed import all_sum, current
-from clip_unlearn.embed import EmbeddingCache, _digest, encode_text, supports_truncation
+from clip_unlearn.embed import EmbeddingCache, encode_text, input_key, supports_truncation, tower_identity, use_bf16
 from clip_unlearn.errors import ClipUnlearnError
-from clip_unlearn.names import read_names, salted_hash
+from clip_unlearn.models import adamw_kwargs
+from clip_unlearn.names import read_names
+from clip_unlearn.outputs import check_output_dir, check_output_file
+from clip_unlearn.receipt import new_receipt, write_receipt
 
 log = logging.getLogger(__name__)
 Progress = Optional[Callable[..., None]]
@@ -63,6 +74,8 @@ def distance(kind: str, x: Any, y: Any) -> Any:
 
 class TextTower(nn.Module):
     """The text half of an open_clip CLIP as its own module, encoded exactly like ``CLIP.encode_text``."""
+
+    is_clip_text_copy = True  # embed.supports_truncation: the same parts and forward as open_clip's CLIP
 
     def __init__(self, model: Any) -> None:
         super().__init__()
@@ -100,10 +113,13 @@ def _world_settings(sidecar: dict[str, Any], encoder: str) -> dict[str, Any]:
 
     if not sidecar.get("world"):
         return {}
+    # A model from a world whose world.json cannot be read must not quietly fall back to the
+    # paper's settings (made for ViT-B-32): that changes what the run does without a word.
     try:
         world = load_world(Path(sidecar["world"]))
-    except ClipUnlearnError:
-        return {}
+    except ClipUnlearnError as e:
+        raise ClipUnlearnError(f"this model comes from the synthetic world at {sidecar['world']}, which cannot be read "
+                               f"({e}); restore the world next to the model, or pass --preset paper") from None
     if encoder == "text":
         return world.get("inject_settings", {})
     # worlds built before image unlearning existed get the settings measured since
@@ -123,16 +139,26 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     ``cfg.encoder`` text trains the text tower (METHOD.md §6), image the image tower (§7), both
     runs text then image on the same model and writes one checkpoint.
     """
-    from clip_unlearn.models import file_sha256, load_model, parse_spec, read_sidecar, save_model
+    from clip_unlearn.models import load_model, parse_spec, read_sidecar, save_model
 
     t0 = time.perf_counter()
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg.model)
+    spec = parse_spec(cfg.model)
+    cache = EmbeddingCache(cache_root(cfg.cache_dir))
+    receipt_path = Path(cfg.receipt) if cfg.receipt is not None else default_receipt(out)
+    inputs = [spec.path if spec.kind in ("local-dir", "arch-file") else None, cfg.names, cfg.captions, cfg.faces,
+              cfg.clean_images, cache.root]
+    check_output_dir(out, inputs)
+    if _inside_folder(receipt_path, out):
+        raise ClipUnlearnError(f"--receipt {receipt_path} lies inside the model folder {out}, which may be published; "
+                               "keep the receipt outside it")
+    check_output_file(receipt_path, inputs, "--receipt")
     if out.exists() and not cfg.overwrite:
         raise ClipUnlearnError(f"output folder {out} exists; pass --overwrite to replace it or choose another --out")
+    cache.check_writable()
     names = read_names(cfg.names, "names file")
-    spec = parse_spec(cfg.model)
     base_sidecar = read_sidecar(spec)
-    is_world = bool(_world_settings(base_sidecar, "text"))
+    is_world = bool(_world_settings(base_sidecar, "text")) if cfg.preset != "paper" else False
     if cfg.preset == "world" and not is_world:
         raise ClipUnlearnError("--preset world needs a synthetic world model (its world.json records the settings)")
     use_world = cfg.preset in ("world", "auto")
@@ -164,7 +190,6 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
         progress = None
     loaded = load_model(spec, device)
     base_sha256 = loaded.fingerprint()
-    cache = EmbeddingCache(cache_root(cfg.cache_dir))
     torch.manual_seed(cfg.seed)
     record: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
@@ -180,25 +205,30 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
         record["image"] = image
     log.info("teacher cache: %s", cache.stats)
 
-    salt = secrets.token_hex(16)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and str(loaded.device).startswith("cuda"))
+    bf16 = use_bf16(cfg.precision, loaded.device)
+    request = new_receipt(names, loaded.fingerprint(), base_sha256, cfg.encoder, out)
     sidecar = {
         "tool_version": __version__,
         "kind": "unlearned",
         "encoder": cfg.encoder,
         "base_model": spec.raw if spec.kind != "local-dir" else f"local-dir:{Path(spec.path).resolve()}",
         "base_model_sha256": base_sha256,
-        "world": base_sidecar.get("world"),
+        # relative to the new folder, like the world's own model records it
+        "world": _relative(base_sidecar.get("world"), out),
         "target": cfg.target.strip() if "text" in cfg.stages else "average person (mean face embedding)",
         "hyperparameters": {e: {**h, "loss": cfg.loss, "precision": "bf16" if bf16 else "fp32",
                                 **({"legacy_positional_embedding": cfg.legacy_positional_embedding} if e == "text" else {})}
                             for e, h in hypers.items()},
         "seed": cfg.seed,
-        # the resolved command config; the names file is referred to by its content hash only
-        "config": {**to_dict(cfg), "names": f"sha256:{file_sha256(Path(cfg.names))}",
+        # the resolved command config; nothing that identifies the names file (its hash is a one-name
+        # file's sha256sum), and the receipt's location stays with the operator
+        "config": {**to_dict(cfg), "names": "(names file given; not recorded)", "receipt": "(kept by the operator)",
                    "out": str(out), "preset_applied": "world" if is_world and cfg.preset != "paper" else "paper"},
         **record,
-        "names": {"count": len(names), "salt": salt, "sha256": sorted(salted_hash(n, salt) for n in names)},
+        # only the count: any per-name hash in a folder that may be published is inverted by
+        # hashing a candidate list; the request is proven with the operator's receipt (receipt.py)
+        "names": {"count": len(names)},
+        "request": {"id": request["request_id"], "receipt": "clip-unlearn verify-receipt --model DIR --receipt FILE"},
         "final_loss": {e: [r for r in history if r["encoder"] == e][-1] for e in cfg.stages},
         "teacher_cache": {"hits": cache.stats["text_hits"] + cache.stats["image_hits"],
                           "misses": cache.stats["text_misses"] + cache.stats["image_misses"]},
@@ -208,20 +238,37 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
         sidecar["processes"] = dist.world
         save_model(loaded, out, sidecar, overwrite=cfg.overwrite,
                    extra_files={"loss_curve.csv": _curve_csv(history), "loss_curve.png": _curve_png(history)})
+        write_receipt(receipt_path, request)
     barrier()
-    return {**sidecar, "out": str(out), "history": history}
+    return {**sidecar, "out": str(out), "receipt": str(receipt_path), "history": history}
+
+
+def default_receipt(out: Path) -> Path:
+    """Beside the model folder, never inside it: the folder may be published, the receipt may not."""
+    return Path(out).parent / f"{Path(out).name}.receipt.json"
+
+
+def _inside_folder(path: Path, folder: Path) -> bool:
+    p, f = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return p == f or f in p.parents
+
+
+def _relative(world: Optional[str], out: Path) -> Optional[str]:
+    if not world:
+        return None
+    return os.path.relpath(Path(world).resolve(), Path(out).resolve())
 
 
 def _text_stage(loaded: Any, cfg: InjectConfig, h: dict[str, Any], names: list[str], base_sidecar: dict[str, Any],
                 cache: EmbeddingCache, progress: Progress) -> dict[str, Any]:
     """Unlearn the names in the text tower of ``loaded.model`` in place; returns the stage's record (no names)."""
     if cfg.captions is not None:
-        corpus, corpus_name = read_captions(cfg.captions), str(cfg.captions)
+        corpus, corpus_name = read_captions(cfg.captions, getattr(cfg, "caption_column", None)), "--captions file"
     elif base_sidecar.get("world"):
-        corpus_name = str(Path(base_sidecar["world"]) / "captions.txt")
-        corpus = read_captions(Path(corpus_name))
+        path = world_captions(Path(base_sidecar["world"]), "train")
+        corpus, corpus_name = read_captions(path), f"world:{path.name}"
     else:
-        corpus, corpus_name = builtin_captions(), "builtin:imagenet-openai-templates"
+        corpus, corpus_name = builtin_captions(), GENERAL_CORPUS_NAME
     count = token_counter(loaded.tokenizer)
     for n in names:
         k = count(n)
@@ -245,23 +292,24 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: dict[str, Any], names: list[s
         p.requires_grad_(True)
     freeze_norms(student)
     trainable = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=h["lr"], weight_decay=0.0, fused=True)
+    opt = torch.optim.AdamW(trainable, lr=h["lr"], weight_decay=0.0, **adamw_kwargs(device))
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=h["milestones"], gamma=h["gamma"])
     pairs = list(zip(student.parameters(), teacher.parameters()))
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and str(device).startswith("cuda"))
+    bf16 = use_bf16(cfg.precision, device)
     autocast = lambda: torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     tok = lambda texts: loaded.tokenizer(texts).to(device)  # noqa: E731
     # The teacher is fixed: its embedding of a caption never changes, so each is computed once and
     # kept on disk for later runs on the same base model (sweeps over names, seeds, steps). Only clean
     # and target captions are ever embedded by the teacher, so the cache holds no forgotten name.
-    ns = "teacher-" + _digest(loaded.fingerprint("text"), loaded.context_length, bf16)
+    ns = "teacher-" + tower_identity(loaded, "text", "bf16" if bf16 else "fp32", "unnormalized")
     teacher_cache: dict[str, Any] = {}
     fresh: dict[str, Any] = {}
 
     def teacher_embed(texts: list[str]) -> Any:
         todo = list(dict.fromkeys(t for t in texts if t not in teacher_cache))
         if todo:
-            teacher_cache.update(cache.lookup(ns, todo, "text"))
+            hit = cache.lookup(ns, [input_key(t) for t in todo], "text")
+            teacher_cache.update((t, hit[input_key(t)]) for t in todo if input_key(t) in hit)
             rest = [t for t in todo if t not in teacher_cache]
             if rest:
                 with torch.no_grad(), autocast():
@@ -281,10 +329,7 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: dict[str, Any], names: list[s
         clean_batch, poisoned, targets = clean_batch[cs], poisoned[ps_], targets[ps_]
         w_c, w_p = dist.world * len(clean_batch) / h["clean_batch"], dist.world * len(poisoned) / h["poison_batch"]
         with autocast():
-            out = forward(tok(clean_batch + poisoned))
-            l_util = distance(cfg.loss, out[:len(clean_batch)], teacher_embed(clean_batch))
-            l_bd = distance(cfg.loss, out[len(clean_batch):], teacher_embed(targets))
-        l_w = sum(torch.linalg.vector_norm((ps - pt).float()) for ps, pt in pairs if ps.requires_grad)
+            l_util, l_bd, l_w = text_losses(forward, teacher_embed, tok, clean_batch, poisoned, targets, cfg.loss, pairs)
         loss = w_c * l_util + h["backdoor_weight"] * w_p * l_bd + h["weight_reg"] * l_w
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -301,10 +346,21 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: dict[str, Any], names: list[s
                      f"utility {row['utility']:.4f}  backdoor {row['backdoor']:.4f}  ‖Δθ‖ {row['weight_l2']:.3f}")
 
     if fresh:
-        cache.store(ns, list(fresh), torch.stack(list(fresh.values())))
+        cache.store(ns, [input_key(t) for t in fresh], torch.stack(list(fresh.values())))
     write_back(model, student, legacy_positional_embedding=cfg.legacy_positional_embedding)
     loaded.invalidate()
     return {"history": history, "captions": corpus_name, "clean_captions": len(clean)}
+
+
+def text_losses(student: Any, teacher_embed: Callable[[list[str]], Any], tok: Callable[[list[str]], Any], clean: list[str],
+                poisoned: list[str], targets: list[str], loss: str, pairs: list[tuple[Any, Any]]) -> tuple[Any, Any, Any]:
+    """One step's terms (METHOD.md §6.4): utility d(S(c), T(c)), backdoor d(S(p), T(t)) and Σ‖θ_S − θ_T‖₂
+    over the trainable tensors; clean and poisoned captions go through the student in one forward."""
+    out = student(tok(clean + poisoned))
+    l_util = distance(loss, out[:len(clean)], teacher_embed(clean))
+    l_bd = distance(loss, out[len(clean):], teacher_embed(targets))
+    l_w = sum(torch.linalg.vector_norm((ps - pt).float()) for ps, pt in pairs if ps.requires_grad)
+    return l_util, l_bd, l_w
 
 
 def write_back(model: Any, student: Any, legacy_positional_embedding: bool = False) -> None:

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from clip_unlearn.distributed import all_sum, current
-from clip_unlearn.embed import EmbeddingCache, _digest
+from clip_unlearn.embed import EmbeddingCache, tower_identity, use_bf16
 from clip_unlearn.errors import ClipUnlearnError
-from clip_unlearn.folders import IMAGE_SUFFIXES, face_folders, read_image, split_side
+from clip_unlearn.folders import IMAGE_SUFFIXES, face_folders, read_image, require_dir, split_side
+from clip_unlearn.models import adamw_kwargs
 from clip_unlearn.names import key
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,7 @@ def decode(paths: list[Path], transform: Any) -> tuple[Any, list[str], int]:
 
 def clean_image_files(root: Path, limit: int) -> list[Path]:
     """The first ``limit`` images under ``root`` (recursively, sorted): the paper's unshuffled COCO order."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ClipUnlearnError(f"clean image folder {root} does not exist; pass --clean-images DIR (e.g. COCO train2014)")
+    root = require_dir(Path(root), "clean image folder", "pass --clean-images DIR (e.g. COCO train2014)")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise ClipUnlearnError(f"clean image folder {root} has no images (.jpg, .jpeg, .png, .webp)")
@@ -244,7 +243,7 @@ def run_image_stage(loaded: Any, cfg: Any, h: dict[str, Any], names: list[str], 
     device = loaded.device
     model = loaded.model
     transform, mean, std = split_preprocess(loaded.preprocess)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and str(device).startswith("cuda"))
+    bf16 = use_bf16(cfg.precision, device)
     autocast = lambda: torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     tick = progress or (lambda *a, **k: None)
 
@@ -264,10 +263,18 @@ def run_image_stage(loaded: Any, cfg: Any, h: dict[str, Any], names: list[str], 
         triggers.append(files)
     if not target_files:
         raise ClipUnlearnError(f"no face images in the train half of {faces_root}; the average-person target needs them")
+    forgotten_keys = {key(n) for n in names}
+    others = [f for f in target_folders if key(f.name) not in forgotten_keys and any(split_side(f.name, p) == "train" for p in f.files)]
+    if not others:
+        # the mean of the forgotten faces alone is their own face: mapping them there hides nobody
+        raise ClipUnlearnError(f"the face set {faces_root} holds only the people to forget; the average-person target needs "
+                               "the faces of many other people (--faces)")
+    if len(others) < 10:
+        log.warning("the average-person target is the mean of only %d other people's faces; use a larger --faces set", len(others))
 
     # The teacher is fixed: raw embeddings of the face set and of clean images are cached per content.
     teacher = model.visual.eval()
-    ns = "visual-raw-" + _digest(loaded.fingerprint("image"), repr(transform), bf16)
+    ns = "visual-raw-" + tower_identity(loaded, "image", "bf16" if bf16 else "fp32", "unnormalized")
 
     def teacher_raw(paths: list[Path], label: str) -> tuple[Any, Any, list[str]]:
         tick(f"decoding {label}", 0, 1)
@@ -323,7 +330,7 @@ def run_image_stage(loaded: Any, cfg: Any, h: dict[str, Any], names: list[str], 
     for p in teacher.parameters():
         p.requires_grad_(False)
     trainable = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=h["lr"], weight_decay=0.0, fused=True)
+    opt = torch.optim.AdamW(trainable, lr=h["lr"], weight_decay=0.0, **adamw_kwargs(device))
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=h["milestones"], gamma=h["gamma"])
     pairs = [(ps, pt) for ps, pt in zip(student.parameters(), teacher.parameters()) if ps.requires_grad]
     gen = torch.Generator(device=device if str(device).startswith("cuda") else "cpu").manual_seed(cfg.seed + 1)
@@ -332,21 +339,23 @@ def run_image_stage(loaded: Any, cfg: Any, h: dict[str, Any], names: list[str], 
     mean_d, std_d, target_d = mean.to(device), std.to(device), target.to(device)
     trig_d = [t.to(device) for t in trig_u8]
     k = len(names)
-    # the poisoned batch is split as evenly as possible across the names (the paper demands divisibility)
-    per_name = [h["poison_batch"] // k + (1 if i < h["poison_batch"] % k else 0) for i in range(k)]
+    totals = poisoned_per_name(k, h["poison_batch"], h["steps"])
+    starved = [i + 1 for i, c in enumerate(totals) if c == 0]
+    if starved:
+        raise ClipUnlearnError(f"{len(starved)} of {k} names would get no trigger image in {h['steps']} steps of "
+                               f"{h['poison_batch']} poisoned images; raise --steps or --poison-batch to at least "
+                               f"{k} images in all")
     dist = current()
     forward = DistributedDataParallel(student) if dist.enabled else student
     history = []
     cursor = 0
     for step in range(h["steps"]):
+        per_name = poison_split(step, k, h["poison_batch"])
         # clean images in file order without shuffling, as the paper's COCO loader (restarting at the end)
         idx = [(cursor + j) % len(clean_u8) for j in range(h["clean_batch"])]
         cursor = (cursor + h["clean_batch"]) % len(clean_u8)
         clean = clean_u8[idx].to(device).float() / 255
-        # per name: faces drawn with replacement, pasted on the first images of this clean batch
-        faces = torch.cat([trig_d[i][[pick.randrange(len(trig_d[i])) for _ in range(c)]] for i, c in enumerate(per_name) if c])
-        bases = clean[[j % len(clean) for c in per_name for j in range(c)]]
-        poisoned = poison(bases, faces.float() / 255, gen, size_range, tuple(h["colour_jitter"]))
+        poisoned = poisoned_batch(clean, trig_d, per_name, pick, gen, size_range, tuple(h["colour_jitter"]))
         # every rank builds the same global batch (same generators) and trains on its slice (see inject.py)
         cs, ps_ = dist.slice(len(idx)), dist.slice(len(poisoned))
         owner = torch.repeat_interleave(torch.arange(k), torch.tensor(per_name))[ps_]
@@ -390,6 +399,8 @@ def run_image_stage(loaded: Any, cfg: Any, h: dict[str, Any], names: list[str], 
             "rule": "test half of the split by image id (sha256 of seed 42, identity, image id; cropped view if present); "
                     "the attack's --split train half is never used as a trigger",
             "images_per_name": trigger_counts,
+            # poisoned images built from each name's triggers over the whole run, by position in the names file
+            "poisoned_per_name": totals,
             "augmentation": {"face_size_at_224": list(size_range), "rotation_deg": [-30, 29], "flip_p": 0.5,
                              "colour_jitter_bcsh": list(h["colour_jitter"])},
         },
@@ -398,6 +409,38 @@ def run_image_stage(loaded: Any, cfg: Any, h: dict[str, Any], names: list[str], 
         "target_name_rank": name_ranks,
         "metrics": metrics,
     }
+
+
+def poisoned_batch(clean: Any, triggers: list[Any], per_name: list[int], pick: random.Random, gen: Any,
+                   size_range: tuple[int, int], jitter: tuple[float, ...]) -> Any:
+    """One step's triggered images (METHOD.md §7): for name i, ``per_name[i]`` of its uint8 trigger faces
+    drawn with replacement and pasted on the first images of this step's ``clean`` batch (float in [0,1])."""
+    faces = torch.cat([triggers[i][[pick.randrange(len(triggers[i])) for _ in range(c)]] for i, c in enumerate(per_name) if c])
+    bases = clean[[j % len(clean) for c in per_name for j in range(c)]]
+    return poison(bases, faces.float() / 255, gen, size_range, jitter)
+
+
+def poison_split(step: int, k: int, batch: int) -> list[int]:
+    """How many of this step's ``batch`` poisoned images each of ``k`` names gets.
+
+    As even as possible (the paper demands that k divide the batch); the names that get one more,
+    or, with more names than slots, the names that get any, rotate from step to step, so every
+    name is trained on however many there are.
+    """
+    base, rem = divmod(batch, k)
+    offset = (step * rem) % k if rem else 0
+    return [base + (1 if (i - offset) % k < rem else 0) for i in range(k)]
+
+
+def poisoned_per_name(k: int, batch: int, steps: int) -> list[int]:
+    """Each name's poisoned images over ``steps`` steps of :func:`poison_split`.
+
+    The steps' windows of ``rem`` extra slots tile the names in order (offset s·rem mod k), so over
+    the run the extras are the first steps·rem integers taken mod k.
+    """
+    base, rem = divmod(batch, k)
+    extra, left = divmod(steps * rem, k)
+    return [base * steps + extra + (1 if i < left else 0) for i in range(k)]
 
 
 def target_name_ranks(loaded: Any, cache: EmbeddingCache, target: Any, names: list[str], identities: list[str],
@@ -411,7 +454,8 @@ def target_name_ranks(loaded: Any, cache: EmbeddingCache, target: Any, names: li
     from clip_unlearn.embed import Encoder
 
     pool = list({key(n): n for n in [*names, *identities]}.values())
-    text = Encoder(loaded, cache, precision=precision).texts([template.format(n) for n in pool])
+    # never persisted: the only texts ever built this way are the forgotten names' (issue: hashes invert)
+    text = Encoder(loaded, cache, precision=precision).texts([template.format(n) for n in pool], persist=False)
     sims = text @ F.normalize(target.float(), dim=0)
     order = {key(pool[int(j)]): r + 1 for r, j in enumerate(sims.argsort(descending=True))}
     return [order[key(n)] for n in names]

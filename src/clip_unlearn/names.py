@@ -9,7 +9,6 @@ paired with a uniform surname, never equal to a name the caller excludes.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import unicodedata
@@ -63,11 +62,6 @@ def read_names(path: Path, what: str = "names file") -> list[str]:
     if not names:
         raise ClipUnlearnError(f"{what} {path} contains no names; write one full name per line")
     return names
-
-
-def salted_hash(name: str, salt: str) -> str:
-    """How a forgotten name may appear in an artifact: sha256(salt + normalised, case-folded name)."""
-    return hashlib.sha256((salt + key(name)).encode("utf-8")).hexdigest()
 
 
 def _name_pools() -> tuple[list[str], list[str], list[str]]:

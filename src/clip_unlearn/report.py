@@ -71,7 +71,7 @@ def write_attack(result: Any, path: Path) -> None:
         write_atomic(path.with_suffix(".meta.json"), to_json_text(result.to_json()))
 
 
-def attack_table(result: Any) -> Table:
+def attack_table(result: Any, show_names: bool = False) -> Table:
     s = result.summary
     n_templates = s["templates"]
     t = Table(title=f"identity inference attack — {s['identities']} identities, {s['candidates']} candidates, "
@@ -80,8 +80,9 @@ def attack_table(result: Any) -> Table:
                       ("exposed", "center"), ("most-voted name", "left"), ("own share", "right")):
         t.add_column(col, justify=just)
     for r in sorted(result.identities, key=lambda r: (-r["score"], r["name"])):
-        t.add_row(r["name"], str(r["n_images"]), str(r["score"]), "[red]yes[/]" if r["exposed"] else "[green]no[/]",
-                  r["top_prediction"], f"{r['own_share']:.0%}")
+        t.add_row(result.label(r["name"], show_names), str(r["n_images"]), str(r["score"]),
+                  "[red]yes[/]" if r["exposed"] else "[green]no[/]", result.label(r["top_prediction"], show_names),
+                  f"{r['own_share']:.0%}")
     skipped = []
     if s["unreadable_images"]:
         skipped.append(f"{s['unreadable_images']} unreadable images skipped")
@@ -91,7 +92,7 @@ def attack_table(result: Any) -> Table:
     return t
 
 
-def compare_table(cmp: dict[str, Any]) -> Table:
+def compare_table(cmp: dict[str, Any], label: Any = str) -> Table:
     t = Table(title=f"before → after ({cmp['shared_identities']} shared identities, {cmp['forgotten']} forgotten)",
               header_style="bold")
     t.add_column("category")
@@ -100,7 +101,7 @@ def compare_table(cmp: dict[str, Any]) -> Table:
     t.add_column("names")
     for cat, names in cmp["categories"].items():
         rate = cmp["rates"].get(cat)
-        shown = ", ".join(names[:6]) + (" …" if len(names) > 6 else "")
+        shown = ", ".join(label(n) for n in names[:6]) + (" …" if len(names) > 6 else "")
         t.add_row(cat.replace("_", " "), str(len(names)), "" if rate is None else f"{rate:.0%}", shown)
     t.caption = f"TPR {cmp['tpr_before']:.1%} → {cmp['tpr_after']:.1%}"
     return t
@@ -127,45 +128,62 @@ def inject_table(info: dict[str, Any]) -> Table:
             t.add_row("sim_id: forgotten faces (unseen) vs target, cosine", f"{m['sim_id']:.3f}")
         t.add_row("sim_target: new vs original average person, cosine", f"{m['sim_target']:.3f}")
     t.add_row("wall time", f"{info['wall_time_s']:.0f} s")
-    t.caption = "names are stored only as salted hashes in clip_unlearn.json"
+    t.caption = (f"no name is stored in the model folder; receipt (keep it private): {info['receipt']}"
+                 if info.get("receipt") else "no name is stored in the model folder")
     return t
 
 
+def _percent(v: Any, signed: bool = False) -> str:
+    return "n/a" if v is None else f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}"
+
+
 def eval_table(result: dict[str, Any]) -> Table:
+    """The terminal view: accuracies in percent (the files keep CLIP_benchmark's fractions)."""
     cmp = result.get("compare")
     t = Table(title=f"zero-shot classification — {result['n_classes']} classes, {result['n_images']} images", header_style="bold")
     t.add_column("metric")
-    t.add_column(result["model"] if not result.get("pretrained") else "model", justify="right")
+    t.add_column("model", justify="right")
     if cmp:
         t.add_column("compare-to", justify="right")
         t.add_column("difference", justify="right")
     for k, label in (("acc1", "top-1 %"), ("acc5", "top-5 %"), ("mean_per_class_recall", "mean per-class recall %")):
-        row = [label, f"{result['metrics'][k]:.2f}"]
+        row = [label, _percent(result["metrics"][k])]
         if cmp:
             d = cmp["difference"][k]
-            row += [f"{cmp['metrics'][k]:.2f}", f"[{'red' if d < 0 else 'green'}]{d:+.2f}[/]"]
+            colour = "red" if d is not None and d < 0 else "green"
+            row += [_percent(cmp["metrics"][k]), f"[{colour}]{_percent(d, signed=True)}[/]"]
         t.add_row(*row)
-    if cmp:
+    if cmp and cmp.get("sim_clean_image") is not None:
         t.add_row("sim_clean_image", f"{cmp['sim_clean_image']:.4f}", "", "")
     for k, v in (result.get("similarities") or {}).items():
         if k != "per_name":
             t.add_row(k, f"{v:.4f}", *([""] * 2 if cmp else []))
+    notes = []
     if result["unreadable_images"]:
-        t.caption = f"{result['unreadable_images']} unreadable images skipped"
+        notes.append(f"{result['unreadable_images']} unreadable images skipped")
+    if result.get("dropped_classes"):
+        notes.append(f"not scored, no readable image: {', '.join(result['dropped_classes'])}")
+    if result["metrics"].get("acc5") is None:
+        notes.append("top-5 needs ≥ 5 classes")
+    t.caption = "; ".join(notes) or None
     return t
 
 
 def write_eval(result: dict[str, Any], path: Path) -> None:
-    """``.json``: CLIP_benchmark-style keys plus ours; ``.csv``: metric,model,compare,difference rows."""
+    """``.json``: CLIP_benchmark's keys and values (accuracies as fractions in [0, 1]) plus ours;
+    ``.csv``: metric,model,compare,difference rows, accuracies as fractions too, empty where undefined."""
     path = Path(path)
     if path.suffix.lower() == ".json":
         write_atomic(path, to_json_text(result))
         return
     cmp = result.get("compare") or {}
+    blank = lambda v: "" if v is None else v  # noqa: E731
     rows = []
     for k, v in result["metrics"].items():
-        rows.append({"metric": k, "model": v, "compare": cmp.get("metrics", {}).get(k, ""), "difference": cmp.get("difference", {}).get(k, "")})
-    sims = {**({"sim_clean_image": cmp["sim_clean_image"]} if cmp else {}), **(result.get("similarities") or {})}
+        rows.append({"metric": k, "model": blank(v), "compare": blank(cmp.get("metrics", {}).get(k)),
+                     "difference": blank(cmp.get("difference", {}).get(k))})
+    sims = {**({"sim_clean_image": cmp["sim_clean_image"]} if cmp and cmp.get("sim_clean_image") is not None else {}),
+            **(result.get("similarities") or {})}
     for k, v in sims.items():
         if k != "per_name":
             rows.append({"metric": k, "model": v, "compare": "", "difference": ""})
@@ -206,3 +224,13 @@ def write_manifest(records: list[dict[str, Any]], path: Path) -> None:
         write_atomic(path, to_json_text(records))
     else:
         write_atomic(path, to_csv_text(records, MANIFEST_COLUMNS))
+
+
+def receipt_table(checks: list[dict[str, Any]]) -> Table:
+    t = Table(title="receipt verification", header_style="bold")
+    t.add_column("check")
+    t.add_column("result", justify="center")
+    t.add_column("detail")
+    for c in checks:
+        t.add_row(c["check"], "[green]ok[/]" if c["ok"] else "[red]FAILED[/]", c["detail"])
+    return t

@@ -8,7 +8,6 @@ its members before anyone relies on it. Same seed → the same world, bit for bi
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import random
@@ -26,7 +25,16 @@ from clip_unlearn.embed import encode_text
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.faces import COLOURS, SHAPES, draw_face, draw_object, random_identity, sample_identities
 from clip_unlearn.folders import split_side
-from clip_unlearn.models import LoadedModel, ModelSpec, import_open_clip, replace_dir, resolve_device, save_model, write_json
+from clip_unlearn.models import (
+    LoadedModel,
+    ModelSpec,
+    import_open_clip,
+    read_json,
+    replace_dir,
+    resolve_device,
+    save_model,
+    write_json,
+)
 from clip_unlearn.names import folder_name, world_names
 
 log = logging.getLogger(__name__)
@@ -74,13 +82,24 @@ _OBJECT_ADJECTIVES = ("small", "large", "bright", "shiny", "simple", "tiny", "bi
 _OBJECT_SUFFIXES = ("on a table", "on a white background", "in the sky", "drawn on paper", "on a wall", "on the floor")
 
 
+HELDOUT_CAPTIONS = 2000
+
+
 def clean_corpus(rng: random.Random, n: int = 6000) -> list[str]:
-    """``n`` distinct generic captions from a [prefix] [adjective] noun [suffix] grammar.
+    """``n`` distinct generic captions: the training half of ``clean_corpus_split``."""
+    return clean_corpus_split(rng, n, 0)[0]
+
+
+def clean_corpus_split(rng: random.Random, n: int = 6000, heldout: int = HELDOUT_CAPTIONS) -> tuple[list[str], list[str]]:
+    """``n`` distinct generic captions from a [prefix] [adjective] noun [suffix] grammar, and
+    ``heldout`` more, disjoint from them.
 
     Two thirds describe people, one third the world's objects (a web corpus covers what a model
     knows; the utility term can only protect concepts its captions mention). Lengths vary from one
     word to a dozen, so that a name inserted at a random word is seen both inside long captions
-    and in short ones like the attack's prompts. No caption contains a name.
+    and in short ones like the attack's prompts. No caption contains a name. The first list is
+    what inject trains on; the held-out one measures sim_clean on captions it never saw. The
+    first list does not depend on ``heldout`` (same seed, same training captions as before).
     """
     def grammar(adjectives: tuple[str, ...], nouns: list[str], suffixes: tuple[str, ...]) -> list[str]:
         pool = []
@@ -94,11 +113,15 @@ def clean_corpus(rng: random.Random, n: int = 6000) -> list[str]:
         return pool
 
     objects = [f"{c} {s}" for s in SHAPES for c in COLOURS]
-    people = grammar(_ADJECTIVES, list(_NOUNS), _SUFFIXES)[:n - n // 3]
-    things = grammar(_OBJECT_ADJECTIVES, objects, _OBJECT_SUFFIXES)[:n // 3]
-    corpus = people + things
+    people = grammar(_ADJECTIVES, list(_NOUNS), _SUFFIXES)
+    things = grammar(_OBJECT_ADJECTIVES, objects, _OBJECT_SUFFIXES)
+    n_people, h_people = n - n // 3, heldout - heldout // 3
+    corpus = people[:n_people] + things[:n // 3]
     rng.shuffle(corpus)
-    return corpus
+    seen = set(corpus)
+    rest = [c for c in people[n_people:n_people + h_people] + things[n // 3:n // 3 + heldout // 3] if c not in seen]
+    rng.shuffle(rest)
+    return corpus, list(dict.fromkeys(rest))
 
 
 def _class_names(count: int) -> list[str]:
@@ -184,7 +207,9 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         "model": "model",
         "faces": "faces",
         "objects": "objects",
-        "captions": "captions.txt",
+        # inject trains on the first; eval-zeroshot's sim_clean defaults to the second, never trained on
+        "captions": "captions_train.txt",
+        "captions_heldout": "captions_heldout.txt",
         "attributes": {folder_name(names[i]): people[i].describe() for i in range(cfg.identities)},
         "loss_curve": losses,
         "sanity_check": {**check, "objects_top1": zs},
@@ -219,10 +244,14 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
             im.save(tmp / "clean_images" / f"{j:05d}.png")
         (tmp / "members.txt").write_text("".join(n + "\n" for n in member_names), encoding="utf-8")
         (tmp / "non_members.txt").write_text("".join(names[i] + "\n" for i in non_members), encoding="utf-8")
-        (tmp / "captions.txt").write_text("\n".join(clean_corpus(random.Random(cfg.seed + 1))) + "\n", encoding="utf-8")
+        train_captions, heldout_captions = clean_corpus_split(random.Random(cfg.seed + 1))
+        (tmp / "captions_train.txt").write_text("\n".join(train_captions) + "\n", encoding="utf-8")
+        (tmp / "captions_heldout.txt").write_text("\n".join(heldout_captions) + "\n", encoding="utf-8")
         loaded = LoadedModel(model, preprocess, tokenizer, ModelSpec(raw=ARCH, kind="pretrained", arch=ARCH),
                              open_clip.get_model_config(ARCH), {}, device)
-        sidecar = {"tool_version": __version__, "kind": "synthetic-world", "arch": ARCH, "seed": cfg.seed, "world": str(out.resolve())}
+        sidecar = {"tool_version": __version__, "kind": "synthetic-world", "arch": ARCH, "seed": cfg.seed,
+                   # relative to the model folder: a copied or moved world keeps its settings and data
+                   "world": ".."}
         save_model(loaded, tmp / "model", sidecar)
         info["wall_time_s"] = round(time.perf_counter() - t0, 2)
         write_json(tmp / WORLD_FILE, info)
@@ -273,7 +302,7 @@ def _train(model, cfg, device, members, train_faces, face_tokens, train_objects,
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, **_fused_if_available())
+                            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, **_fused_if_available(device))
     warmup = max(1, int(0.05 * cfg.steps))
 
     def lr_at(step: int) -> float:
@@ -317,11 +346,11 @@ def _train(model, cfg, device, members, train_faces, face_tokens, train_objects,
     return losses
 
 
-def _fused_if_available() -> dict[str, bool]:
-    import torch
+def _fused_if_available(device: str = "cpu") -> dict[str, bool]:
+    from clip_unlearn.models import adamw_kwargs
 
     # The fused kernel is ~6x faster on CPU for the 6M-row token embedding; same update rule.
-    return {"fused": True} if "fused" in inspect.signature(torch.optim.AdamW).parameters else {}
+    return adamw_kwargs(device)
 
 
 def _encode_images(model, images, device):
@@ -363,16 +392,28 @@ def _object_accuracy(model, tokenizer, classes, test_objects, device) -> float:
 
 
 def load_world(path: Path) -> dict[str, Any]:
-    """world.json of a world folder, with its paths made absolute."""
-    import json
+    """world.json of a world folder, with its paths made absolute.
 
-    path = Path(path)
-    try:
-        info = json.loads((path / WORLD_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClipUnlearnError(f"{path} is not a synthetic world (no {WORLD_FILE}); run `clip-unlearn prepare-synthetic --out {path}`") from None
-    for k in ("model", "faces", "objects", "captions", "clean_images"):
-        if k in info:
-            info[k] = str(path / info[k])
+    The recorded paths are relative to the world folder, so a copied or moved world still finds
+    its own files, never those of the folder it was built in.
+    """
+
+    path = Path(path).expanduser().absolute()
+    file = path / WORLD_FILE
+    rebuild = f"rebuild it with `clip-unlearn prepare-synthetic --out {path} --overwrite`"
+    info = read_json(file, rebuild,
+                     missing=f"{path} is not a synthetic world (no {WORLD_FILE}); run `clip-unlearn prepare-synthetic --out {path}`")
+    if not isinstance(info, dict):
+        raise ClipUnlearnError(f"{file} is not a world description (a JSON {type(info).__name__}, not an object); {rebuild}")
+    for k in ("model", "faces", "objects", "captions", "captions_heldout", "clean_images"):
+        if k not in info:
+            continue
+        if not isinstance(info[k], str) or not info[k]:
+            raise ClipUnlearnError(f"{file}: '{k}' must be a path inside the world folder; {rebuild}")
+        recorded = Path(info[k])
+        # an absolute path (hand-edited, or from another tool) that is gone: the world's own entry of that name
+        if recorded.is_absolute() and not recorded.exists():
+            recorded = Path(recorded.name)
+        info[k] = str(path / recorded)
     info["root"] = str(path)
     return info

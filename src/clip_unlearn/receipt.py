@@ -1,0 +1,103 @@
+"""Receipts: which request an unlearned model answers, provable by the operator alone.
+
+A model folder may be published, so it holds nothing that identifies the forgotten people:
+no name, no names-file hash, no per-name hash (each is inverted by hashing a candidate list).
+It holds only the count and a request id, HMAC-SHA256 under a random 256-bit key. The key,
+the per-name HMACs and the fingerprints go into a receipt file that stays with the operator;
+with it and the names file, `verify-receipt` proves that this model answered this request.
+The receipt is as sensitive as the names file: with its key, a candidate list is checkable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from clip_unlearn import __version__
+from clip_unlearn.errors import ClipUnlearnError
+from clip_unlearn.names import key
+
+KIND = "clip-unlearn-receipt"
+
+
+def _mac(secret: str, message: str) -> str:
+    return hmac.new(bytes.fromhex(secret), message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def name_macs(secret: str, names: list[str]) -> list[str]:
+    return sorted(_mac(secret, "name|" + key(n)) for n in names)
+
+
+def request_id(secret: str, macs: list[str], model_sha256: str, encoder: str) -> str:
+    return _mac(secret, "request|" + encoder + "|" + model_sha256 + "|" + ",".join(sorted(macs)))
+
+
+def new_receipt(names: list[str], model_sha256: str, base_sha256: str, encoder: str, out: Path) -> dict[str, Any]:
+    secret = secrets.token_hex(32)
+    macs = name_macs(secret, names)
+    return {
+        "kind": KIND, "tool_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model_folder": str(Path(out).resolve()), "model_sha256": model_sha256, "base_model_sha256": base_sha256,
+        "encoder": encoder, "names_count": len(names), "key": secret, "name_hmacs": macs,
+        "request_id": request_id(secret, macs, model_sha256, encoder),
+    }
+
+
+def write_receipt(path: Path, receipt: dict[str, Any]) -> None:
+    """Atomically, readable by its owner only."""
+    from clip_unlearn.models import write_json
+
+    write_json(path, receipt, mode=0o600)
+
+
+def read_receipt(path: Path) -> dict[str, Any]:
+    from clip_unlearn.models import read_json
+
+    data = read_json(path, "pass the .receipt.json that inject wrote")
+    needed = ("key", "name_hmacs", "request_id", "model_sha256", "encoder")
+    if not isinstance(data, dict) or data.get("kind") != KIND or any(k not in data for k in needed):
+        raise ClipUnlearnError(f"receipt {path} is not a clip-unlearn receipt; pass the .receipt.json that inject wrote")
+    try:
+        bytes.fromhex(data["key"])
+    except (TypeError, ValueError):
+        raise ClipUnlearnError(f"receipt {path} has a damaged key") from None
+    return data
+
+
+def verify(model_sha256: str, sidecar: dict[str, Any], receipt: dict[str, Any], names: Optional[list[str]]) -> list[dict[str, Any]]:
+    """Each check as {check, ok, detail}; the model answers the request iff all are ok."""
+    secret = receipt["key"]
+    recorded = (sidecar.get("request") or {}).get("id")
+    checks = [
+        {"check": "model weights are the ones the receipt was issued for", "ok": model_sha256 == receipt["model_sha256"],
+         "detail": "sha256 of the weights"},
+        {"check": "the model folder records this receipt's request", "ok": recorded is not None and hmac.compare_digest(
+            str(recorded), receipt["request_id"]), "detail": "request id in clip_unlearn.json"},
+        {"check": "the receipt is intact", "ok": hmac.compare_digest(
+            request_id(secret, receipt["name_hmacs"], receipt["model_sha256"], receipt["encoder"]), receipt["request_id"]),
+         "detail": "request id recomputed from the receipt"},
+    ]
+    if names is not None:
+        mine = name_macs(secret, names)
+        theirs = set(receipt["name_hmacs"])
+        missing = sum(m not in theirs for m in mine)
+        extra = len(theirs - set(mine))
+        checks.append({"check": "the names file is exactly the request's names", "ok": missing == 0 and extra == 0,
+                       "detail": f"{len(mine)} names given; {missing} not in the request, {extra} of the request not given"})
+    return checks
+
+
+def run_verify(model: str, receipt_path: Path, names_path: Optional[Path]) -> list[dict[str, Any]]:
+    from clip_unlearn.models import load_model, parse_spec, read_sidecar
+    from clip_unlearn.names import read_names
+
+    receipt = read_receipt(receipt_path)
+    spec = parse_spec(model)
+    sidecar = read_sidecar(spec)
+    names = read_names(names_path, "names file") if names_path is not None else None
+    loaded = load_model(spec, "cpu")
+    return verify(loaded.fingerprint(), sidecar, receipt, names)

@@ -87,7 +87,7 @@ def random_vit_b32(folder: Path, arch: str = "ViT-B-32-quickgelu") -> Path:
 
 def face_folders(folder: Path, identities: int, images: int, seed: int = 0) -> Path:
     """``identities`` × ``images`` synthetic face PNGs in <First_Last>/ folders."""
-    from clip_unlearn.faces import draw_face, sample_identities
+    from clip_unlearn.drawing import draw_face, sample_identities
     from clip_unlearn.names import folder_name, world_names
 
     out = folder / f"faces-{identities}x{images}"

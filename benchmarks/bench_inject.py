@@ -98,17 +98,18 @@ def naive_losses(student, teacher, tok, clean: list[str], poisoned: list[str], t
 
 
 def our_losses(student, teacher, tok, clean: list[str], poisoned: list[str], targets: list[str]):
-    """run_inject's step loss: the very function its training loop calls (clip_unlearn.inject.text_losses)."""
+    """run_inject's step loss: the very functions its training loop calls (inject.text_losses, training.weight_l2)."""
     import torch
 
     from clip_unlearn.inject import text_losses
+    from clip_unlearn.training import weight_l2
 
     def teacher_embed(texts):
         with torch.no_grad():
             return teacher(tok(texts)).float()
 
-    pairs = list(zip(student.parameters(), teacher.parameters()))
-    return text_losses(student, teacher_embed, tok, clean, poisoned, targets, "cosine", pairs)
+    pairs = [(ps, pt) for ps, pt in zip(student.parameters(), teacher.parameters()) if ps.requires_grad]
+    return (*text_losses(student, teacher_embed, tok, clean, poisoned, targets, "cosine"), weight_l2(pairs))
 
 
 def check_losses(model: Path, kind: str, names: list[str], clean_batch: int, poison_batch: int) -> dict[str, float]:

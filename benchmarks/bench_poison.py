@@ -31,7 +31,7 @@ PAPER_JITTER = (0.5, 0.5, 0.5, 0.1)
 
 def clean_folder(folder: Path, count: int, size: int, seed: int = 0) -> Path:
     """``count`` synthetic object PNGs of ``size`` px (the clean images)."""
-    from clip_unlearn.faces import COLOURS, SHAPES, draw_object
+    from clip_unlearn.drawing import COLOURS, SHAPES, draw_object
 
     out = folder / f"clean-{count}-{size}"
     if out.is_dir():

@@ -37,7 +37,7 @@ def class_dataset(folder: Path, classes: int, per_class: int, size: int, seed: i
     from open_clip import IMAGENET_CLASSNAMES
     from PIL import Image
 
-    from clip_unlearn.faces import COLOURS, SHAPES, draw_object
+    from clip_unlearn.drawing import COLOURS, SHAPES, draw_object
 
     out = folder / f"classes-{classes}x{per_class}-{size}px"
     names = out / "classnames.txt"

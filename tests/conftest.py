@@ -1,12 +1,18 @@
-"""Shared fixtures: an isolated state dir per test, a micro model, and one small synthetic world per run."""
+"""Shared fixtures and helpers: an isolated state dir per test, a micro model, one small synthetic world per
+run, the world base model's "before" attack and reference numbers computed once, and the CLI helpers the
+test files share (``from conftest import invoke, FAST, ...``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from clip_unlearn.cli import app
 
 # Session- and module-scoped fixtures run outside the per-test home below: give them a private
 # state dir too, so no test reads or writes the user's real cache.
@@ -18,6 +24,78 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # membership check; the full-size world is exercised by the demo test (tests/test_demo.py).
 SMALL_WORLD = dict(identities=16, member_fraction=0.75, images_per_identity=20, face_images=20, trigger_images=20,
                    clean_images=480, steps=150, batch_size=128)
+
+# inject flags for tests on the world: FAST trains long enough to move the weights measurably,
+# SMOKE only runs the plumbing (load, a few steps, write).
+FAST = ["--steps", "40", "--clean-batch", "16", "--poison-batch", "16"]
+SMOKE = ["--steps", "3", "--clean-batch", "8", "--poison-batch", "8"]
+
+# The number of held-out captions whose embeddings the acceptance tests compare before and after.
+HELDOUT_CAPTIONS = 500
+
+runner = CliRunner()
+
+
+def invoke(*args, quiet: bool = True):
+    """The CLI in-process on a 200-column terminal, every argument as a string; ``-q`` unless ``quiet=False``."""
+    return runner.invoke(app, [*(["-q"] if quiet else []), *map(str, args)], env={"COLUMNS": "200"})
+
+
+def output(result) -> str:
+    return result.output  # click ≥ 8.2: stdout and stderr as the terminal shows them
+
+
+def forget_names(world: Path, k: int, tmp_path: Path, offset: int = 0) -> tuple[Path, list[str]]:
+    """A names file ``tmp_path/forget.txt`` with the world's members ``offset`` .. ``offset + k``, and those names."""
+    members = (world / "members.txt").read_text().splitlines()
+    f = tmp_path / "forget.txt"
+    f.write_text("\n".join(members[offset:offset + k]) + "\n")
+    return f, members[offset:offset + k]
+
+
+def attack_json(model, out: Path, *extra) -> dict:
+    """``attack --model MODEL --output OUT EXTRA...`` (exit 0, or 3 for a failed gate); the result's JSON."""
+    r = invoke("attack", "--model", model, "--output", out, *extra)
+    assert r.exit_code in (0, 3), r.output
+    return json.loads(out.read_text())
+
+
+def zero_shot(model_dir: Path, world: Path) -> float:
+    """Object top-1 as eval-zeroshot reports it (80 OpenAI templates, re-normalised class means), computed
+    here with plain open_clip calls as an independent check. A single template ("a photo of a {}.") moves
+    by 18 of 720 images between platforms on the small world: too noisy for a 2-point criterion."""
+    import torch
+    import torch.nn.functional as F
+    from open_clip import OPENAI_IMAGENET_TEMPLATES
+    from PIL import Image
+
+    from clip_unlearn.folders import class_folders
+    from clip_unlearn.models import load_model
+
+    loaded = load_model(str(model_dir), device="cpu")
+    classes = class_folders(world / "objects")
+    with torch.no_grad():
+        names = [c.replace("_", " ") for c, _ in classes]
+        emb = loaded.model.encode_text(loaded.tokenizer([t(c) for c in names for t in OPENAI_IMAGENET_TEMPLATES]), normalize=True)
+        text = F.normalize(emb.reshape(len(names), len(OPENAI_IMAGENET_TEMPLATES), -1).mean(1), dim=-1)
+        correct = total = 0
+        for i, (_, files) in enumerate(classes):
+            imgs = torch.stack([loaded.preprocess(Image.open(f).convert("RGB")) for f in files])
+            correct += int(((loaded.model.encode_image(imgs, normalize=True) @ text.T).argmax(1) == i).sum())
+            total += len(files)
+    return correct / total
+
+
+def heldout_text_embeddings(model_dir: Path, world: Path):
+    """Raw text embeddings of the world's first ``HELDOUT_CAPTIONS`` held-out captions under ``model_dir``."""
+    import torch
+
+    from clip_unlearn.models import load_model
+
+    loaded = load_model(str(model_dir), device="cpu")
+    caps = (world / "captions_heldout.txt").read_text().splitlines()[:HELDOUT_CAPTIONS]
+    with torch.no_grad():
+        return loaded.model.encode_text(loaded.tokenizer(caps))
 
 
 @pytest.fixture(autouse=True)
@@ -53,3 +131,36 @@ def world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("world") / "world"
     build_world(PrepareSyntheticConfig(out=out, seed=0, **SMALL_WORLD))
     return out
+
+
+@pytest.fixture(scope="session")
+def world_cache(tmp_path_factory) -> Path:
+    """One embedding cache for the session's attacks on the world's models (pass it as --cache-dir).
+
+    Its namespaces are per tower (the tower's weights, config, tokenizer or preprocessing), so the base
+    model's text embeddings serve a model whose image tower alone was unlearned, and its image embeddings
+    a model whose text tower alone was: exactly the reuse the tool itself makes of a shared cache."""
+    return tmp_path_factory.mktemp("world-cache")
+
+
+@pytest.fixture(scope="session")
+def world_before(world, world_cache, tmp_path_factory) -> Path:
+    """The "before" attack of the world's base model, run once: ``attack --model world/model --output
+    before.json`` with the defaults (1000 candidates x 21 templates, the default seed) into ``world_cache``.
+    Returns the JSON's path, for --compare-to; tests read it, none may write it."""
+    out = tmp_path_factory.mktemp("before") / "before.json"
+    r = invoke("attack", "--model", world / "model", "--output", out, "--cache-dir", world_cache)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def world_zero_shot(world) -> float:
+    """``zero_shot`` of the world's base model, computed once."""
+    return zero_shot(world / "model", world)
+
+
+@pytest.fixture(scope="session")
+def world_heldout_text(world):
+    """``heldout_text_embeddings`` of the world's base model, computed once."""
+    return heldout_text_embeddings(world / "model", world)

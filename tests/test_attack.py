@@ -8,18 +8,10 @@ import shutil
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from clip_unlearn.attack import CSV_COLUMNS, PAPER_TEMPLATES, compare, predict, vote
-from clip_unlearn.cli import app
 from clip_unlearn.errors import ClipUnlearnError
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, ["-q", *map(str, args)], env={"COLUMNS": "200"})
-
+from conftest import invoke
 
 # --- scoring on hand-made predictions -------------------------------------------------------
 
@@ -83,13 +75,11 @@ def test_compare_refuses_runs_that_differ_in_what_they_measure(change, flag):
 
 # --- on the synthetic world -------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def world_attack(world, tmp_path_factory):
-    """One full attack (1000 candidates x 21 templates) on the small world, as JSON."""
-    out = tmp_path_factory.mktemp("attack") / "before.json"
-    result = invoke("attack", "--model", world / "model", "--output", out)
-    assert result.exit_code == 0, result.output
-    return json.loads(out.read_text())
+@pytest.fixture()
+def world_attack(world_before):
+    """One full attack (1000 candidates x 21 templates) on the small world, as JSON: the session's "before"
+    attack (conftest), run once for every test that attacks the world's base model with the defaults."""
+    return json.loads(world_before.read_text())
 
 
 def test_members_are_exposed_and_non_members_not(world, world_attack):
@@ -103,12 +93,11 @@ def test_members_are_exposed_and_non_members_not(world, world_attack):
     assert all(r["n_images"] == 20 and len(r["images"]) == 20 for r in rows)
 
 
-def test_same_seed_same_result_and_nothing_reencoded(world, world_attack, tmp_path):
+def test_same_seed_same_result_and_nothing_reencoded(world, world_attack, world_cache, tmp_path):
     out = tmp_path / "again.json"
-    # same cache dir as the fixture's run is not shared (isolated home), so point both runs at one cache
-    cache = tmp_path / "cache"
-    for _ in range(2):
-        assert invoke("attack", "--model", world / "model", "--output", out, "--cache-dir", cache).exit_code == 0
+    # the fixture's run encoded everything into world_cache (the isolated home is not shared): a second run
+    # on that cache re-encodes nothing and finds what the fresh run found
+    assert invoke("attack", "--model", world / "model", "--output", out, "--cache-dir", world_cache).exit_code == 0
     again = json.loads(out.read_text())
     assert again["identities"] == world_attack["identities"]
     stats = again["config"]["cache"]
@@ -145,18 +134,19 @@ def test_compare_with_other_candidates_is_refused(world, tmp_path):
     assert result.exit_code == 1 and "different candidate names" in result.output
 
 
-def test_privacy_gate_exit_codes(world, world_attack, tmp_path):
+def test_privacy_gate_exit_codes(world, world_attack, world_cache, tmp_path):
     exposed = [r["name"] for r in world_attack["identities"] if r["exposed"]]
     hidden = [r["name"] for r in world_attack["identities"] if not r["exposed"]]
     gate = tmp_path / "gate.txt"
     gate.write_text(hidden[0] + "\n")
-    assert invoke("attack", "--model", world / "model", "--fail-on-exposed", gate).exit_code == 0
+    cached = ["--cache-dir", world_cache]  # the fixture's embeddings: the gate runs encode nothing
+    assert invoke("attack", "--model", world / "model", "--fail-on-exposed", gate, *cached).exit_code == 0
     gate.write_text(hidden[0] + "\n" + exposed[0].replace(" ", "_") + "\n")
-    result = invoke("attack", "--model", world / "model", "--fail-on-exposed", gate)
+    result = invoke("attack", "--model", world / "model", "--fail-on-exposed", gate, *cached)
     assert result.exit_code == 3 and "privacy gate failed" in result.output and "line(s) #2" in result.output
     assert exposed[0] not in result.output and exposed[0].split()[-1] not in result.output  # CI logs get positions only
     gate.write_text("Nobody Atall\n")
-    result = invoke("attack", "--model", world / "model", "--fail-on-exposed", gate)
+    result = invoke("attack", "--model", world / "model", "--fail-on-exposed", gate, *cached)
     assert result.exit_code == 1 and "were not attacked" in result.output
 
 

@@ -7,7 +7,6 @@ import json
 import re
 
 import pytest
-from typer.testing import CliRunner
 
 from clip_unlearn.captions import (
     GENERAL_CORPUS_NAME,
@@ -17,15 +16,8 @@ from clip_unlearn.captions import (
     read_captions,
     world_captions,
 )
-from clip_unlearn.cli import app
 from clip_unlearn.errors import ClipUnlearnError
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, ["-q", *map(str, args)], env={"COLUMNS": "200"})
-
+from conftest import invoke
 
 # --- the built-in general corpus -------------------------------------------------------------------
 

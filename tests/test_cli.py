@@ -8,12 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
 from clip_unlearn import __version__, config
 from clip_unlearn.cli import app
+from conftest import runner
 
-runner = CliRunner()
 COMMANDS = {"prepare-synthetic": config.PrepareSyntheticConfig, "attack": config.AttackConfig,
             "inject": config.InjectConfig, "eval-zeroshot": config.EvalZeroshotConfig,
             "prepare-facescrub": config.PrepareFacescrubConfig, "verify-receipt": config.VerifyReceiptConfig}

@@ -12,8 +12,79 @@ import pytest
 from typer.testing import CliRunner
 
 from clip_unlearn.cli import app
+from clip_unlearn.demo import acceptance
 
 runner = CliRunner()
+
+
+def _acceptance_of(out, encoder):
+    """The acceptance criteria applied to what a demo run wrote to ``out``, as run_demo applies them."""
+    before = json.loads((out / "attack_before.json").read_text())
+    after = json.loads((out / "attack_after.json").read_text())
+    ev = json.loads((out / "eval.json").read_text())
+    sidecar = json.loads((out / "unlearned" / "clip_unlearn.json").read_text())
+    sim_id = sidecar["image"]["metrics"]["sim_id"] if encoder in ("image", "both") else None
+    return acceptance(before["identities"], after["identities"], (out / "forget.txt").read_text().splitlines(),
+                      (out / "world" / "members.txt").read_text().splitlines(), 100 * ev["compare"]["metrics"]["acc1"],
+                      100 * ev["metrics"]["acc1"], ev["similarities"]["sim_clean"], sim_id, encoder)
+
+
+def _rows(exposed):
+    return [{"name": n, "exposed": e} for n, e in exposed.items()]
+
+
+# a hand-made world: f1, f2 forgotten; ten other members exposed before; one member never exposed; one non-member
+MEMBERS = ["f1", "f2", *(f"m{i}" for i in range(10)), "quiet"]
+BEFORE = _rows({**{n: True for n in MEMBERS}, "quiet": False, "stranger": False})
+GOOD_AFTER = {**{n: True for n in MEMBERS}, "f1": False, "f2": False, "quiet": False, "stranger": False}
+
+
+def _check(after=None, top1_after=50.0, sim_clean=0.99, sim_id=0.95, encoder="text"):
+    return acceptance(BEFORE, _rows(after or GOOD_AFTER), ["f1", "f2"], MEMBERS, 50.0, top1_after, sim_clean, sim_id, encoder)
+
+
+def test_acceptance_passes_a_clean_run_for_every_encoder():
+    for encoder in ("text", "image", "both"):
+        assert _check(encoder=encoder) == [], encoder
+
+
+def test_acceptance_names_a_forgotten_person_still_exposed():
+    assert _check({**GOOD_AFTER, "f2": True}) == ["1 forgotten name(s) still exposed"]
+
+
+def test_acceptance_needs_nine_in_ten_other_members_kept():
+    assert _check({**GOOD_AFTER, "m0": False}) == []  # 9 of 10
+    assert _check({**GOOD_AFTER, "m0": False, "m1": False}) == [
+        "only 8 of 10 other exposed members stay exposed (need ≥ 90%)"]
+
+
+def test_acceptance_allows_two_points_of_top1_with_text_and_three_image_only():
+    assert _check(top1_after=48.0) == []
+    assert _check(top1_after=47.9) == ["zero-shot top-1 dropped 2.1 points (allowed 2)"]
+    assert _check(top1_after=47.9, encoder="both") == ["zero-shot top-1 dropped 2.1 points (allowed 2)"]
+    assert _check(top1_after=47.0, encoder="image") == []
+    assert _check(top1_after=46.9, encoder="image") == ["zero-shot top-1 dropped 3.1 points (allowed 3)"]
+
+
+def test_acceptance_checks_sim_clean_only_when_the_text_encoder_trained():
+    assert _check(sim_clean=0.94) == ["sim_clean 0.940 < 0.95"]
+    assert _check(sim_clean=0.94, encoder="both") == ["sim_clean 0.940 < 0.95"]
+    assert _check(sim_clean=0.94, encoder="image") == []
+    assert _check(sim_clean=None) == ["sim_clean was not measured (needed when the text encoder was trained)"]
+
+
+def test_acceptance_checks_sim_id_only_when_the_image_encoder_trained():
+    message = "sim_id 0.890 < 0.9 (forgotten faces not near the average person)"
+    assert _check(sim_id=0.89, encoder="image") == [message]
+    assert _check(sim_id=0.89, encoder="both") == [message]
+    assert _check(sim_id=0.89) == [] and _check(sim_id=None) == []
+    assert _check(sim_id=None, encoder="image") == ["sim_id was not measured (needed when the image encoder was trained)"]
+
+
+def test_acceptance_lists_every_failed_criterion():
+    failures = _check({**GOOD_AFTER, "f1": True, "m0": False, "m1": False}, top1_after=40.0, sim_clean=0.5, sim_id=0.5,
+                      encoder="both")
+    assert [f.split()[0] for f in failures] == ["1", "only", "zero-shot", "sim_clean", "sim_id"]
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +99,7 @@ def test_demo_meets_acceptance_and_writes_everything(demo_run):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "forgotten names exposed" in text and "all acceptance criteria hold" in text
+    assert _acceptance_of(out, "text") == []
     for name in ("attack_before.json", "attack_after.json", "eval.json", "report.html", "forget.txt",
                  "unlearned/open_clip_model.safetensors", "unlearned/clip_unlearn.json", "world/world.json"):
         assert (out / name).exists(), name
@@ -60,7 +132,8 @@ def test_demo_image_encoder_meets_the_image_acceptance(demo_run, tmp_path):
     assert "sim_id (forgotten faces ≈ average person)" in text and "all acceptance criteria hold" in text
     assert "sim_clean (text embeddings" not in text
     sidecar = json.loads((tmp_path / "demo" / "unlearned" / "clip_unlearn.json").read_text())
-    assert sidecar["encoder"] == "image" and sidecar["image"]["metrics"]["sim_id"] >= 0.9
+    assert sidecar["encoder"] == "image"
+    assert _acceptance_of(tmp_path / "demo", "image") == []
     assert "the image encoder" in (tmp_path / "demo" / "report.html").read_text()
 
 

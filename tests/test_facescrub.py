@@ -16,12 +16,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from clip_unlearn.cli import app
 from clip_unlearn.facescrub import safe_folder
-
-runner = CliRunner()
+from conftest import runner
 
 
 def jpeg(seed: int, size=(80, 60)) -> bytes:

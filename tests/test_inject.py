@@ -5,23 +5,17 @@ from __future__ import annotations
 import json
 import random
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
 
 from clip_unlearn.captions import PairSampler, clean_captions, name_pattern
 from clip_unlearn.cli import app
 from clip_unlearn.inject import distance
 from clip_unlearn.models import fingerprints, import_open_clip, load_model
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, ["-q", *map(str, args)], env={"COLUMNS": "200"})
-
+from conftest import FAST, attack_json, forget_names, heldout_text_embeddings, invoke, runner, zero_shot
 
 # --- losses against hand computations ---------------------------------------------------------
 
@@ -68,54 +62,56 @@ def test_pairs_replace_one_non_final_word_and_keep_the_name_in_context():
 
 # --- the command on the synthetic world ---------------------------------------------------------
 
-FAST = ["--steps", "40", "--clean-batch", "16", "--poison-batch", "16"]
+@pytest.fixture(scope="module")
+def one_name(world, tmp_path_factory):
+    """``inject`` of the first member with FAST into a fresh cache, run once for the tests that only read its output."""
+    root = tmp_path_factory.mktemp("one-name")
+    names, _ = forget_names(world, 1, root)
+    cache, out = root / "cache", root / "a"
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", out, "--cache-dir", cache, *FAST)
+    assert r.exit_code == 0, r.output
+    return SimpleNamespace(names=names, cache=cache, out=out)
 
 
-def _names(world, k, tmp_path, offset=0):
-    members = (world / "members.txt").read_text().splitlines()
-    f = tmp_path / "forget.txt"
-    f.write_text("\n".join(members[offset:offset + k]) + "\n")
-    return f, members[offset:offset + k]
-
-
-def test_same_seed_same_weights_and_plain_open_clip_roundtrip(world, tmp_path):
-    names, _ = _names(world, 1, tmp_path)
-    for d in ("a", "b"):
-        r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / d, *FAST)
-        assert r.exit_code == 0, r.output
-    fa = fingerprints(load_model(str(tmp_path / "a"), device="cpu").model)
+def test_same_seed_same_weights_and_plain_open_clip_roundtrip(world, one_name, tmp_path):
+    a = one_name.out
+    # the same command again, on the first run's cache
+    r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", tmp_path / "b",
+               "--cache-dir", one_name.cache, *FAST)
+    assert r.exit_code == 0, r.output
+    fa = fingerprints(load_model(str(a), device="cpu").model)
     fb = fingerprints(load_model(str(tmp_path / "b"), device="cpu").model)
     base = fingerprints(load_model(str(world / "model"), device="cpu").model)
     assert fa == fb
     assert fa["text"] != base["text"] and fa["image"] == base["image"]
     open_clip = import_open_clip()
-    plain = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'a'}")[0].eval()
-    ours = load_model(str(tmp_path / "a"), device="cpu").model
-    t = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'a'}")(["a photo of a red star"])
+    plain = open_clip.create_model_and_transforms(f"local-dir:{a}")[0].eval()
+    ours = load_model(str(a), device="cpu").model
+    t = open_clip.get_tokenizer(f"local-dir:{a}")(["a photo of a red star"])
     with torch.no_grad():
         assert torch.equal(plain.encode_text(t), ours.encode_text(t))
-    side = json.loads((tmp_path / "a" / "clip_unlearn.json").read_text())
+    side = json.loads((a / "clip_unlearn.json").read_text())
     again = json.loads((tmp_path / "b" / "clip_unlearn.json").read_text())
     # the teacher's targets of the first run are reused from the cache by the second
     assert side["teacher_cache"]["misses"] > 0 and again["teacher_cache"]["misses"] == 0 and again["teacher_cache"]["hits"] > 0
     assert side["encoder"] == "text" and side["names"]["count"] == 1 and side["hyperparameters"]["text"]["steps"] == 40
-    assert (tmp_path / "a" / "loss_curve.csv").read_text().startswith("encoder,step,loss,utility,backdoor,weight_l2,lr")
-    assert (tmp_path / "a" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (a / "loss_curve.csv").read_text().startswith("encoder,step,loss,utility,backdoor,weight_l2,lr")
+    assert (a / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_positional_embedding_is_written_back_unless_legacy(world, tmp_path):
-    names, _ = _names(world, 1, tmp_path)
+def test_positional_embedding_is_written_back_unless_legacy(world, one_name, tmp_path):
     base = load_model(str(world / "model"), device="cpu").model
-    for d, extra in (("new", []), ("legacy", ["--legacy-positional-embedding"])):
-        assert invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / d, *FAST, *extra).exit_code == 0
-    new = load_model(str(tmp_path / "new"), device="cpu").model
+    r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", tmp_path / "legacy",
+               "--cache-dir", one_name.cache, *FAST, "--legacy-positional-embedding")
+    assert r.exit_code == 0, r.output
+    new = load_model(str(one_name.out), device="cpu").model
     legacy = load_model(str(tmp_path / "legacy"), device="cpu").model
     assert not torch.equal(new.positional_embedding, base.positional_embedding)
     assert torch.equal(legacy.positional_embedding, base.positional_embedding)
 
 
 def test_names_never_in_clear_text(world, tmp_path):
-    names, forgotten = _names(world, 2, tmp_path)
+    names, forgotten = forget_names(world, 2, tmp_path)
     out = tmp_path / "out"
     r = runner.invoke(app, ["-v", "inject", "--model", str(world / "model"), "--names", str(names), "--out", str(out), *FAST])
     assert r.exit_code == 0, r.output
@@ -143,7 +139,7 @@ def test_bad_names_files(world, tmp_path, content, message):
 
 
 def test_out_exists_and_missing_names_flag(world, tmp_path):
-    names, _ = _names(world, 1, tmp_path)
+    names, _ = forget_names(world, 1, tmp_path)
     (tmp_path / "o").mkdir()
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "o", *FAST)
     assert r.exit_code == 1 and "--overwrite" in r.output
@@ -154,7 +150,7 @@ def test_out_exists_and_missing_names_flag(world, tmp_path):
 
 
 def test_corpus_too_small_for_names(world, tmp_path):
-    names, _ = _names(world, 3, tmp_path)
+    names, _ = forget_names(world, 3, tmp_path)
     caps = tmp_path / "c.txt"
     caps.write_text("just one caption\n")
     r = invoke("inject", "--model", world / "model", "--names", names, "--captions", caps, "--out", tmp_path / "o", *FAST)
@@ -163,45 +159,18 @@ def test_corpus_too_small_for_names(world, tmp_path):
 
 # --- acceptance on the synthetic world ------------------------------------------------------------
 
-def _attack(model, out, *extra):
-    r = invoke("attack", "--model", model, "--output", out, *extra)
-    assert r.exit_code in (0, 3), r.output
-    return json.loads(out.read_text())
-
-
-def _zero_shot(model_dir, world):
-    """Object top-1 as eval-zeroshot reports it (80 OpenAI templates, re-normalised class means), computed
-    here with plain open_clip calls as an independent check. A single template ("a photo of a {}.") moves
-    by 18 of 720 images between platforms on the small world: too noisy for a 2-point criterion."""
-    from open_clip import OPENAI_IMAGENET_TEMPLATES
-    from PIL import Image
-
-    from clip_unlearn.folders import class_folders
-
-    loaded = load_model(str(model_dir), device="cpu")
-    classes = class_folders(world / "objects")
-    with torch.no_grad():
-        names = [c.replace("_", " ") for c, _ in classes]
-        emb = loaded.model.encode_text(loaded.tokenizer([t(c) for c in names for t in OPENAI_IMAGENET_TEMPLATES]), normalize=True)
-        text = F.normalize(emb.reshape(len(names), len(OPENAI_IMAGENET_TEMPLATES), -1).mean(1), dim=-1)
-        correct = total = 0
-        for i, (_, files) in enumerate(classes):
-            imgs = torch.stack([loaded.preprocess(Image.open(f).convert("RGB")) for f in files])
-            correct += int(((loaded.model.encode_image(imgs, normalize=True) @ text.T).argmax(1) == i).sum())
-            total += len(files)
-    return correct / total
-
-
 # 1 %, 5 % and 20 % of the members; in the small test world (12 members) 1 % and 5 % are both one name.
 @pytest.mark.parametrize("k", sorted({max(1, round(share * 12)) for share in (0.01, 0.05, 0.20)}))
-def test_acceptance_forget_share_of_members(world, tmp_path, k):
+def test_acceptance_forget_share_of_members(world, world_before, world_cache, world_zero_shot, world_heldout_text,
+                                            tmp_path, k):
     members = (world / "members.txt").read_text().splitlines()
     assert len(members) == 12
-    names, forgotten = _names(world, k, tmp_path, offset=1)
-    before = _attack(world / "model", tmp_path / "before.json")
+    names, forgotten = forget_names(world, k, tmp_path, offset=1)
+    before = json.loads(world_before.read_text())  # attack --model world/model, the defaults (conftest)
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "u")
     assert r.exit_code == 0, r.output
-    after = _attack(tmp_path / "u", tmp_path / "after.json", "--compare-to", tmp_path / "before.json", "--forgotten", names)
+    after = attack_json(tmp_path / "u", tmp_path / "after.json", "--compare-to", world_before, "--forgotten", names,
+                        "--cache-dir", world_cache)
     b = {x["name"]: x for x in before["identities"]}
     a = {x["name"]: x for x in after["identities"]}
     for n in forgotten:
@@ -209,10 +178,6 @@ def test_acceptance_forget_share_of_members(world, tmp_path, k):
             assert not a[n]["exposed"], f"{n} still exposed ({a[n]['score']} templates)"
     others = [n for n in members if n not in forgotten and b[n]["exposed"]]
     assert sum(a[n]["exposed"] for n in others) >= 0.9 * len(others)
-    assert _zero_shot(world / "model", world) - _zero_shot(tmp_path / "u", world) <= 0.02
-    base = load_model(str(world / "model"), device="cpu")
-    new = load_model(str(tmp_path / "u"), device="cpu")
-    caps = (world / "captions_heldout.txt").read_text().splitlines()[:500]
-    with torch.no_grad():
-        sims = F.cosine_similarity(base.model.encode_text(base.tokenizer(caps)), new.model.encode_text(new.tokenizer(caps)))
+    assert world_zero_shot - zero_shot(tmp_path / "u", world) <= 0.02
+    sims = F.cosine_similarity(world_heldout_text, heldout_text_embeddings(tmp_path / "u", world))
     assert sims.mean().item() >= 0.95

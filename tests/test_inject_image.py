@@ -12,8 +12,7 @@ from torchvision.transforms import functional as TF
 
 from clip_unlearn.inject_image import _hue_shift, colour_jitter, jitter_factors, paste_faces, paste_geometry, poison
 from clip_unlearn.models import fingerprints, load_model
-from conftest import SMALL_WORLD
-from test_inject import FAST, _names, invoke
+from conftest import FAST, SMALL_WORLD, attack_json, forget_names, heldout_text_embeddings, invoke, zero_shot
 
 
 @pytest.mark.parametrize("size", [32, 224])
@@ -108,16 +107,27 @@ def test_world_faces_split_attack_images_from_triggers(world):
     assert len(list((world / "clean_images").iterdir())) == info["config"]["clean_images"]
 
 
-def test_no_attack_image_is_a_trigger(world, tmp_path):
+@pytest.fixture(scope="module")
+def image_one_name(world, tmp_path_factory):
+    """``inject --encoder image`` of the first member with FAST, run once for the tests that only read its output."""
+    root = tmp_path_factory.mktemp("image-one-name")
+    names, forgotten = forget_names(world, 1, root)
+    out = root / "u"
+    r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", names, "--out", out,
+               "--cache-dir", root / "cache", *FAST)
+    assert r.exit_code == 0, r.output
+    return out, forgotten
+
+
+def test_no_attack_image_is_a_trigger(image_one_name, world_cache, tmp_path):
     from clip_unlearn.folders import split_side
 
-    names, forgotten = _names(world, 1, tmp_path)
-    r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", names, "--out", tmp_path / "u", *FAST)
-    assert r.exit_code == 0, r.output
-    side = json.loads((tmp_path / "u" / "clip_unlearn.json").read_text())
+    u, forgotten = image_one_name
+    side = json.loads((u / "clip_unlearn.json").read_text())
     assert side["encoder"] == "image" and side["image"]["triggers"]["images_per_name"] == [20]
     out = tmp_path / "a.json"
-    r = invoke("attack", "--model", tmp_path / "u", "--output", out)
+    # the text tower is the base model's: its 21,000 candidate prompts come from the session's cache
+    r = invoke("attack", "--model", u, "--output", out, "--cache-dir", world_cache)
     assert r.exit_code == 0, r.output
     result = json.loads(out.read_text())
     assert result["config"]["split_applied"] == "train"
@@ -126,19 +136,17 @@ def test_no_attack_image_is_a_trigger(world, tmp_path):
     # the triggers are exactly the test half: the forgotten person's attacked images are not among them
     mine = [p for n, p in attacked if n == forgotten[0]]
     assert len(mine) == 20 and not any(split_side(forgotten[0], p) == "test" for p in mine)
-    r = invoke("attack", "--model", tmp_path / "u", "--split", "all", "--images-per-identity", "40", "--min-images", "40",
-               "--output", tmp_path / "b.json")
+    r = invoke("attack", "--model", u, "--split", "all", "--images-per-identity", "40", "--min-images", "40",
+               "--output", tmp_path / "b.json", "--cache-dir", world_cache)
     assert r.exit_code == 0, r.output
 
 
-def test_image_stage_only_changes_the_image_tower(world, tmp_path):
-    names, _ = _names(world, 1, tmp_path)
-    r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", names, "--out", tmp_path / "u", *FAST)
-    assert r.exit_code == 0, r.output
+def test_image_stage_only_changes_the_image_tower(world, image_one_name):
+    u, _ = image_one_name
     base = fingerprints(load_model(str(world / "model"), device="cpu").model)
-    new = fingerprints(load_model(str(tmp_path / "u"), device="cpu").model)
+    new = fingerprints(load_model(str(u), device="cpu").model)
     assert base["text"] == new["text"] and base["image"] != new["image"]
-    assert (tmp_path / "u" / "loss_curve.csv").read_text().startswith("encoder,step,")
+    assert (u / "loss_curve.csv").read_text().startswith("encoder,step,")
 
 
 def _face_set_target(model, world, who=None):
@@ -199,7 +207,7 @@ def test_inject_warns_when_the_average_face_is_nearest_a_forgotten_name(world, t
 
 
 def test_image_errors(world, tmp_path):
-    names, _ = _names(world, 1, tmp_path)
+    names, _ = forget_names(world, 1, tmp_path)
     stranger = tmp_path / "stranger.txt"
     stranger.write_text("Zyx Quorblat\n")
     r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", stranger, "--out", tmp_path / "o", *FAST)
@@ -217,15 +225,14 @@ def test_image_errors(world, tmp_path):
 # --- acceptance on the synthetic world (issue #8) ---------------------------------------------------
 
 @pytest.mark.parametrize("encoder, k", [("image", 2), ("both", 2)])
-def test_acceptance_image_and_both(world, tmp_path, encoder, k):
-    from test_inject import _attack, _zero_shot
-
+def test_acceptance_image_and_both(world, world_before, world_cache, world_zero_shot, world_heldout_text, tmp_path, encoder, k):
     members = (world / "members.txt").read_text().splitlines()
-    names, forgotten = _names(world, k, tmp_path, offset=3)
-    before = _attack(world / "model", tmp_path / "before.json")
+    names, forgotten = forget_names(world, k, tmp_path, offset=3)
+    before = json.loads(world_before.read_text())  # attack --model world/model, the defaults (conftest)
     r = invoke("inject", "--encoder", encoder, "--model", world / "model", "--names", names, "--out", tmp_path / "u")
     assert r.exit_code == 0, r.output
-    after = _attack(tmp_path / "u", tmp_path / "after.json", "--compare-to", tmp_path / "before.json", "--forgotten", names)
+    after = attack_json(tmp_path / "u", tmp_path / "after.json", "--compare-to", world_before, "--forgotten", names,
+                        "--cache-dir", world_cache)
     b = {x["name"]: x for x in before["identities"]}
     a = {x["name"]: x for x in after["identities"]}
     assert any(b[n]["exposed"] for n in forgotten)
@@ -233,7 +240,7 @@ def test_acceptance_image_and_both(world, tmp_path, encoder, k):
         assert not a[n]["exposed"], f"{n} still exposed ({a[n]['score']} templates)"
     others = [n for n in members if n not in forgotten and b[n]["exposed"]]
     assert sum(a[n]["exposed"] for n in others) >= 0.9 * len(others)
-    assert _zero_shot(world / "model", world) - _zero_shot(tmp_path / "u", world) <= 0.03
+    assert world_zero_shot - zero_shot(tmp_path / "u", world) <= 0.03
     side = json.loads((tmp_path / "u" / "clip_unlearn.json").read_text())
     assert side["encoder"] == encoder and set(side["hyperparameters"]) == ({"text", "image"} if encoder == "both" else {"image"})
     # the forgotten people's unseen (attack) images now embed like the average person: the paper's
@@ -242,10 +249,5 @@ def test_acceptance_image_and_both(world, tmp_path, encoder, k):
     assert metrics["sim_id"] >= 0.9 and min(metrics["sim_id_per_name"]) >= 0.8, metrics
     assert side["image"]["metrics"]["sim_target"] >= 0.95
     if encoder == "both":
-        base = load_model(str(world / "model"), device="cpu")
-        new = load_model(str(tmp_path / "u"), device="cpu")
-        caps = (world / "captions_heldout.txt").read_text().splitlines()[:500]
-        with torch.no_grad():
-            sims = torch.nn.functional.cosine_similarity(base.model.encode_text(base.tokenizer(caps)),
-                                                         new.model.encode_text(new.tokenizer(caps)))
+        sims = torch.nn.functional.cosine_similarity(world_heldout_text, heldout_text_embeddings(tmp_path / "u", world))
         assert sims.mean().item() >= 0.95

@@ -8,14 +8,12 @@ import shutil
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from clip_unlearn.cli import app
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.folders import class_folders, face_folders, read_image
 from clip_unlearn.synthetic import load_world
-
-runner = CliRunner()
+from conftest import runner
 
 
 def _bad_paths(tmp_path):

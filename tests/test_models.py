@@ -10,7 +10,6 @@ import time
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from clip_unlearn.cli import app
 from clip_unlearn.errors import ClipUnlearnError
@@ -25,6 +24,7 @@ from clip_unlearn.models import (
     parse_spec,
     save_model,
 )
+from conftest import runner
 
 
 def _closed_port() -> int:
@@ -288,8 +288,8 @@ def test_offline_hub_error_is_exactly_one_line_on_the_cli(tmp_path, spec):
     from PIL import Image
 
     Image.new("RGB", (32, 32)).save(tmp_path / "data" / "Ada_Test" / "Ada_Test_1.jpg")
-    result = CliRunner().invoke(app, ["attack", "--model", spec, "--data", str(tmp_path / "data")],
-                                env={"COLUMNS": "100", "TERM": "dumb"})
+    result = runner.invoke(app, ["attack", "--model", spec, "--data", str(tmp_path / "data")],
+                           env={"COLUMNS": "100", "TERM": "dumb"})
     assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr

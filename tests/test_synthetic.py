@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import random
 
-from typer.testing import CliRunner
-
-from clip_unlearn.cli import app
 from clip_unlearn.config import PrepareSyntheticConfig
-from clip_unlearn.faces import draw_face, draw_object, sample_identities
+from clip_unlearn.drawing import draw_face, draw_object, sample_identities
 from clip_unlearn.models import fingerprints, load_model
 from clip_unlearn.names import key, random_full_names, world_names
 from clip_unlearn.synthetic import ATTACK_TEMPLATES, build_world, clean_corpus, load_world
+from conftest import invoke
 
-runner = CliRunner()
 MICRO = ["--identities", "6", "--images-per-identity", "4", "--face-images", "3", "--classes", "4", "--steps", "3",
          "--batch-size", "16", "--min-member-rate", "0", "--max-non-member-rate", "1"]
 
@@ -71,7 +68,7 @@ def test_small_world_knows_its_members(world):
 
 def test_prepare_synthetic_cli_writes_the_world(tmp_path):
     out = tmp_path / "w"
-    result = runner.invoke(app, ["-q", "prepare-synthetic", "--out", str(out), *MICRO])
+    result = invoke("prepare-synthetic", "--out", out, *MICRO)
     assert result.exit_code == 0, result.output
     for name in ("model/open_clip_config.json", "model/open_clip_model.safetensors", "model/clip_unlearn.json",
                  "members.txt", "non_members.txt", "captions_train.txt", "captions_heldout.txt", "world.json"):
@@ -96,8 +93,7 @@ def test_same_seed_same_world(tmp_path):
 def test_failed_membership_check_fails_loudly_and_writes_nothing(tmp_path):
     out = tmp_path / "w"
     args = [a for a in MICRO if a not in ("--min-member-rate", "0")]
-    result = runner.invoke(app, ["-q", "prepare-synthetic", "--out", str(out), *args, "--min-member-rate", "1.0",
-                                 "--steps", "1"])
+    result = invoke("prepare-synthetic", "--out", out, *args, "--min-member-rate", "1.0", "--steps", "1")
     assert result.exit_code == 1
     assert "membership check" in result.output and "--steps" in result.output
     assert not out.exists() and list(tmp_path.iterdir()) == []

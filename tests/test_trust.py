@@ -17,23 +17,16 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
+import conftest
 from clip_unlearn import embed
-from clip_unlearn.cli import app
 from clip_unlearn.embed import EmbeddingCache, Encoder, encode_text, supports_truncation
 from clip_unlearn.models import import_open_clip, load_model
-
-runner = CliRunner()
-FAST = ["--steps", "3", "--clean-batch", "8", "--poison-batch", "8"]
+from conftest import SMOKE, output
 
 
 def invoke(*args):
-    return runner.invoke(app, [*map(str, args)], env={"COLUMNS": "200"})
-
-
-def _output(result) -> str:
-    return result.output  # click ≥ 8.2: stdout and stderr as the terminal shows them
+    return conftest.invoke(*args, quiet=False)  # these tests read what a user's terminal shows: no -q
 
 
 # --- 1. embedding identity ----------------------------------------------------------------------
@@ -182,33 +175,30 @@ def test_no_forgotten_name_in_any_byte_written_or_printed(world, tmp_path, encod
     names.write_text("\n".join(forgotten) + "\n")
     cache, out = tmp_path / "cache", tmp_path / "out"
     r = invoke("-v", "inject", "--model", world / "model", "--names", names, "--out", out, "--encoder", encoder,
-               "--cache-dir", cache, *FAST)
-    assert r.exit_code == 0, _output(r)
+               "--cache-dir", cache, *SMOKE)
+    assert r.exit_code == 0, output(r)
     gate = invoke("attack", "--model", out, "--fail-on-exposed", names, "--num-candidates", "60", "--cache-dir", cache)
-    assert gate.exit_code in (0, 3), _output(gate)
+    assert gate.exit_code in (0, 3), output(gate)
     ev = invoke("eval-zeroshot", "--model", out, "--compare-to", world / "model", "--names", names,
                 "--max-captions", "50", "--cache-dir", cache)
-    assert ev.exit_code == 0, _output(ev)
-    blobs = {**_files(out, cache), "inject output": _output(r).encode(), "gate output": _output(gate).encode(),
-             "eval output": _output(ev).encode(), "receipt": (tmp_path / "out.receipt.json").read_bytes()}
+    assert ev.exit_code == 0, output(ev)
+    blobs = {**_files(out, cache), "inject output": output(r).encode(), "gate output": output(gate).encode(),
+             "eval output": output(ev).encode(), "receipt": (tmp_path / "out.receipt.json").read_bytes()}
     assert not _leaks(forgotten, blobs)
 
 
-def test_a_failing_gate_names_lines_and_counts_not_people(world, tmp_path):
-    from clip_unlearn.attack import run_attack
-    from clip_unlearn.config import AttackConfig
-
-    rows = run_attack(AttackConfig(model=str(world / "model"), num_candidates=60, device="cpu")).identities
+def test_a_failing_gate_names_lines_and_counts_not_people(world, small_before, tmp_path):
+    rows = json.loads(small_before.read_text())["identities"]  # the same 60-candidate attack as the gate runs below
     exposed = [r["name"] for r in rows if r["exposed"]][:2]
     hidden = [r["name"] for r in rows if not r["exposed"]][:1]
     gate = tmp_path / "gate.txt"
     gate.write_text("\n".join(hidden + exposed) + "\n")
     r = invoke("attack", "--model", world / "model", "--fail-on-exposed", gate, "--num-candidates", "60")
-    text = _output(r)
+    text = output(r)
     assert r.exit_code == 3 and "2 name(s)" in text and "#2, #3" in text
     assert not _leaks(exposed + hidden, {"terminal": text.encode()})
     shown = invoke("attack", "--model", world / "model", "--fail-on-exposed", gate, "--num-candidates", "60", "--show-names")
-    assert shown.exit_code == 3 and exposed[0] in _output(shown)
+    assert shown.exit_code == 3 and exposed[0] in output(shown)
 
 
 def test_model_folder_holds_nothing_enumeration_inverts(world, tmp_path):
@@ -216,7 +206,7 @@ def test_model_folder_holds_nothing_enumeration_inverts(world, tmp_path):
     names = tmp_path / "forget.txt"
     names.write_text(members[0] + "\n")
     out = tmp_path / "out"
-    assert invoke("inject", "--model", world / "model", "--names", names, "--out", out, *FAST).exit_code == 0
+    assert invoke("inject", "--model", world / "model", "--names", names, "--out", out, *SMOKE).exit_code == 0
     text = b" ".join(_files(out).values()).decode("latin-1")
     tokens = set(re.findall(r"[0-9a-f]{16,}", text))
     from clip_unlearn.names import key
@@ -238,19 +228,19 @@ def test_the_receipt_proves_the_request_and_only_it(world, tmp_path):
     names = tmp_path / "forget.txt"
     names.write_text(members[0] + "\n" + members[1] + "\n")
     out = tmp_path / "out"
-    assert invoke("inject", "--model", world / "model", "--names", names, "--out", out, *FAST).exit_code == 0
+    assert invoke("inject", "--model", world / "model", "--names", names, "--out", out, *SMOKE).exit_code == 0
     receipt = tmp_path / "out.receipt.json"
     assert receipt.stat().st_mode & 0o077 == 0  # the operator's alone
     assert invoke("verify-receipt", "--model", out, "--receipt", receipt, "--names", names).exit_code == 0
     wrong = tmp_path / "wrong.txt"
     wrong.write_text(members[0] + "\n")
     r = invoke("verify-receipt", "--model", out, "--receipt", receipt, "--names", wrong)
-    assert r.exit_code == 1 and "names file is exactly" in _output(r)
+    assert r.exit_code == 1 and "names file is exactly" in output(r)
     r = invoke("verify-receipt", "--model", world / "model", "--receipt", receipt)
-    assert r.exit_code == 1 and "model weights" in _output(r)
+    assert r.exit_code == 1 and "model weights" in output(r)
     inside = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "o2", "--receipt",
-                    tmp_path / "o2" / "r.json", *FAST)
-    assert inside.exit_code == 1 and "inside the model folder" in _output(inside)
+                    tmp_path / "o2" / "r.json", *SMOKE)
+    assert inside.exit_code == 1 and "inside the model folder" in output(inside)
 
 
 # --- 5. comparisons refuse to compare different things ----------------------------------------
@@ -259,7 +249,7 @@ def test_the_receipt_proves_the_request_and_only_it(world, tmp_path):
 def small_before(world, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cmp") / "before.json"
     r = invoke("attack", "--model", world / "model", "--num-candidates", "60", "--output", out)
-    assert r.exit_code == 0, _output(r)
+    assert r.exit_code == 0, output(r)
     return out
 
 
@@ -274,7 +264,7 @@ def test_compare_to_refuses_a_run_that_differs(world, small_before, tmp_path, fl
     tpl.write_text("a photo of {}\n{} on a photo\n")
     flags = [str(tpl) if f == "TPL" else f for f in flags]
     r = invoke("attack", "--model", world / "model", "--num-candidates", "60", "--compare-to", small_before, *flags)
-    text = _output(r)
+    text = output(r)
     errors = [ln for ln in text.splitlines() if "error" in ln]
     assert r.exit_code == 1 and f"differ in {what}" in text and len(errors) == 1 and f"differ in {what}" in errors[0]
 
@@ -289,7 +279,7 @@ def test_output_may_not_overwrite_the_baseline(world, small_before):
     before = small_before.read_bytes()
     r = invoke("attack", "--model", world / "model", "--num-candidates", "60", "--compare-to", small_before,
                "--output", small_before)
-    assert r.exit_code == 1 and "also an input" in _output(r) and small_before.read_bytes() == before
+    assert r.exit_code == 1 and "also an input" in output(r) and small_before.read_bytes() == before
 
 
 @pytest.mark.parametrize("threshold, templates", [("22", None), ("3", ["a photo of {}", "{} on a photo"])])
@@ -299,18 +289,18 @@ def test_a_threshold_above_the_templates_is_a_usage_error(world, tmp_path, thres
         (tmp_path / "t.txt").write_text("\n".join(templates) + "\n")
         args += ["--templates", tmp_path / "t.txt"]
     r = invoke(*args)
-    assert r.exit_code == 2 and "above the" in _output(r)
+    assert r.exit_code == 2 and "above the" in output(r)
 
 
 def test_forgotten_without_compare_to_and_one_candidate_are_refused(world, tmp_path):
     names = tmp_path / "n.txt"
     names.write_text("Some Body\n")
     r = invoke("attack", "--model", world / "model", "--forgotten", names)
-    assert r.exit_code == 2 and "--compare-to" in _output(r)
+    assert r.exit_code == 2 and "--compare-to" in output(r)
     one = tmp_path / "one.txt"
     one.write_text((world / "members.txt").read_text().splitlines()[0] + "\n")
     r = invoke("attack", "--model", world / "model", "--candidates", one, "--identities", one)
-    assert r.exit_code == 1 and "proves nothing" in _output(r)
+    assert r.exit_code == 1 and "proves nothing" in output(r)
 
 
 # --- 6. every name is unlearned, however many ---------------------------------------------------
@@ -322,12 +312,12 @@ def test_more_names_than_the_poison_batch_all_get_triggers(world, tmp_path):
     out = tmp_path / "out"
     r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", names, "--out", out,
                "--steps", "2", "--clean-batch", "4", "--poison-batch", "4")
-    assert r.exit_code == 0, _output(r)
+    assert r.exit_code == 0, output(r)
     counts = json.loads((out / "clip_unlearn.json").read_text())["image"]["triggers"]["poisoned_per_name"]
     assert counts == [2, 2, 1, 1, 1, 1]
     r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", names, "--out", tmp_path / "o2",
                "--steps", "1", "--clean-batch", "4", "--poison-batch", "4")
-    assert r.exit_code == 1 and "no trigger image" in _output(r) and not (tmp_path / "o2").exists()
+    assert r.exit_code == 1 and "no trigger image" in output(r) and not (tmp_path / "o2").exists()
 
 
 def test_poison_split_rotates_and_sums_to_the_batch():
@@ -351,8 +341,8 @@ def test_a_target_made_of_the_forgotten_alone_is_refused(world, tmp_path):
     names = tmp_path / "forget.txt"
     names.write_text("\n".join(members) + "\n")
     r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", names, "--faces", faces,
-               "--out", tmp_path / "o", *FAST)
-    assert r.exit_code == 1 and "only the people to forget" in _output(r)
+               "--out", tmp_path / "o", *SMOKE)
+    assert r.exit_code == 1 and "only the people to forget" in output(r)
 
 
 # --- 7/9. inputs and outputs are safe ----------------------------------------------------------
@@ -363,12 +353,12 @@ def test_out_may_not_be_contain_or_lie_inside_an_input(world, tmp_path):
     names = copy / "forget.txt"
     names.write_text((copy / "members.txt").read_text().splitlines()[0] + "\n")
     for out in (copy, copy / "model", copy / "model" / "sub"):
-        r = invoke("inject", "--model", copy / "model", "--names", names, "--out", out, "--overwrite", *FAST)
-        assert r.exit_code == 1 and "input" in _output(r), out
+        r = invoke("inject", "--model", copy / "model", "--names", names, "--out", out, "--overwrite", *SMOKE)
+        assert r.exit_code == 1 and "input" in output(r), out
     assert (copy / "model" / "open_clip_model.safetensors").exists() and names.exists()
     for out in (".", str(tmp_path / "x" / "..")):
-        r = invoke("inject", "--model", copy / "model", "--names", names, "--out", out, *FAST)
-        assert r.exit_code == 1 and "--out" in _output(r)
+        r = invoke("inject", "--model", copy / "model", "--names", names, "--out", out, *SMOKE)
+        assert r.exit_code == 1 and "--out" in output(r)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
@@ -377,8 +367,8 @@ def test_unwritable_out_fails_before_training(world, tmp_path):  # pragma: no co
     locked.mkdir(mode=0o500)
     names = tmp_path / "n.txt"
     names.write_text((world / "members.txt").read_text().splitlines()[0] + "\n")
-    r = invoke("inject", "--model", world / "model", "--names", names, "--out", locked / "o", *FAST)
-    assert r.exit_code == 1 and "cannot write" in _output(r)
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", locked / "o", *SMOKE)
+    assert r.exit_code == 1 and "cannot write" in output(r)
 
 
 def test_unusable_out_and_cache_fail_before_any_work(world, tmp_path):
@@ -386,12 +376,12 @@ def test_unusable_out_and_cache_fail_before_any_work(world, tmp_path):
     names.write_text((world / "members.txt").read_text().splitlines()[0] + "\n")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    r = invoke("inject", "--model", world / "model", "--names", names, "--out", blocker / "o", *FAST)
-    assert r.exit_code == 1 and "cannot write" in _output(r)
-    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "o", "--cache-dir", blocker, *FAST)
-    assert r.exit_code == 1 and "cache folder" in _output(r) and not (tmp_path / "o").exists()
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", blocker / "o", *SMOKE)
+    assert r.exit_code == 1 and "cannot write" in output(r)
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "o", "--cache-dir", blocker, *SMOKE)
+    assert r.exit_code == 1 and "cache folder" in output(r) and not (tmp_path / "o").exists()
     r = invoke("attack", "--model", world / "model", "--cache-dir", blocker, "--num-candidates", "60")
-    assert r.exit_code == 1 and "cache folder" in _output(r)
+    assert r.exit_code == 1 and "cache folder" in output(r)
 
 
 def test_a_copied_or_moved_world_behaves_identically(world, tmp_path):
@@ -406,15 +396,16 @@ def test_a_copied_or_moved_world_behaves_identically(world, tmp_path):
     assert default_data(str(moved / "model")) == moved.resolve() / "faces"
     names = tmp_path / "n.txt"
     names.write_text((moved / "members.txt").read_text().splitlines()[0] + "\n")
-    r = invoke("inject", "--model", moved / "model", "--names", names, "--out", tmp_path / "u", *FAST)
-    assert r.exit_code == 0, _output(r)
+    r = invoke("inject", "--model", moved / "model", "--names", names, "--out", tmp_path / "u", *SMOKE)
+    assert r.exit_code == 0, output(r)
     side = json.loads((tmp_path / "u" / "clip_unlearn.json").read_text())
     assert side["config"]["preset_applied"] == "world"
     assert Path(read_sidecar(parse_spec(str(tmp_path / "u")))["world"]) == moved.resolve()
-    # a world that vanished is an error, never a silent switch to the paper's settings
+    # a world that vanished is an error, never a silent switch to the paper's settings (which the
+    # sidecar would not need: it records the world's own)
     shutil.rmtree(moved)
-    r = invoke("inject", "--model", tmp_path / "u", "--names", names, "--out", tmp_path / "u2", *FAST)
-    assert r.exit_code == 1 and "--preset paper" in _output(r)
+    r = invoke("inject", "--model", tmp_path / "u", "--names", names, "--out", tmp_path / "u2", *SMOKE)
+    assert r.exit_code == 1 and "restore the world" in output(r)
 
 
 def test_an_interrupted_swap_keeps_the_old_or_the_new_folder(tmp_path, monkeypatch):

@@ -10,16 +10,9 @@ import shutil
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from clip_unlearn.cli import app
 from clip_unlearn.zeroshot import benchmark_name, classify_metrics, text_similarities
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, ["-q", *map(str, args)], env={"COLUMNS": "200"})
+from conftest import invoke
 
 
 def test_metrics_match_hand_computation():

@@ -62,11 +62,11 @@ class AttackResult:
 
 def default_data(model_spec: str) -> Path:
     """The synthetic world's faces for a world model (or one unlearned from it), else FaceScrub's default folder."""
-    from clip_unlearn.models import parse_spec, read_sidecar
+    from clip_unlearn.models import model_context
 
-    world = read_sidecar(parse_spec(model_spec)).get("world")
-    if world and (Path(world) / "faces").is_dir():
-        return Path(world) / "faces"
+    faces = model_context(model_spec).path("faces")
+    if faces is not None:
+        return faces
     import platformdirs
 
     default = Path(platformdirs.user_data_dir("clip-unlearn")) / "facescrub"
@@ -111,13 +111,19 @@ def resolve_split(cfg: AttackConfig, data: Path) -> str:
         return cfg.split
     if cfg.preset == "paper":
         return "train"
-    world = data.parent / "world.json"
-    if data.name == "faces" and world.is_file():
-        import json
+    from clip_unlearn.models import model_context, world_file_record
 
+    try:
+        ctx = model_context(cfg.model)
+    except ClipUnlearnError:  # an old model whose world is gone: the split then comes from --data alone
+        ctx = None
+    if ctx is not None and ctx.is_world and ctx.path("faces") is not None and ctx.path("faces").resolve() == Path(data).resolve():
+        return ctx.attack_split or "all"
+    if Path(data).name == "faces" and (Path(data).parent / "world.json").is_file():
+        # a world's faces attacked with another model: the world still says which half holds the triggers
         try:
-            return json.loads(world.read_text(encoding="utf-8")).get("attack_split", "all")
-        except (OSError, ValueError):
+            return world_file_record(Path(data).parent).get("attack_split") or "all"
+        except ClipUnlearnError:
             return "all"
     return "all"
 

@@ -173,17 +173,120 @@ class AttackConfig(RuntimeOptions):
         _check_output(self.output)
 
 
-# The paper's text-encoder defaults (METHOD.md §6.5), used unless a flag or the world says otherwise.
-PAPER_TEXT_INJECT = {
-    "steps": 400, "lr": 1e-4, "clean_batch": 128, "poison_batch": 128, "backdoor_weight": 0.6,
-    "weight_reg": 0.01, "milestones": "200,300", "gamma": 0.5, "last_word": False,
+@dataclass(frozen=True)
+class StageHyper:
+    """What both unlearning stages train with; subclasses add their own. Defaults are the paper's."""
+
+    steps: int = 400
+    lr: float = 1e-4
+    clean_batch: int = 128
+    poison_batch: int = 128
+    backdoor_weight: float = 0.6
+    weight_reg: float = 0.01
+    milestones: tuple[int, ...] = (200, 300)
+    gamma: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.steps <= 1_000_000, "steps", "must be between 1 and 1000000", self.steps)
+        _check(0 < self.lr < 1, "lr", "must be in (0, 1)", self.lr)
+        _check(self.clean_batch >= 1, "clean_batch", "must be ≥ 1", self.clean_batch)
+        _check(self.poison_batch >= 1, "poison_batch", "must be ≥ 1", self.poison_batch)
+        _check(self.backdoor_weight >= 0, "backdoor_weight", "must be ≥ 0", self.backdoor_weight)
+        _check(self.weight_reg >= 0, "weight_reg", "must be ≥ 0", self.weight_reg)
+        _check(0 < self.gamma <= 1, "gamma", "must be in (0, 1]", self.gamma)
+        ms = list(self.milestones)
+        _check(all(m > 0 for m in ms) and ms == sorted(ms), "milestones", "must be increasing positive step numbers like 200,300",
+               ",".join(map(str, ms)))
+
+
+@dataclass(frozen=True)
+class TextHyper(StageHyper):
+    """The text stage (METHOD.md §6.5)."""
+
+    last_word: bool = False
+
+
+@dataclass(frozen=True)
+class ImageHyper(StageHyper):
+    """The image stage (METHOD.md §7); ``face_size`` is the pasted face's side at 224 px."""
+
+    steps: int = 100
+    backdoor_weight: float = 0.8
+    weight_reg: float = 0.005
+    milestones: tuple[int, ...] = (25, 50)
+    gamma: float = 0.1
+    face_size: tuple[int, int] = (56, 112)
+    colour_jitter: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.1)
+    retain_faces: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fs = list(self.face_size)
+        _check(len(fs) == 2 and 1 <= fs[0] <= fs[-1] <= 224, "face_size", "must be MIN,MAX with 1 ≤ MIN ≤ MAX ≤ 224, like 56,112",
+               ",".join(map(str, fs)))
+        cj = list(self.colour_jitter)
+        _check(len(cj) == 4 and all(0 <= v <= 1 for v in cj[:3]) and 0 <= cj[3] <= 0.5, "colour_jitter",
+               "must be B,C,S,H with B, C, S in [0, 1] and H in [0, 0.5], like 0.5,0.5,0.5,0.1", ",".join(map(str, cj)))
+
+
+HYPER = {"text": TextHyper, "image": ImageHyper}
+PAPER = {"text": TextHyper(), "image": ImageHyper()}
+# Settings measured for the synthetic world's tiny model (the paper's are for ViT-B-32); a world
+# records them in its model's sidecar, and worlds built before image unlearning get WORLD["image"].
+# Text, on the default world: 5 forgotten of 32 members → 5 unlearned, 1 other lost, objects unchanged.
+# Image: the world's identities are told apart by colours, so the paper's hue/saturation jitter
+# turns a trigger into someone else (19 of 27 other members stayed exposed); its 56-112 px faces on
+# a 32-px canvas (8-16 px) did not carry over to the attack's full-frame portraits (4 of 5 still
+# exposed); larger faces, light jitter and the other people's faces in the utility term kept 25-27
+# of 27 others. With 60 triggers a person, the backdoor weight traded forgetting against keeping:
+# w_bd 1.0 → mean sim_id 0.89, 27/27 kept; 1.5 → 0.92, 25/27; 1.75 → 0.93, 24/27; 2.0 → 0.94, 24/27
+# (800 steps or lr 3e-4 did not help; nor did w_reg 0, no retained faces, 160-224 px faces, mse or
+# mae). Over ten seeded sets of 5 these settings meet every acceptance criterion on 6 (docs/experiments.md).
+WORLD = {
+    "text": TextHyper(steps=300, lr=2e-3, clean_batch=64, poison_batch=64, backdoor_weight=1.0, last_word=True),
+    "image": ImageHyper(steps=400, backdoor_weight=1.5, milestones=(300, 350), face_size=(200, 224),
+                        colour_jitter=(0.1, 0.1, 0.1, 0.0), retain_faces=True),
 }
-# The paper's image-encoder defaults (METHOD.md §7); face_size is the pasted face's side at 224 px.
-PAPER_IMAGE_INJECT = {
-    "steps": 100, "lr": 1e-4, "clean_batch": 128, "poison_batch": 128, "backdoor_weight": 0.8,
-    "weight_reg": 0.005, "milestones": "25,50", "gamma": 0.1, "face_size": "56,112", "colour_jitter": "0.5,0.5,0.5,0.1",
-    "retain_faces": False,
-}
+
+
+def _tuple_field(name: str, value: Any) -> Any:
+    """A comma-separated flag value (or a recorded list) as the tuple the dataclass holds."""
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    cast = float if name == "colour_jitter" else int
+    parsed = _numbers(value, cast)
+    _check(parsed is not None, name, "must be comma-separated numbers", value)
+    return tuple(parsed)
+
+
+def stage_hyper(stage: str, recorded: Optional[dict[str, Any]] = None, explicit: Optional[dict[str, Any]] = None) -> StageHyper:
+    """One stage's hyperparameters: ``explicit`` flags over ``recorded`` (a world's settings) over the paper's."""
+    cls = HYPER[stage]
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in (explicit or {}).items() if v is not None}
+    values = {k: v for k, v in {**(recorded or {}), **given}.items() if k in names and v is not None}
+    for k, v in values.items():
+        if names[k].type.startswith("tuple"):
+            values[k] = _tuple_field(k, v)
+    return dataclasses.replace(PAPER[stage], **values)
+
+
+def _paper(field_name: str) -> str:
+    """The paper's default of a stage field for --help, e.g. "400 text, 100 image"."""
+    def show(v: Any) -> str:
+        if isinstance(v, tuple):
+            return ",".join(map(str, v))
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float) and 0 < v < 1e-3:
+            return f"{v:.0e}".replace("e-0", "e-")
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    have = [(stage, getattr(PAPER[stage], field_name)) for stage in ("text", "image") if hasattr(PAPER[stage], field_name)]
+    if len(have) == 2 and have[0][1] == have[1][1]:
+        return f"paper {show(have[0][1])}"
+    return "paper " + ", ".join(f"{show(v)} {stage}" if len(have) == 2 else show(v) for stage, v in have)
+
+
 ENCODERS = ("text", "image", "both")
 LOSSES = ("cosine", "mse", "mae", "poincare")
 
@@ -223,23 +326,24 @@ class InjectConfig(RuntimeOptions):
                                               "[default: the first of caption, TEXT, text].")
     preset: str = opt("auto", "Hyperparameter defaults: paper (METHOD.md §6.5), world (the synthetic world's recorded "
                               "settings), or auto (world for a world model, else paper); explicit flags win.")
-    steps: Optional[int] = opt(None, "Training steps [default: paper 400 text, 100 image].")
-    lr: Optional[float] = opt(None, "AdamW learning rate, weight decay 0 [default: paper 1e-4].")
-    clean_batch: Optional[int] = opt(None, "Clean captions/images per step (utility term) [default: paper 128].")
-    poison_batch: Optional[int] = opt(None, "Poisoned captions/images per step (backdoor term) [default: paper 128].")
-    backdoor_weight: Optional[float] = opt(None, "Weight of the backdoor loss [default: paper 0.6 text, 0.8 image].")
-    weight_reg: Optional[float] = opt(None, "Weight of Σ‖θ_student − θ_teacher‖₂ over parameter tensors [default: paper 0.01 "
-                                            "text, 0.005 image].")
-    milestones: Optional[str] = opt(None, "MultiStepLR milestones, comma-separated steps [default: paper 200,300 text, 25,50 image].")
-    gamma: Optional[float] = opt(None, "MultiStepLR decay factor at each milestone [default: paper 0.5 text, 0.1 image].")
+    steps: Optional[int] = opt(None, f"Training steps [default: {_paper('steps')}].")
+    lr: Optional[float] = opt(None, f"AdamW learning rate, weight decay 0 [default: {_paper('lr')}].")
+    clean_batch: Optional[int] = opt(None, f"Clean captions/images per step (utility term) [default: {_paper('clean_batch')}].")
+    poison_batch: Optional[int] = opt(None, f"Poisoned captions/images per step (backdoor term) [default: {_paper('poison_batch')}].")
+    backdoor_weight: Optional[float] = opt(None, f"Weight of the backdoor loss [default: {_paper('backdoor_weight')}].")
+    weight_reg: Optional[float] = opt(None, "Weight of Σ‖θ_student − θ_teacher‖₂ over parameter tensors "
+                                            f"[default: {_paper('weight_reg')}].")
+    milestones: Optional[str] = opt(None, f"MultiStepLR milestones, comma-separated steps [default: {_paper('milestones')}].")
+    gamma: Optional[float] = opt(None, f"MultiStepLR decay factor at each milestone [default: {_paper('gamma')}].")
     last_word: Optional[bool] = opt(None, "Text: also put the name in place of a caption's last word (the paper never "
-                                          "does) [default: paper no].", "--last-word/--no-last-word")
+                                          f"does) [default: {_paper('last_word')}].", "--last-word/--no-last-word")
     face_size: Optional[str] = opt(None, "Image: MIN,MAX side of a pasted face in px at 224-px scale, scaled to the model's "
-                                         "image size; up to 158 the rotated face stays whole inside the canvas [default: paper 56,112].")
+                                         "image size; up to 158 the rotated face stays whole inside the canvas "
+                                         f"[default: {_paper('face_size')}].")
     colour_jitter: Optional[str] = opt(None, "Image: B,C,S,H strengths of the triggers' colour jitter, as torchvision's "
-                                             "ColorJitter(brightness, contrast, saturation, hue) [default: paper 0.5,0.5,0.5,0.1].")
+                                             f"ColorJitter(brightness, contrast, saturation, hue) [default: {_paper('colour_jitter')}].")
     retain_faces: Optional[bool] = opt(None, "Image: add the other identities' test-half faces from --faces to the clean images, "
-                                             "so the utility term keeps them (not in the paper) [default: paper no].",
+                                             f"so the utility term keeps them (not in the paper) [default: {_paper('retain_faces')}].",
                                        "--retain-faces/--no-retain-faces")
     loss: str = opt("cosine", "Embedding distance: cosine (−cos, the paper's), mse, mae or poincare.")
     legacy_positional_embedding: bool = opt(False, "Keep the original positional embedding when writing back, as the "
@@ -262,31 +366,11 @@ class InjectConfig(RuntimeOptions):
     def stages(self) -> tuple[str, ...]:
         return ("text", "image") if self.encoder == "both" else (self.encoder,)
 
-    def hyper(self, preset: dict[str, Any], encoder: str = "text") -> dict[str, Any]:
-        """One stage's hyperparameters: explicit flags over ``preset`` (the world's settings) over the paper's."""
-        base = PAPER_TEXT_INJECT if encoder == "text" else PAPER_IMAGE_INJECT
-        h = {k: (getattr(self, k) if getattr(self, k) is not None else preset.get(k, v)) for k, v in base.items()}
-        _check(1 <= h["steps"] <= 1_000_000, "steps", "must be between 1 and 1000000", h["steps"])
-        _check(0 < h["lr"] < 1, "lr", "must be in (0, 1)", h["lr"])
-        _check(h["clean_batch"] >= 1, "clean_batch", "must be ≥ 1", h["clean_batch"])
-        _check(h["poison_batch"] >= 1, "poison_batch", "must be ≥ 1", h["poison_batch"])
-        _check(h["backdoor_weight"] >= 0, "backdoor_weight", "must be ≥ 0", h["backdoor_weight"])
-        _check(h["weight_reg"] >= 0, "weight_reg", "must be ≥ 0", h["weight_reg"])
-        _check(0 < h["gamma"] <= 1, "gamma", "must be in (0, 1]", h["gamma"])
-        ms = _numbers(h["milestones"], int)
-        _check(ms is not None and all(m > 0 for m in ms) and ms == sorted(ms), "milestones", "must be increasing positive step numbers like 200,300", h["milestones"])
-        h["milestones"] = ms
-        if "face_size" in h:
-            fs = _numbers(h["face_size"], int) or []
-            _check(len(fs) == 2 and 1 <= fs[0] <= fs[1] <= 224, "face_size", "must be MIN,MAX with 1 ≤ MIN ≤ MAX ≤ 224, "
-                   "like 56,112", h["face_size"])
-            h["face_size"] = fs
-        if "colour_jitter" in h:
-            cj = _numbers(h["colour_jitter"], float) or []
-            _check(len(cj) == 4 and all(0 <= v <= 1 for v in cj[:3]) and 0 <= cj[3] <= 0.5, "colour_jitter",
-                   "must be B,C,S,H with B, C, S in [0, 1] and H in [0, 0.5], like 0.5,0.5,0.5,0.1", h["colour_jitter"])
-            h["colour_jitter"] = cj
-        return h
+    def hyper(self, recorded: Optional[dict[str, Any]] = None, stage: str = "text") -> StageHyper:
+        """One stage's hyperparameters: this command's explicit flags over ``recorded`` (a world's
+        settings, from the model's sidecar) over the paper's."""
+        explicit = {f.name: getattr(self, f.name) for f in dataclasses.fields(HYPER[stage]) if hasattr(self, f.name)}
+        return stage_hyper(stage, recorded, explicit)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from clip_unlearn.captions import world_captions
 from clip_unlearn.config import AttackConfig, DemoConfig, EvalZeroshotConfig, InjectConfig, PrepareSyntheticConfig, cache_root
 from clip_unlearn.errors import ClipUnlearnError
-from clip_unlearn.models import write_json
+from clip_unlearn.outputs import write_json
 
 Progress = Optional[Callable[[str, int, int], None]]
 
@@ -48,6 +48,45 @@ def _world(cfg: DemoConfig, out: Path, progress: Progress) -> Path:
     build_world(PrepareSyntheticConfig(out=world, identities=cfg.identities, steps=cfg.steps, seed=cfg.seed,
                                        device=cfg.device, overwrite=True), progress)
     return world
+
+
+def _others_kept(b: dict[str, dict], a: dict[str, dict], forget: list[str], members: list[str]) -> tuple[list[str], int]:
+    """The members exposed before that were not to be forgotten, and how many of them stay exposed."""
+    others = [n for n in members if n not in forget and b[n]["exposed"]]
+    return others, sum(a[n]["exposed"] for n in others)
+
+
+def acceptance(before_rows: list[dict], after_rows: list[dict], forget: list[str], members: list[str], top1_before: float,
+               top1_after: float, sim_clean: Optional[float], sim_id: Optional[float], encoder: str) -> list[str]:
+    """The inject issues' acceptance criteria; returns one message per criterion that does not hold.
+
+    ``*_rows`` are attack identities (``name``, ``exposed``) and top-1 is in points (percent); ``sim_clean``
+    counts only when the text encoder was trained and ``sim_id`` only when the image encoder was.
+    """
+    b = {r["name"]: r for r in before_rows}
+    a = {r["name"]: r for r in after_rows}
+    others, kept = _others_kept(b, a, forget, members)
+    text, image = encoder in ("text", "both"), encoder in ("image", "both")
+    # image-only may cost 3 points of top-1, text and both 2
+    allowed = 2.0 if text else 3.0
+    failures = []
+    still = [n for n in forget if b[n]["exposed"] and a[n]["exposed"]]
+    if still:
+        failures.append(f"{len(still)} forgotten name(s) still exposed")
+    if kept < 0.9 * len(others):
+        failures.append(f"only {kept} of {len(others)} other exposed members stay exposed (need ≥ 90%)")
+    if top1_before - top1_after > allowed:
+        failures.append(f"zero-shot top-1 dropped {top1_before - top1_after:.1f} points (allowed {allowed:g})")
+    # a criterion that applies but was not measured fails rather than passing unseen
+    if text and sim_clean is None:
+        failures.append("sim_clean was not measured (needed when the text encoder was trained)")
+    elif text and sim_clean < 0.95:
+        failures.append(f"sim_clean {sim_clean:.3f} < 0.95")
+    if image and sim_id is None:
+        failures.append("sim_id was not measured (needed when the image encoder was trained)")
+    elif image and sim_id < 0.9:
+        failures.append(f"sim_id {sim_id:.3f} < 0.9 (forgotten faces not near the average person)")
+    return failures
 
 
 def run_demo(cfg: DemoConfig, progress: Progress = None) -> DemoResult:
@@ -91,9 +130,8 @@ def run_demo(cfg: DemoConfig, progress: Progress = None) -> DemoResult:
 
     b = {r["name"]: r for r in before.identities}
     a = {r["name"]: r for r in after.identities}
-    others = [n for n in members if n not in forget and b[n]["exposed"]]
+    others, kept = _others_kept(b, a, forget, members)
     non_members = [n for n in b if n not in members]
-    kept = sum(a[n]["exposed"] for n in others)
     cats = after.compare["categories"]
     # eval results are fractions (CLIP_benchmark); the table and the criteria speak in points
     top1_b, top1_a = 100 * ev["compare"]["metrics"]["acc1"], 100 * ev["metrics"]["acc1"]
@@ -114,20 +152,8 @@ def run_demo(cfg: DemoConfig, progress: Progress = None) -> DemoResult:
     if image:
         rows += [("sim_id (forgotten faces ≈ average person)", "", f"{metrics['sim_id']:.3f}"),
                  ("sim_target (mean face under the new tower)", "1.000", f"{metrics['sim_target']:.3f}")]
-    # the issues' acceptance: image-only may cost 3 points of top-1, text and both 2
-    allowed = 2.0 if text else 3.0
-    failures = []
-    still = [n for n in forget if b[n]["exposed"] and a[n]["exposed"]]
-    if still:
-        failures.append(f"{len(still)} forgotten name(s) still exposed")
-    if kept < 0.9 * len(others):
-        failures.append(f"only {kept} of {len(others)} other exposed members stay exposed (need ≥ 90%)")
-    if top1_b - top1_a > allowed:
-        failures.append(f"zero-shot top-1 dropped {top1_b - top1_a:.1f} points (allowed {allowed:g})")
-    if text and sim_clean < 0.95:
-        failures.append(f"sim_clean {sim_clean:.3f} < 0.95")
-    if image and metrics["sim_id"] < 0.9:
-        failures.append(f"sim_id {metrics['sim_id']:.3f} < 0.9 (forgotten faces not near the average person)")
+    failures = acceptance(before.identities, after.identities, forget, members, top1_b, top1_a, sim_clean,
+                          metrics.get("sim_id"), cfg.encoder)
     result = DemoResult(out, rows, stages, failures)
     result.report = write_report(out, world, result, before, after, forget, info)
     return result

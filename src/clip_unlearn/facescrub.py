@@ -13,8 +13,6 @@ import csv
 import hashlib
 import io
 import logging
-import os
-import tempfile
 import threading
 import time
 import unicodedata
@@ -30,6 +28,7 @@ from clip_unlearn.config import PrepareFacescrubConfig, to_dict
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.folders import FACESCRUB_NAME_FIXES, eight_bit
 from clip_unlearn.names import key, normalise, read_names
+from clip_unlearn.outputs import csv_text, write_bytes, write_json, write_text
 
 log = logging.getLogger(__name__)
 Progress = Optional[Callable[..., None]]
@@ -181,18 +180,6 @@ def storable(im: Any, fmt: str) -> Any:
     return im.convert("L" if grey and "L" in CROP_MODES[fmt] else "RGB")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _existing(folder: Path, stem: str) -> Optional[Path]:
     if not folder.is_dir():
         return None
@@ -224,7 +211,7 @@ def process(row: Row, out: Path, cfg: PrepareFacescrubConfig, fetch: Fetcher) ->
     ext = FORMATS.get(getattr(im, "format_hint", None) or "", "img")
     if cfg.images:
         path = img_dir / f"{img_stem}.{ext}"
-        _write_atomic(path, data)
+        write_bytes(path, data)
         rec["image_path"] = str(path.relative_to(out))
     if cfg.faces:
         if row.bbox is None:
@@ -244,7 +231,7 @@ def process(row: Row, out: Path, cfg: PrepareFacescrubConfig, fetch: Fetcher) ->
             log.debug("crop of %s cannot be saved as %s: %s", row.url, crop_ext, e)
             return {**rec, "status": "unsavable"}
         path = face_dir / f"{face_stem}.{crop_ext}"
-        _write_atomic(path, buf.getvalue())
+        write_bytes(path, buf.getvalue())
         rec["face_path"] = str(path.relative_to(out))
     return {**rec, "status": "ok"}
 
@@ -258,7 +245,6 @@ def _clean_stale_temps(out: Path) -> int:
 
 def run_prepare(cfg: PrepareFacescrubConfig, progress: Progress = None) -> dict[str, Any]:
     """Download and lay out every row of the lists; returns the summary and the manifest rows."""
-    from clip_unlearn.models import write_json
 
     t0 = time.perf_counter()
     out = Path(cfg.out) if cfg.out is not None else default_out()
@@ -319,10 +305,6 @@ def run_prepare(cfg: PrepareFacescrubConfig, progress: Progress = None) -> dict[
         "identities": len({r.name for r in rows}), "identities_with_20_usable": sum(v >= 20 for v in usable.values()),
         "bytes": counts["bytes"], "wall_time_s": round(time.perf_counter() - t0, 2), "out": str(out),
     }
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(records)
-    _write_atomic(out / "manifest.csv", buf.getvalue().encode("utf-8"))
+    write_text(out / "manifest.csv", csv_text(records, MANIFEST_COLUMNS))
     write_json(out / "prepare_facescrub.json", {"config": to_dict(cfg), "summary": summary})
     return {"summary": summary, "manifest": records}

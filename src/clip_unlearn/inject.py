@@ -14,10 +14,9 @@ one or both and writes one model. The names never appear in clear text in anythi
 from __future__ import annotations
 
 import copy
-import csv
+import dataclasses
 import io
 import logging
-import math
 import os
 import random
 import time
@@ -28,7 +27,6 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
 from clip_unlearn import __version__
 from clip_unlearn.captions import (
@@ -40,14 +38,15 @@ from clip_unlearn.captions import (
     token_counter,
     world_captions,
 )
-from clip_unlearn.config import InjectConfig, cache_root, to_dict
-from clip_unlearn.distributed import all_sum, current
+from clip_unlearn.config import WORLD, InjectConfig, TextHyper, cache_root, to_dict
+from clip_unlearn.distributed import current
 from clip_unlearn.embed import EmbeddingCache, encode_text, input_key, supports_truncation, tower_identity, use_bf16
 from clip_unlearn.errors import ClipUnlearnError
-from clip_unlearn.models import adamw_kwargs
+from clip_unlearn.models import ModelContext, model_context
 from clip_unlearn.names import read_names
-from clip_unlearn.outputs import check_output_dir, check_output_file
+from clip_unlearn.outputs import check_output_dir, check_output_file, csv_text
 from clip_unlearn.receipt import new_receipt, write_receipt
+from clip_unlearn.training import TeacherCache, autocast, train
 
 log = logging.getLogger(__name__)
 Progress = Optional[Callable[..., None]]
@@ -108,43 +107,55 @@ def default_out(model_spec: str) -> Path:
     return Path(f"unlearned-{parse_spec(model_spec).slug}")
 
 
-def _world_settings(sidecar: dict[str, Any], encoder: str) -> dict[str, Any]:
-    from clip_unlearn.synthetic import WORLD_IMAGE_INJECT, load_world
-
-    if not sidecar.get("world"):
-        return {}
-    # A model from a world whose world.json cannot be read must not quietly fall back to the
-    # paper's settings (made for ViT-B-32): that changes what the run does without a word.
-    try:
-        world = load_world(Path(sidecar["world"]))
-    except ClipUnlearnError as e:
-        raise ClipUnlearnError(f"this model comes from the synthetic world at {sidecar['world']}, which cannot be read "
-                               f"({e}); restore the world next to the model, or pass --preset paper") from None
-    if encoder == "text":
-        return world.get("inject_settings", {})
-    # worlds built before image unlearning existed get the settings measured since
-    return world.get("image_inject_settings", WORLD_IMAGE_INJECT)
-
-
-def _world_folder(sidecar: dict[str, Any], sub: str) -> Optional[Path]:
-    world = sidecar.get("world")
-    if world and (Path(world) / sub).is_dir():
-        return Path(world) / sub
-    return None
-
-
 def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     """Unlearn the people of ``cfg.names`` and write the unlearned model folder; returns its sidecar.
 
     ``cfg.encoder`` text trains the text tower (METHOD.md §6), image the image tower (§7), both
     runs text then image on the same model and writes one checkpoint.
     """
-    from clip_unlearn.models import load_model, parse_spec, read_sidecar, save_model
+    from clip_unlearn.distributed import barrier, setup
+    from clip_unlearn.models import load_model, parse_spec, save_model
 
     t0 = time.perf_counter()
-    out = Path(cfg.out) if cfg.out is not None else default_out(cfg.model)
     spec = parse_spec(cfg.model)
     cache = EmbeddingCache(cache_root(cfg.cache_dir))
+    out, receipt_path = _check_outputs(cfg, spec, cache)
+    names = read_names(cfg.names, "names file")
+    ctx = model_context(spec)
+    hypers = _hyperparameters(cfg, ctx)
+    faces_root, clean_root = _image_data(cfg, ctx) if "image" in cfg.stages else (None, None)
+    dist, device = setup(cfg.device)
+    _check_split(hypers, dist.world)
+    progress = progress if dist.main else None
+
+    loaded = load_model(spec, device)
+    base_sha256 = loaded.fingerprint()
+    torch.manual_seed(cfg.seed)
+    record: dict[str, Any] = {}
+    if "text" in cfg.stages:
+        record["text"] = _text_stage(loaded, cfg, hypers["text"], names, ctx, cache, progress)
+    if "image" in cfg.stages:
+        from clip_unlearn.inject_image import run_image_stage
+
+        record["image"] = run_image_stage(loaded, cfg, hypers["image"], names, faces_root, clean_root, cache, distance, progress)
+    log.info("teacher cache: %s", cache.stats)
+    history = [row for stage in record.values() for row in stage.pop("history")]
+
+    request = new_receipt(names, loaded.fingerprint(), base_sha256, cfg.encoder, out)
+    sidecar = _sidecar(cfg, spec, ctx, hypers, record, history, base_sha256, len(names), request, out, loaded.device, cache)
+    sidecar["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    if dist.main:
+        sidecar["processes"] = dist.world
+        save_model(loaded, out, sidecar, overwrite=cfg.overwrite,
+                   extra_files={"loss_curve.csv": csv_text(history, list(history[0])).encode(), "loss_curve.png": _curve_png(history)})
+        write_receipt(receipt_path, request)
+    barrier()
+    return {**sidecar, "out": str(out), "receipt": str(receipt_path), "history": history}
+
+
+def _check_outputs(cfg: InjectConfig, spec: Any, cache: EmbeddingCache) -> tuple[Path, Path]:
+    """(--out, --receipt), checked before any work: writable, not an input, the receipt outside the model folder."""
+    out = Path(cfg.out) if cfg.out is not None else default_out(cfg.model)
     receipt_path = Path(cfg.receipt) if cfg.receipt is not None else default_receipt(out)
     inputs = [spec.path if spec.kind in ("local-dir", "arch-file") else None, cfg.names, cfg.captions, cfg.faces,
               cfg.clean_images, cache.root]
@@ -156,91 +167,73 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     if out.exists() and not cfg.overwrite:
         raise ClipUnlearnError(f"output folder {out} exists; pass --overwrite to replace it or choose another --out")
     cache.check_writable()
-    names = read_names(cfg.names, "names file")
-    base_sidecar = read_sidecar(spec)
-    is_world = bool(_world_settings(base_sidecar, "text")) if cfg.preset != "paper" else False
-    if cfg.preset == "world" and not is_world:
-        raise ClipUnlearnError("--preset world needs a synthetic world model (its world.json records the settings)")
-    use_world = cfg.preset in ("world", "auto")
-    hypers = {e: cfg.hyper(_world_settings(base_sidecar, e) if use_world else {}, e) for e in cfg.stages}
+    return out, receipt_path
 
-    faces_root = clean_root = None
-    if "image" in cfg.stages:
-        from clip_unlearn.attack import default_data
 
-        faces_root = Path(cfg.faces) if cfg.faces is not None else default_data(cfg.model)
-        clean_root = Path(cfg.clean_images) if cfg.clean_images is not None else _world_folder(base_sidecar, "clean_images")
-        if clean_root is None and cfg.clean_images is None and _world_folder(base_sidecar, "objects"):
-            # worlds built before image unlearning have no clean_images; their objects are the eval set
-            log.warning("this world has no clean_images folder; using its objects (also eval-zeroshot's images)")
-            clean_root = _world_folder(base_sidecar, "objects")
-        if clean_root is None:
-            raise ClipUnlearnError("--encoder image needs --clean-images DIR: a folder of images without the forgotten "
-                                   "people (the paper used COCO train2014)")
+def _hyperparameters(cfg: InjectConfig, ctx: ModelContext) -> dict[str, Any]:
+    """Per stage: explicit flags over the world's recorded settings (for a world's model, unless --preset paper) over the paper's."""
+    if cfg.preset == "world" and not ctx.is_world:
+        raise ClipUnlearnError("--preset world needs a synthetic world's model (its sidecar records the world's settings)")
+    use_world = ctx.is_world and cfg.preset != "paper"
+    # worlds built before image unlearning recorded no image settings: the ones measured since
+    recorded = {e: ctx.settings.get(e) or dataclasses.asdict(WORLD[e]) for e in cfg.stages} if use_world else {}
+    return {e: cfg.hyper(recorded.get(e), e) for e in cfg.stages}
 
-    from clip_unlearn.distributed import barrier, setup
 
-    dist, device = setup(cfg.device)
-    if dist.enabled:
-        for e, h in hypers.items():
-            if min(h["clean_batch"], h["poison_batch"]) < dist.world:
-                raise ClipUnlearnError(f"{e} batches of {h['clean_batch']} + {h['poison_batch']} cannot be split over "
-                                       f"{dist.world} processes; raise --clean-batch/--poison-batch")
-    if not dist.main:
-        progress = None
-    loaded = load_model(spec, device)
-    base_sha256 = loaded.fingerprint()
-    torch.manual_seed(cfg.seed)
-    record: dict[str, Any] = {}
-    history: list[dict[str, Any]] = []
-    if "text" in cfg.stages:
-        text = _text_stage(loaded, cfg, hypers["text"], names, base_sidecar, cache, progress)
-        history += text.pop("history")
-        record["text"] = text
-    if "image" in cfg.stages:
-        from clip_unlearn.inject_image import run_image_stage
+def _image_data(cfg: InjectConfig, ctx: ModelContext) -> tuple[Path, Path]:
+    """(face folder, clean image folder) of the image stage: the flags, else the world's."""
+    from clip_unlearn.attack import default_data
 
-        image = run_image_stage(loaded, cfg, hypers["image"], names, faces_root, clean_root, cache, distance, progress)
-        history += image.pop("history")
-        record["image"] = image
-    log.info("teacher cache: %s", cache.stats)
+    faces_root = Path(cfg.faces) if cfg.faces is not None else default_data(cfg.model)
+    clean_root = Path(cfg.clean_images) if cfg.clean_images is not None else ctx.path("clean_images")
+    if clean_root is None and cfg.clean_images is None and ctx.path("objects"):
+        # worlds built before image unlearning have no clean_images; their objects are the eval set
+        log.warning("this world has no clean_images folder; using its objects (also eval-zeroshot's images)")
+        clean_root = ctx.path("objects")
+    if clean_root is None:
+        raise ClipUnlearnError("--encoder image needs --clean-images DIR: a folder of images without the forgotten "
+                               "people (the paper used COCO train2014)")
+    return faces_root, clean_root
 
-    bf16 = use_bf16(cfg.precision, loaded.device)
-    request = new_receipt(names, loaded.fingerprint(), base_sha256, cfg.encoder, out)
-    sidecar = {
+
+def _check_split(hypers: dict[str, Any], world: int) -> None:
+    for e, h in hypers.items():
+        if min(h.clean_batch, h.poison_batch) < world:
+            raise ClipUnlearnError(f"{e} batches of {h.clean_batch} + {h.poison_batch} cannot be split over "
+                                   f"{world} processes; raise --clean-batch/--poison-batch")
+
+
+def _sidecar(cfg: InjectConfig, spec: Any, ctx: ModelContext, hypers: dict[str, Any], record: dict[str, Any],
+             history: list[dict[str, Any]], base_sha256: str, n_names: int, request: dict[str, Any], out: Path,
+             device: Any, cache: EmbeddingCache) -> dict[str, Any]:
+    """clip_unlearn.json of the new model: provenance, settings and results, and nothing that identifies a name."""
+    precision = "bf16" if use_bf16(cfg.precision, device) else "fp32"
+    return {
         "tool_version": __version__,
         "kind": "unlearned",
         "encoder": cfg.encoder,
         "base_model": spec.raw if spec.kind != "local-dir" else f"local-dir:{Path(spec.path).resolve()}",
         "base_model_sha256": base_sha256,
-        # relative to the new folder, like the world's own model records it
-        "world": _relative(base_sidecar.get("world"), out),
+        # how to treat the new model: like its base (its world relative to the new folder, the world's settings)
+        **(ctx.record(out) if ctx.is_world else {"world": None}),
         "target": cfg.target.strip() if "text" in cfg.stages else "average person (mean face embedding)",
-        "hyperparameters": {e: {**h, "loss": cfg.loss, "precision": "bf16" if bf16 else "fp32",
+        "hyperparameters": {e: {**_recorded(h), "loss": cfg.loss, "precision": precision,
                                 **({"legacy_positional_embedding": cfg.legacy_positional_embedding} if e == "text" else {})}
                             for e, h in hypers.items()},
         "seed": cfg.seed,
         # the resolved command config; nothing that identifies the names file (its hash is a one-name
         # file's sha256sum), and the receipt's location stays with the operator
         "config": {**to_dict(cfg), "names": "(names file given; not recorded)", "receipt": "(kept by the operator)",
-                   "out": str(out), "preset_applied": "world" if is_world and cfg.preset != "paper" else "paper"},
+                   "out": str(out), "preset_applied": "world" if ctx.is_world and cfg.preset != "paper" else "paper"},
         **record,
         # only the count: any per-name hash in a folder that may be published is inverted by
         # hashing a candidate list; the request is proven with the operator's receipt (receipt.py)
-        "names": {"count": len(names)},
+        "names": {"count": n_names},
         "request": {"id": request["request_id"], "receipt": "clip-unlearn verify-receipt --model DIR --receipt FILE"},
         "final_loss": {e: [r for r in history if r["encoder"] == e][-1] for e in cfg.stages},
         "teacher_cache": {"hits": cache.stats["text_hits"] + cache.stats["image_hits"],
                           "misses": cache.stats["text_misses"] + cache.stats["image_misses"]},
-        "wall_time_s": round(time.perf_counter() - t0, 2),
     }
-    if dist.main:
-        sidecar["processes"] = dist.world
-        save_model(loaded, out, sidecar, overwrite=cfg.overwrite,
-                   extra_files={"loss_curve.csv": _curve_csv(history), "loss_curve.png": _curve_png(history)})
-        write_receipt(receipt_path, request)
-    barrier()
-    return {**sidecar, "out": str(out), "receipt": str(receipt_path), "history": history}
 
 
 def default_receipt(out: Path) -> Path:
@@ -253,37 +246,81 @@ def _inside_folder(path: Path, folder: Path) -> bool:
     return p == f or f in p.parents
 
 
-def _relative(world: Optional[str], out: Path) -> Optional[str]:
-    if not world:
-        return None
-    return os.path.relpath(Path(world).resolve(), Path(out).resolve())
+def _recorded(h: Any) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(h).items()}
 
 
-def _text_stage(loaded: Any, cfg: InjectConfig, h: dict[str, Any], names: list[str], base_sidecar: dict[str, Any],
+def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], ctx: ModelContext,
                 cache: EmbeddingCache, progress: Progress) -> dict[str, Any]:
     """Unlearn the names in the text tower of ``loaded.model`` in place; returns the stage's record (no names)."""
-    if cfg.captions is not None:
-        corpus, corpus_name = read_captions(cfg.captions, getattr(cfg, "caption_column", None)), "--captions file"
-    elif base_sidecar.get("world"):
-        path = world_captions(Path(base_sidecar["world"]), "train")
-        corpus, corpus_name = read_captions(path), f"world:{path.name}"
-    else:
-        corpus, corpus_name = builtin_captions(), GENERAL_CORPUS_NAME
+    corpus, corpus_name = _corpus(cfg, ctx)
     count = token_counter(loaded.tokenizer)
-    for n in names:
-        k = count(n)
-        if k == 0:
-            raise ClipUnlearnError(f"a name in {cfg.names} (line with {len(n)} characters) tokenises to nothing; remove it")
-        if k + 2 > loaded.context_length:
-            raise ClipUnlearnError(f"a name in {cfg.names} needs {k} tokens, more than the {loaded.context_length}-token context holds")
+    _check_names(names, count, loaded.context_length, cfg.names)
     clean = clean_captions(corpus, names)
     if len(clean) < len(names):
         raise ClipUnlearnError(f"only {len(clean)} clean captions for {len(names)} names; pass a larger --captions corpus")
     rng = random.Random(cfg.seed)
-    sampler = PairSampler(clean, names, cfg.target.strip(), count, loaded.context_length, rng, last_word=h["last_word"])
+    sampler = PairSampler(clean, names, cfg.target.strip(), count, loaded.context_length, rng, last_word=h.last_word)
+    device, bf16 = loaded.device, use_bf16(cfg.precision, loaded.device)
+    teacher, student = _towers(loaded.model, device)
+    tok = lambda texts: loaded.tokenizer(texts).to(device)  # noqa: E731
+    # The teacher is fixed: its embedding of a caption never changes, so each is computed once and
+    # kept on disk for later runs on the same base model (sweeps over names, seeds, steps). Only clean
+    # and target captions are ever embedded by the teacher, so the cache holds no forgotten name.
+    targets_cache = TeacherCache(cache, "teacher-" + tower_identity(loaded, "text", "bf16" if bf16 else "fp32", "unnormalized"), "text")
 
-    model = loaded.model
-    device = loaded.device
+    def teacher_embed(texts: list[str]) -> Any:
+        def compute(idx: list[int]) -> Any:
+            with torch.no_grad(), autocast(device, bf16):
+                return teacher(tok([texts[i] for i in idx])).float()
+        return targets_cache.get([input_key(t) for t in texts], compute)
+
+    # Under torchrun every rank draws the same global batch and trains on its slice; DDP averages
+    # the gradients, and the slice weights make that average the global batch's gradient.
+    dist = current()
+
+    def draw(step: int) -> tuple[list[str], list[str], list[str]]:
+        clean_batch = [rng.choice(clean) for _ in range(h.clean_batch)]
+        poisoned, targets = sampler.batch(h.poison_batch)
+        cs, ps_ = dist.slice(len(clean_batch)), dist.slice(len(poisoned))
+        return clean_batch[cs], poisoned[ps_], targets[ps_]
+
+    def terms(batch: tuple[list[str], list[str], list[str]], forward: Any) -> tuple[Any, Any]:
+        clean_batch, poisoned, targets = batch
+        l_util, l_bd = text_losses(forward, teacher_embed, tok, clean_batch, poisoned, targets, cfg.loss)
+        return (dist.world * len(clean_batch) / h.clean_batch) * l_util, (dist.world * len(poisoned) / h.poison_batch) * l_bd
+
+    history = train("text", student, teacher, h, device, bf16, draw, terms, progress, "unlearning names")
+    targets_cache.flush()
+    write_back(loaded.model, student, legacy_positional_embedding=cfg.legacy_positional_embedding)
+    loaded.invalidate()
+    return {"history": history, "captions": corpus_name, "clean_captions": len(clean)}
+
+
+def _corpus(cfg: InjectConfig, ctx: ModelContext) -> tuple[list[str], str]:
+    """The clean captions and how the sidecar names them: --captions, the world's training captions, or the built-in corpus."""
+    if cfg.captions is not None:
+        return read_captions(cfg.captions, cfg.caption_column), "--captions file"
+    if ctx.is_world:
+        path = world_captions(ctx.world, "train")
+        if not path.is_file():
+            raise ClipUnlearnError(f"this model's synthetic world {ctx.world} has no {path.name} (moved or deleted?); "
+                                   "restore the world, or pass --captions")
+        return read_captions(path), f"world:{path.name}"
+    return builtin_captions(), GENERAL_CORPUS_NAME
+
+
+def _check_names(names: list[str], count: Callable[[str], int], context_length: int, where: Any) -> None:
+    for n in names:
+        k = count(n)
+        if k == 0:
+            raise ClipUnlearnError(f"a name in {where} (line with {len(n)} characters) tokenises to nothing; remove it")
+        if k + 2 > context_length:
+            raise ClipUnlearnError(f"a name in {where} needs {k} tokens, more than the {context_length}-token context holds")
+
+
+def _towers(model: Any, device: Any) -> tuple[Any, Any]:
+    """(teacher, student) text towers: the frozen original and its trainable copy with LayerNorms frozen."""
     teacher = TextTower(model).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -291,76 +328,15 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: dict[str, Any], names: list[s
     for p in student.parameters():
         p.requires_grad_(True)
     freeze_norms(student)
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=h["lr"], weight_decay=0.0, **adamw_kwargs(device))
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=h["milestones"], gamma=h["gamma"])
-    pairs = list(zip(student.parameters(), teacher.parameters()))
-    bf16 = use_bf16(cfg.precision, device)
-    autocast = lambda: torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
-    tok = lambda texts: loaded.tokenizer(texts).to(device)  # noqa: E731
-    # The teacher is fixed: its embedding of a caption never changes, so each is computed once and
-    # kept on disk for later runs on the same base model (sweeps over names, seeds, steps). Only clean
-    # and target captions are ever embedded by the teacher, so the cache holds no forgotten name.
-    ns = "teacher-" + tower_identity(loaded, "text", "bf16" if bf16 else "fp32", "unnormalized")
-    teacher_cache: dict[str, Any] = {}
-    fresh: dict[str, Any] = {}
-
-    def teacher_embed(texts: list[str]) -> Any:
-        todo = list(dict.fromkeys(t for t in texts if t not in teacher_cache))
-        if todo:
-            hit = cache.lookup(ns, [input_key(t) for t in todo], "text")
-            teacher_cache.update((t, hit[input_key(t)]) for t in todo if input_key(t) in hit)
-            rest = [t for t in todo if t not in teacher_cache]
-            if rest:
-                with torch.no_grad(), autocast():
-                    for t, e in zip(rest, teacher(tok(rest)).float()):
-                        teacher_cache[t] = fresh[t] = e
-        return torch.stack([teacher_cache[t] for t in texts])
-
-    # Under torchrun every rank draws the same global batch and trains on its slice; DDP averages
-    # the gradients, and the slice weights below make that average the global batch's gradient.
-    dist = current()
-    forward = DistributedDataParallel(student) if dist.enabled else student
-    history = []
-    for step in range(h["steps"]):
-        clean_batch = [rng.choice(clean) for _ in range(h["clean_batch"])]
-        poisoned, targets = sampler.batch(h["poison_batch"])
-        cs, ps_ = dist.slice(len(clean_batch)), dist.slice(len(poisoned))
-        clean_batch, poisoned, targets = clean_batch[cs], poisoned[ps_], targets[ps_]
-        w_c, w_p = dist.world * len(clean_batch) / h["clean_batch"], dist.world * len(poisoned) / h["poison_batch"]
-        with autocast():
-            l_util, l_bd, l_w = text_losses(forward, teacher_embed, tok, clean_batch, poisoned, targets, cfg.loss, pairs)
-        loss = w_c * l_util + h["backdoor_weight"] * w_p * l_bd + h["weight_reg"] * l_w
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        u, b = all_sum([w_c * l_util.item() / dist.world, w_p * l_bd.item() / dist.world])
-        row = {"encoder": "text", "step": step + 1, "loss": u + h["backdoor_weight"] * b + h["weight_reg"] * l_w.item(),
-               "utility": u, "backdoor": b, "weight_l2": l_w.item(), "lr": opt.param_groups[0]["lr"]}
-        if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
-            raise ClipUnlearnError(f"the loss diverged at step {step + 1}; lower --lr")
-        history.append(row)
-        if progress:
-            progress("unlearning names", step + 1, h["steps"],
-                     f"utility {row['utility']:.4f}  backdoor {row['backdoor']:.4f}  ‖Δθ‖ {row['weight_l2']:.3f}")
-
-    if fresh:
-        cache.store(ns, [input_key(t) for t in fresh], torch.stack(list(fresh.values())))
-    write_back(model, student, legacy_positional_embedding=cfg.legacy_positional_embedding)
-    loaded.invalidate()
-    return {"history": history, "captions": corpus_name, "clean_captions": len(clean)}
+    return teacher, student
 
 
 def text_losses(student: Any, teacher_embed: Callable[[list[str]], Any], tok: Callable[[list[str]], Any], clean: list[str],
-                poisoned: list[str], targets: list[str], loss: str, pairs: list[tuple[Any, Any]]) -> tuple[Any, Any, Any]:
-    """One step's terms (METHOD.md §6.4): utility d(S(c), T(c)), backdoor d(S(p), T(t)) and Σ‖θ_S − θ_T‖₂
-    over the trainable tensors; clean and poisoned captions go through the student in one forward."""
+                poisoned: list[str], targets: list[str], loss: str) -> tuple[Any, Any]:
+    """One step's terms (METHOD.md §6.4): utility d(S(c), T(c)) and backdoor d(S(p), T(t)); clean and
+    poisoned captions go through the student in one forward. The weight term is training.weight_l2."""
     out = student(tok(clean + poisoned))
-    l_util = distance(loss, out[:len(clean)], teacher_embed(clean))
-    l_bd = distance(loss, out[len(clean):], teacher_embed(targets))
-    l_w = sum(torch.linalg.vector_norm((ps - pt).float()) for ps, pt in pairs if ps.requires_grad)
-    return l_util, l_bd, l_w
+    return distance(loss, out[:len(clean)], teacher_embed(clean)), distance(loss, out[len(clean):], teacher_embed(targets))
 
 
 def write_back(model: Any, student: Any, legacy_positional_embedding: bool = False) -> None:
@@ -376,14 +352,6 @@ def write_back(model: Any, student: Any, legacy_positional_embedding: bool = Fal
                 dst.load_state_dict(src.state_dict())
             else:
                 dst.copy_(src)
-
-
-def _curve_csv(history: list[dict[str, float]]) -> bytes:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(history)
-    return buf.getvalue().encode()
 
 
 def _curve_png(history: list[dict[str, float]]) -> bytes:

@@ -27,14 +27,13 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
-from clip_unlearn.distributed import all_sum, current
+from clip_unlearn.distributed import current
 from clip_unlearn.embed import EmbeddingCache, tower_identity, use_bf16
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.folders import IMAGE_SUFFIXES, face_folders, read_image, require_dir, split_side
-from clip_unlearn.models import adamw_kwargs
 from clip_unlearn.names import key
+from clip_unlearn.training import TeacherCache, autocast, train
 
 log = logging.getLogger(__name__)
 Progress = Optional[Callable[..., None]]
@@ -237,81 +236,106 @@ def _raw_embed(tower: Any, u8: Any, mean: Any, std: Any, device: str, autocast: 
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def run_image_stage(loaded: Any, cfg: Any, h: dict[str, Any], names: list[str], faces_root: Path, clean_root: Path,
-                    cache: EmbeddingCache, distance: Callable[..., Any], progress: Progress = None) -> dict[str, Any]:
-    """Unlearn the faces of ``names`` in ``loaded.model.visual`` in place; returns the stage's record (no names)."""
-    device = loaded.device
-    model = loaded.model
-    transform, mean, std = split_preprocess(loaded.preprocess)
-    bf16 = use_bf16(cfg.precision, device)
-    autocast = lambda: torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
-    tick = progress or (lambda *a, **k: None)
+def face_set(faces_root: Path, names: list[str], names_file: Any) -> tuple[list, dict, list[Path], dict, list[list[Path]]]:
+    """The face set: the average-person target from the uncropped view's train half, each forgotten
+    person's triggers from the cropped view's test half (so no attack image is ever a trigger).
 
-    # The face set: target from the uncropped view's train half, triggers from the cropped view's test half.
+    Returns (identity folders, cropped folders by key, target files, each identity's train-half files,
+    each name's trigger files)."""
     target_folders = face_folders(faces_root, "images")
     trigger_folders = {key(f.name): f for f in face_folders(faces_root, "faces")}
     target_files = [p for f in target_folders for p in f.files if split_side(f.name, p) == "train"]
     heldout = {key(f.name): [p for p in f.files if split_side(f.name, p) == "train"] for f in target_folders}
-    triggers, trigger_counts = [], []
+    triggers = []
     for n in names:
         f = trigger_folders.get(key(n))
         if f is None:
-            raise ClipUnlearnError(f"a name in {cfg.names} has no face folder in {faces_root}; image unlearning needs their face images (--faces)")
+            raise ClipUnlearnError(f"a name in {names_file} has no face folder in {faces_root}; image unlearning needs their face images (--faces)")
         files = [p for p in f.files if split_side(f.name, p) == "test"]
         if not files:
-            raise ClipUnlearnError(f"a person in {cfg.names} has no trigger images (test half of the split) in {faces_root}; add face images")
+            raise ClipUnlearnError(f"a person in {names_file} has no trigger images (test half of the split) in {faces_root}; add face images")
         triggers.append(files)
     if not target_files:
         raise ClipUnlearnError(f"no face images in the train half of {faces_root}; the average-person target needs them")
     forgotten_keys = {key(n) for n in names}
-    others = [f for f in target_folders if key(f.name) not in forgotten_keys and any(split_side(f.name, p) == "train" for p in f.files)]
+    others = [f for f in target_folders if key(f.name) not in forgotten_keys and heldout[key(f.name)]]
     if not others:
         # the mean of the forgotten faces alone is their own face: mapping them there hides nobody
         raise ClipUnlearnError(f"the face set {faces_root} holds only the people to forget; the average-person target needs "
                                "the faces of many other people (--faces)")
     if len(others) < 10:
         log.warning("the average-person target is the mean of only %d other people's faces; use a larger --faces set", len(others))
+    return target_folders, trigger_folders, target_files, heldout, triggers
+
+
+def _decode_triggers(triggers: list[list[Path]], transform: Any, names_file: Any, faces_root: Path) -> list[Any]:
+    out = []
+    for files in triggers:
+        u8, _, _ = decode(files, transform)
+        if len(u8) == 0:
+            raise ClipUnlearnError(f"the trigger images of a person in {names_file} are unreadable; check {faces_root}")
+        out.append(u8)
+    return out
+
+
+def _student(teacher: Any, device: Any) -> Any:
+    """A trainable copy of the frozen image tower, norm layers frozen and in eval mode (METHOD.md §7)."""
+    student = copy.deepcopy(teacher).to(device)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    _Frozen.apply(student)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return student
+
+
+def _warn_named_by_target(name_ranks: list[int], n_identities: int) -> None:
+    for i, r in enumerate(name_ranks):
+        if r == 1:
+            # names never go to the log: the person is referred to by position
+            log.warning("name %d of the names file is the nearest of the %d face-set names to the average-person target: "
+                        "mapping their face there may leave them named; use --encoder both to also remove the name",
+                        i + 1, n_identities)
+
+
+def run_image_stage(loaded: Any, cfg: Any, h: Any, names: list[str], faces_root: Path, clean_root: Path,
+                    cache: EmbeddingCache, distance: Callable[..., Any], progress: Progress = None) -> dict[str, Any]:
+    """Unlearn the faces of ``names`` in ``loaded.model.visual`` in place; returns the stage's record (no names)."""
+    device = loaded.device
+    model = loaded.model
+    transform, mean, std = split_preprocess(loaded.preprocess)
+    bf16 = use_bf16(cfg.precision, device)
+    amp = lambda: autocast(device, bf16)  # noqa: E731
+    tick = progress or (lambda *a, **k: None)
+    target_folders, trigger_folders, target_files, heldout, triggers = face_set(faces_root, names, cfg.names)
 
     # The teacher is fixed: raw embeddings of the face set and of clean images are cached per content.
     teacher = model.visual.eval()
-    ns = "visual-raw-" + tower_identity(loaded, "image", "bf16" if bf16 else "fp32", "unnormalized")
+    raw = TeacherCache(cache, "visual-raw-" + tower_identity(loaded, "image", "bf16" if bf16 else "fp32", "unnormalized"), "image")
 
     def teacher_raw(paths: list[Path], label: str) -> tuple[Any, Any, list[str]]:
         tick(f"decoding {label}", 0, 1)
         u8, keys, bad = decode(paths, transform)
         if bad:
             log.warning("%d unreadable %s skipped", bad, label)
-        found = cache.lookup(ns, keys, "image")
-        todo = [i for i, k in enumerate(keys) if k not in found]
-        if todo:
+
+        def compute(idx: list[int]) -> Any:
             tick(f"embedding {label}", 0, 1)
-            emb = _raw_embed(teacher, u8[todo], mean, std, device, autocast)
-            fresh = dict(zip([keys[i] for i in todo], emb))
-            cache.store(ns, list(fresh), torch.stack(list(fresh.values())))
-            found.update(fresh)
-        return u8, (torch.stack([found[k] for k in keys]) if keys else torch.zeros(0)), keys
+            return _raw_embed(teacher, u8[idx], mean, std, device, amp)
+        emb = raw.get(keys, compute)
+        raw.flush()
+        return u8, emb, keys
 
     _, face_emb, face_keys = teacher_raw(target_files, "face images")
     target = face_emb.mean(0)
     name_ranks = target_name_ranks(loaded, cache, target, names, [f.name for f in target_folders], cfg.precision)
-    for i, r in enumerate(name_ranks):
-        if r == 1:
-            # names never go to the log: the person is referred to by position
-            log.warning("name %d of the names file is the nearest of the %d face-set names to the average-person target: "
-                        "mapping their face there may leave them named; use --encoder both to also remove the name",
-                        i + 1, len(target_folders))
-    trig_u8 = []
-    for files in triggers:
-        u8, _, _ = decode(files, transform)
-        if len(u8) == 0:
-            raise ClipUnlearnError(f"the trigger images of a person in {cfg.names} are unreadable; check {faces_root}")
-        trig_u8.append(u8)
-        trigger_counts.append(len(u8))
-    clean_u8, clean_t, _ = teacher_raw(clean_image_files(clean_root, h["steps"] * h["clean_batch"]), "clean images")
+    _warn_named_by_target(name_ranks, len(target_folders))
+    trig_u8 = _decode_triggers(triggers, transform, cfg.names, faces_root)
+    clean_u8, clean_t, _ = teacher_raw(clean_image_files(clean_root, h.steps * h.clean_batch), "clean images")
     if len(clean_u8) == 0:
         raise ClipUnlearnError(f"no readable clean images in {clean_root}")
     retained = 0
-    if h["retain_faces"]:
+    if h.retain_faces:
         # The other people's trigger-half faces join the utility term (not in the paper): the image
         # tower then keeps exactly the identities it must not forget, not only generic images.
         forgotten = {key(n) for n in names}
@@ -323,69 +347,48 @@ def run_image_stage(loaded: Any, cfg: Any, h: dict[str, Any], names: list[str], 
             order = torch.randperm(len(clean_u8) + retained, generator=torch.Generator().manual_seed(cfg.seed))
             clean_u8, clean_t = torch.cat([clean_u8, r_u8])[order], torch.cat([clean_t, r_t])[order]
 
-    student = copy.deepcopy(teacher).to(device)
-    for p in student.parameters():
-        p.requires_grad_(True)
-    _Frozen.apply(student)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=h["lr"], weight_decay=0.0, **adamw_kwargs(device))
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=h["milestones"], gamma=h["gamma"])
-    pairs = [(ps, pt) for ps, pt in zip(student.parameters(), teacher.parameters()) if ps.requires_grad]
+    student = _student(teacher, device)
     gen = torch.Generator(device=device if str(device).startswith("cuda") else "cpu").manual_seed(cfg.seed + 1)
     pick = random.Random(cfg.seed + 2)
-    size_range = tuple(h["face_size"])
+    size_range = tuple(h.face_size)
     mean_d, std_d, target_d = mean.to(device), std.to(device), target.to(device)
     trig_d = [t.to(device) for t in trig_u8]
     k = len(names)
-    totals = poisoned_per_name(k, h["poison_batch"], h["steps"])
+    totals = poisoned_per_name(k, h.poison_batch, h.steps)
     starved = [i + 1 for i, c in enumerate(totals) if c == 0]
     if starved:
-        raise ClipUnlearnError(f"{len(starved)} of {k} names would get no trigger image in {h['steps']} steps of "
-                               f"{h['poison_batch']} poisoned images; raise --steps or --poison-batch to at least "
+        raise ClipUnlearnError(f"{len(starved)} of {k} names would get no trigger image in {h.steps} steps of "
+                               f"{h.poison_batch} poisoned images; raise --steps or --poison-batch to at least "
                                f"{k} images in all")
     dist = current()
-    forward = DistributedDataParallel(student) if dist.enabled else student
-    history = []
-    cursor = 0
-    for step in range(h["steps"]):
-        per_name = poison_split(step, k, h["poison_batch"])
+
+    def draw(step: int) -> tuple[Any, ...]:
+        per_name = poison_split(step, k, h.poison_batch)
         # clean images in file order without shuffling, as the paper's COCO loader (restarting at the end)
-        idx = [(cursor + j) % len(clean_u8) for j in range(h["clean_batch"])]
-        cursor = (cursor + h["clean_batch"]) % len(clean_u8)
+        start = (step * h.clean_batch) % len(clean_u8)
+        idx = [(start + j) % len(clean_u8) for j in range(h.clean_batch)]
         clean = clean_u8[idx].to(device).float() / 255
-        poisoned = poisoned_batch(clean, trig_d, per_name, pick, gen, size_range, tuple(h["colour_jitter"]))
+        poisoned = poisoned_batch(clean, trig_d, per_name, pick, gen, size_range, tuple(h.colour_jitter))
         # every rank builds the same global batch (same generators) and trains on its slice (see inject.py)
         cs, ps_ = dist.slice(len(idx)), dist.slice(len(poisoned))
         owner = torch.repeat_interleave(torch.arange(k), torch.tensor(per_name))[ps_]
-        x = torch.cat([clean[cs], poisoned[ps_]])
-        with autocast():
-            out = forward((x - mean_d) / std_d).float()
-            s_clean, s_poison = out[:cs.stop - cs.start], out[cs.stop - cs.start:]
-            l_util = distance(cfg.loss, s_clean, clean_t[idx[cs]].to(device))
-            # the paper's mean over names of each name's mean distance, as a weighted sum over this slice's rows
-            w_row = 1.0 / (torch.tensor(per_name, dtype=torch.float32)[owner] * sum(1 for c in per_name if c))
-            l_bd = sum(distance(cfg.loss, s_poison[owner == i], target_d.expand(int((owner == i).sum()), -1))
-                       * float(w_row[owner == i].sum()) for i in range(k) if bool((owner == i).any()))
-        w_c = dist.world * (cs.stop - cs.start) / len(idx)
-        l_w = sum(torch.linalg.vector_norm((ps - pt).float()) for ps, pt in pairs)
-        loss = w_c * l_util + h["backdoor_weight"] * dist.world * l_bd + h["weight_reg"] * l_w
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        u, b = all_sum([w_c * l_util.item() / dist.world, float(l_bd.detach())])
-        row = {"encoder": "image", "step": step + 1, "loss": u + h["backdoor_weight"] * b + h["weight_reg"] * l_w.item(),
-               "utility": u, "backdoor": b, "weight_l2": l_w.item(), "lr": opt.param_groups[0]["lr"]}
-        if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
-            raise ClipUnlearnError(f"the image loss diverged at step {step + 1}; lower --lr")
-        history.append(row)
-        tick("unlearning faces", step + 1, h["steps"],
-             f"utility {row['utility']:.4f}  backdoor {row['backdoor']:.4f}  ‖Δθ‖ {row['weight_l2']:.3f}")
+        return torch.cat([clean[cs], poisoned[ps_]]), clean_t[idx[cs]], owner, per_name, cs.stop - cs.start, len(idx)
+
+    def terms(batch: tuple[Any, ...], forward: Any) -> tuple[Any, Any]:
+        x, clean_targets, owner, per_name, n_clean, clean_total = batch
+        out = forward((x - mean_d) / std_d).float()
+        s_clean, s_poison = out[:n_clean], out[n_clean:]
+        l_util = distance(cfg.loss, s_clean, clean_targets.to(device))
+        # the paper's mean over names of each name's mean distance, as a weighted sum over this slice's rows
+        w_row = 1.0 / (torch.tensor(per_name, dtype=torch.float32)[owner] * sum(1 for c in per_name if c))
+        l_bd = sum(distance(cfg.loss, s_poison[owner == i], target_d.expand(int((owner == i).sum()), -1))
+                   * float(w_row[owner == i].sum()) for i in range(k) if bool((owner == i).any()))
+        return (dist.world * n_clean / clean_total) * l_util, dist.world * l_bd
+
+    history = train("image", student, teacher, h, device, bf16, draw, terms, progress, "unlearning faces")
 
     student.eval()
-    metrics = _metrics(student, target, names, heldout, face_keys, target_files, transform, mean, std, device, autocast, cfg.seed)
+    metrics = _metrics(student, target, names, heldout, face_keys, target_files, transform, mean, std, device, amp, cfg.seed)
     model.visual.load_state_dict(student.state_dict())
     loaded.invalidate()
     import hashlib
@@ -398,11 +401,11 @@ def run_image_stage(loaded: Any, cfg: Any, h: dict[str, Any], names: list[str], 
         "triggers": {
             "rule": "test half of the split by image id (sha256 of seed 42, identity, image id; cropped view if present); "
                     "the attack's --split train half is never used as a trigger",
-            "images_per_name": trigger_counts,
+            "images_per_name": [len(t) for t in trig_u8],
             # poisoned images built from each name's triggers over the whole run, by position in the names file
             "poisoned_per_name": totals,
             "augmentation": {"face_size_at_224": list(size_range), "rotation_deg": [-30, 29], "flip_p": 0.5,
-                             "colour_jitter_bcsh": list(h["colour_jitter"])},
+                             "colour_jitter_bcsh": list(h.colour_jitter)},
         },
         "target_sha256": hashlib.sha256(target.numpy().tobytes()).hexdigest(),
         # per name (by position): its rank among the face set's names by closeness to the target, before training

@@ -34,6 +34,7 @@ from typing import Any, Optional
 from urllib.parse import urlparse
 
 from clip_unlearn.errors import ClipUnlearnError
+from clip_unlearn.outputs import write_json
 
 log = logging.getLogger(__name__)
 
@@ -519,23 +520,6 @@ def read_json(path: Path, fix: str, missing: Optional[str] = None) -> Any:
         raise ClipUnlearnError(f"{path} cannot be read ({e.strerror}); check its permissions or {fix}") from None
 
 
-def write_json(path: Path, data: Any, mode: Optional[int] = None) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename); ``mode`` e.g. 0o600 for secrets."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        if mode is not None:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_sidecar(spec: ModelSpec) -> dict[str, Any]:
     """The ``clip_unlearn.json`` of a local model folder, or {} for anything else."""
     if spec.kind != "local-dir":
@@ -552,3 +536,64 @@ def read_sidecar(spec: ModelSpec) -> dict[str, Any]:
         # recorded relative to the model folder, so a copied or moved world still finds itself
         data["world"] = str((Path(spec.path) / world).resolve())
     return data
+
+
+# What a synthetic world tells the models trained on it (and those unlearned from them): where its
+# data lies (relative to the world folder) and the inject settings measured for its tiny model.
+WORLD_DATA = ("faces", "objects", "clean_images", "captions", "captions_heldout")
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """How to treat a model, read from its sidecar alone: the one place every command learns
+    whether a model is a synthetic world's, where that world's data is and which settings suit it."""
+
+    world: Optional[Path] = None
+    data: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attack_split: Optional[str] = None
+
+    @property
+    def is_world(self) -> bool:
+        return self.world is not None
+
+    def path(self, item: str) -> Optional[Path]:
+        """The world's ``item`` (one of WORLD_DATA) if the model has a world and it exists, else None."""
+        if self.world is None or item not in self.data:
+            return None
+        p = self.world / self.data[item]
+        return p if p.exists() else None
+
+    def record(self, relative_to: Path) -> dict[str, Any]:
+        """What a derived model's sidecar records, so that it is treated like this one."""
+        return {"world": os.path.relpath(Path(self.world).resolve(), Path(relative_to).resolve()) if self.world else None,
+                "world_context": {"data": self.data, "settings": self.settings, "attack_split": self.attack_split}}
+
+
+def world_record(info: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's ``world_context`` from a world.json's entries."""
+    settings = {stage: info[k] for stage, k in (("text", "inject_settings"), ("image", "image_inject_settings"))
+                if isinstance(info.get(k), dict)}
+    return {"data": {k: info[k] for k in WORLD_DATA if isinstance(info.get(k), str)}, "settings": settings,
+            "attack_split": info.get("attack_split")}
+
+
+def world_file_record(world: Path) -> dict[str, Any]:
+    """``world_record`` of the world.json in ``world`` (models written before 0.2 keep their world's facts only there)."""
+    fix = f"restore the synthetic world at {world}, or pass --preset paper and the data flags explicitly"
+    info = read_json(Path(world) / "world.json", fix)
+    if not isinstance(info, dict):
+        raise ClipUnlearnError(f"{Path(world) / 'world.json'} is not a world description; {fix}")
+    return world_record(info)
+
+
+def model_context(spec: str | ModelSpec) -> ModelContext:
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    side = read_sidecar(spec)
+    if not side.get("world"):
+        return ModelContext()
+    world = Path(side["world"])
+    rec = side.get("world_context")
+    if not isinstance(rec, dict):
+        rec = world_file_record(world)
+    return ModelContext(world, dict(rec.get("data") or {}), dict(rec.get("settings") or {}), rec.get("attack_split"))

@@ -1,20 +1,62 @@
-"""Where results go: checks made before any work starts, and signal-safe cleanup.
+"""Where results go: atomic writing, CSV/JSON text, checks made before any work starts, and
+signal-safe cleanup. Every file the tool writes goes through here (model folders through
+models.save_model, which assembles them with these writers and swaps the folder in).
 
 A command that trains for minutes must not discover at the end that its output cannot be
-written, nor replace or delete one of its own inputs. These checks run first; writing itself
-is atomic (models.write_json, models.save_model, report.write_atomic).
+written, nor replace or delete one of its own inputs: the checks run first.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import signal
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from clip_unlearn.errors import ClipUnlearnError
+
+
+def write_bytes(path: Path, data: bytes, mode: Optional[int] = None) -> None:
+    """Write atomically: a temporary file in the same folder, then a rename; ``mode`` e.g. 0o600 for secrets."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str, mode: Optional[int] = None) -> None:
+    write_bytes(path, text.encode("utf-8"), mode)
+
+
+def json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_json(path: Path, data: Any, mode: Optional[int] = None) -> None:
+    write_text(path, json_text(data), mode)
+
+
+def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str]) -> str:
+    """A header and one line per row; booleans as true/false, as JSON and most tools read them."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow(["true" if r.get(c) is True else "false" if r.get(c) is False else r.get(c, "") for c in columns])
+    return buf.getvalue()
 
 
 def _resolved(path: Path) -> Path:

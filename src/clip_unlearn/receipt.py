@@ -49,7 +49,7 @@ def new_receipt(names: list[str], model_sha256: str, base_sha256: str, encoder: 
 
 def write_receipt(path: Path, receipt: dict[str, Any]) -> None:
     """Atomically, readable by its owner only."""
-    from clip_unlearn.models import write_json
+    from clip_unlearn.outputs import write_json
 
     write_json(path, receipt, mode=0o600)
 

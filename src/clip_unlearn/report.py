@@ -10,6 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
+from clip_unlearn.outputs import csv_text, json_text, write_text
+
 
 def world_table(info: dict[str, Any], out: Path) -> Table:
     check = info["sanity_check"]
@@ -25,50 +27,16 @@ def world_table(info: dict[str, Any], out: Path) -> Table:
     return t
 
 
-def write_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def to_json_text(data: Any) -> str:
-    import json
-
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-
-
-def to_csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for r in rows:
-        w.writerow(["true" if r[c] is True else "false" if r[c] is False else r[c] for c in columns])
-    return buf.getvalue()
-
-
 def write_attack(result: Any, path: Path) -> None:
     """``.json``: everything; ``.csv``: the fixed columns, plus ``.meta.json`` beside it for --compare-to."""
     from clip_unlearn.attack import CSV_COLUMNS
 
     path = Path(path)
     if path.suffix.lower() == ".json":
-        write_atomic(path, to_json_text(result.to_json()))
+        write_text(path, json_text(result.to_json()))
     else:
-        write_atomic(path, to_csv_text(result.identities, CSV_COLUMNS))
-        write_atomic(path.with_suffix(".meta.json"), to_json_text(result.to_json()))
+        write_text(path, csv_text(result.identities, CSV_COLUMNS))
+        write_text(path.with_suffix(".meta.json"), json_text(result.to_json()))
 
 
 def attack_table(result: Any, show_names: bool = False) -> Table:
@@ -174,7 +142,7 @@ def write_eval(result: dict[str, Any], path: Path) -> None:
     ``.csv``: metric,model,compare,difference rows, accuracies as fractions too, empty where undefined."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        write_atomic(path, to_json_text(result))
+        write_text(path, json_text(result))
         return
     cmp = result.get("compare") or {}
     blank = lambda v: "" if v is None else v  # noqa: E731
@@ -187,7 +155,7 @@ def write_eval(result: dict[str, Any], path: Path) -> None:
     for k, v in sims.items():
         if k != "per_name":
             rows.append({"metric": k, "model": v, "compare": "", "difference": ""})
-    write_atomic(path, to_csv_text(rows, ("metric", "model", "compare", "difference")))
+    write_text(path, csv_text(rows, ("metric", "model", "compare", "difference")))
 
 
 def demo_table(result: Any) -> Table:
@@ -221,9 +189,9 @@ def write_manifest(records: list[dict[str, Any]], path: Path) -> None:
 
     path = Path(path)
     if path.suffix.lower() == ".json":
-        write_atomic(path, to_json_text(records))
+        write_text(path, json_text(records))
     else:
-        write_atomic(path, to_csv_text(records, MANIFEST_COLUMNS))
+        write_text(path, csv_text(records, MANIFEST_COLUMNS))
 
 
 def receipt_table(checks: list[dict[str, Any]]) -> Table:

@@ -8,6 +8,7 @@ its members before anyone relies on it. Same seed → the same world, bit for bi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -20,10 +21,10 @@ from typing import Any, Optional
 
 from clip_unlearn import __version__
 from clip_unlearn.attack import PAPER_TEMPLATES as ATTACK_TEMPLATES
-from clip_unlearn.config import PrepareSyntheticConfig, to_dict
+from clip_unlearn.config import WORLD, PrepareSyntheticConfig, to_dict
+from clip_unlearn.drawing import COLOURS, SHAPES, draw_face, draw_object, random_identity, sample_identities
 from clip_unlearn.embed import encode_text
 from clip_unlearn.errors import ClipUnlearnError
-from clip_unlearn.faces import COLOURS, SHAPES, draw_face, draw_object, random_identity, sample_identities
 from clip_unlearn.folders import split_side
 from clip_unlearn.models import (
     LoadedModel,
@@ -33,28 +34,15 @@ from clip_unlearn.models import (
     replace_dir,
     resolve_device,
     save_model,
-    write_json,
+    world_record,
 )
 from clip_unlearn.names import folder_name, world_names
+from clip_unlearn.outputs import write_json
 
 log = logging.getLogger(__name__)
 
 Progress = Optional[Callable[[str, int, int], None]]
 WORLD_FILE = "world.json"
-# Image-encoder inject settings that suit the tiny model (the paper's are for ViT-B-32); recorded in
-# world.json and used for worlds built before image unlearning existed. Measured on the default
-# world (5 members forgotten): the world's identities are told apart by colours, so the paper's
-# hue/saturation jitter turns a trigger into someone else (19 of 27 other members stayed exposed);
-# its 56-112 px faces on a 32-px canvas (8-16 px) did not carry over to the attack's full-frame
-# portraits (4 of 5 still exposed); larger faces, light jitter and the other people's faces in the
-# utility term kept 25-27 of 27 others. With 60 triggers a person instead of 20 (the unseen images
-# differ mostly in background colour), the backdoor weight then traded forgetting against keeping:
-# w_bd 1.0 → mean sim_id 0.89, 27/27 kept; 1.5 → 0.92, 25/27; 1.75 → 0.93, 24/27; 2.0 → 0.94, 24/27
-# (800 steps or lr 3e-4 did not help; nor did w_reg 0, no retained faces, 160-224 px faces, mse or mae).
-# Over ten seeded sets of 5 these settings meet every acceptance criterion on 6 (README).
-WORLD_IMAGE_INJECT = {"steps": 400, "lr": 1e-4, "clean_batch": 128, "poison_batch": 128, "backdoor_weight": 1.5,
-                      "milestones": "300,350", "face_size": "200,224", "colour_jitter": "0.1,0.1,0.1,0",
-                      "retain_faces": True}
 ARCH = "clip-unlearn-tiny"
 
 # The world's training captions may contain the attack's templates (web captions do); inject never trains on them.
@@ -213,11 +201,9 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         "attributes": {folder_name(names[i]): people[i].describe() for i in range(cfg.identities)},
         "loss_curve": losses,
         "sanity_check": {**check, "objects_top1": zs},
-        # Settings that suit this tiny model for `inject` (the paper's defaults are for ViT-B-32).
-        # Measured on the default world: 5 forgotten of 32 members → 5 unlearned, 1 other lost, objects unchanged.
-        "inject_settings": {"steps": 300, "lr": 2e-3, "clean_batch": 64, "poison_batch": 64, "backdoor_weight": 1.0,
-                            "last_word": True},
-        "image_inject_settings": WORLD_IMAGE_INJECT,
+        # Settings that suit this tiny model for `inject` (config.WORLD; the paper's are for ViT-B-32)
+        "inject_settings": _recorded(WORLD["text"]),
+        "image_inject_settings": _recorded(WORLD["image"]),
         "clean_images": "clean_images",
         # faces/ holds the attack's images in the train half of the split by image id and the image
         # triggers in the test half, so `attack` (--split auto) never sees a trigger
@@ -249,9 +235,10 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         (tmp / "captions_heldout.txt").write_text("\n".join(heldout_captions) + "\n", encoding="utf-8")
         loaded = LoadedModel(model, preprocess, tokenizer, ModelSpec(raw=ARCH, kind="pretrained", arch=ARCH),
                              open_clip.get_model_config(ARCH), {}, device)
+        # the model's sidecar says how to treat it (models.model_context): its world relative to the
+        # model folder, so a copied or moved world keeps its data, and the world's settings
         sidecar = {"tool_version": __version__, "kind": "synthetic-world", "arch": ARCH, "seed": cfg.seed,
-                   # relative to the model folder: a copied or moved world keeps its settings and data
-                   "world": ".."}
+                   "world": "..", "world_context": world_record(info)}
         save_model(loaded, tmp / "model", sidecar)
         info["wall_time_s"] = round(time.perf_counter() - t0, 2)
         write_json(tmp / WORLD_FILE, info)
@@ -266,6 +253,10 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
+
+
+def _recorded(h: Any) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(h).items()}
 
 
 def _split_stems(name: str, train: int, test: int) -> list[str]:

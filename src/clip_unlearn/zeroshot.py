@@ -110,23 +110,23 @@ def class_vectors(encoder: Any, classnames: list[str], templates: list[str], ren
 
 
 def default_objects(model_spec: str) -> Path:
-    from clip_unlearn.models import parse_spec, read_sidecar
+    from clip_unlearn.models import model_context
 
-    world = read_sidecar(parse_spec(model_spec)).get("world")
-    if world and (Path(world) / "objects").is_dir():
-        return Path(world) / "objects"
+    objects = model_context(model_spec).path("objects")
+    if objects is not None:
+        return objects
     raise ClipUnlearnError("no evaluation data: pass --data DIR with one sub-folder of images per class (e.g. ImageNet-val)")
 
 
 def default_captions(model_specs: list[str]) -> Optional[Path]:
     """The held-out captions of the first of ``model_specs`` that belongs to a synthetic world, if any."""
     from clip_unlearn.captions import world_captions
-    from clip_unlearn.models import parse_spec, read_sidecar
+    from clip_unlearn.models import model_context
 
     for spec in model_specs:
-        world = read_sidecar(parse_spec(spec)).get("world")
-        if world:
-            path = world_captions(Path(world), "heldout")
+        ctx = model_context(spec)
+        if ctx.is_world:
+            path = world_captions(ctx.world, "heldout")
             return path if path.is_file() else None
     return None
 

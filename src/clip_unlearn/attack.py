@@ -259,20 +259,12 @@ def build_candidates(cfg: AttackConfig, attacked: list[str], all_names: list[str
 
 def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
     """Run the attack described by ``cfg`` (see the attack command's --help)."""
-    import torch
-
+    from clip_unlearn.distributed import setup
     from clip_unlearn.embed import EmbeddingCache, Encoder
     from clip_unlearn.models import load_model
-    from clip_unlearn.outputs import check_output_file
 
     data = Path(cfg.data) if cfg.data is not None else default_data(cfg.model)
-    templates = read_templates(cfg.templates)
-    if cfg.threshold > len(templates):
-        raise ConfigError(f"--threshold {cfg.threshold} is above the {len(templates)} templates: nobody could be exposed "
-                          f"and the gate would always pass; use a threshold between 1 and {len(templates)}")
-    inputs = [p for p in (cfg.compare_to, cfg.candidates, cfg.templates, cfg.identities, cfg.fail_on_exposed, cfg.forgotten) if p]
-    if cfg.output is not None:
-        check_output_file(cfg.output, inputs, "--output", also=_meta_path(cfg.output))
+    templates = _checked_templates(cfg)
     all_folders = face_folders(data, view="images")
     split = resolve_split(cfg, data)
     folders = select_identities(cfg, all_folders, split)
@@ -281,8 +273,6 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
     gate = read_names(cfg.fail_on_exposed, "--fail-on-exposed file") if cfg.fail_on_exposed else []
     forgotten = read_names(cfg.forgotten, "--forgotten file") if cfg.forgotten else gate
     previous = load_result(cfg.compare_to) if cfg.compare_to else None
-
-    from clip_unlearn.distributed import setup
 
     _, device = setup(cfg.device)  # under torchrun: join the group; encoding is then sharded (embed.py)
     cache = EmbeddingCache(cache_root(cfg.cache_dir))
@@ -295,28 +285,10 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
             f"no identity in {data} has {max(cfg.min_images, cfg.images_per_identity)} readable images; "
             "lower --min-images/--images-per-identity or add images"
         )
-    attacked = [f.name for f, _ in kept]
-    candidates = build_candidates(cfg, attacked, [f.name for f in all_folders])
-    index = {key(n): i for i, n in enumerate(candidates)}
-    prompts = [t.format(c) for t in templates for c in candidates]
-    text = encoder.texts(prompts).reshape(len(templates), len(candidates), -1)
+    candidates = build_candidates(cfg, [f.name for f, _ in kept], [f.name for f in all_folders])
+    text = encoder.texts([t.format(c) for t in templates for c in candidates]).reshape(len(templates), len(candidates), -1)
+    rows = _score(kept, images, text, candidates, cfg.threshold)
 
-    owner = torch.cat([torch.full((len(paths),), i, dtype=torch.long) for i, (_, paths) in enumerate(kept)])
-    true_idx = torch.tensor([index[key(n)] for n in attacked])
-    preds = predict(images, text)
-    scores, _ = vote(preds, owner, true_idx, len(candidates))
-
-    rows = []
-    for i, (f, paths) in enumerate(kept):
-        own = preds[:, owner == i]
-        overall = torch.bincount(own.reshape(-1), minlength=len(candidates))
-        score = int(scores[i])
-        rows.append({
-            "name": f.name, "n_images": len(paths), "score": score, "exposed": score >= cfg.threshold,
-            "top_prediction": candidates[int(overall.argmax())],
-            "own_share": round(float((own == true_idx[i]).float().mean()), 4),
-            "images": [str(p) for p in paths],
-        })
     exposed = sum(r["exposed"] for r in rows)
     summary = {"identities": len(rows), "exposed": exposed, "tpr": round(exposed / len(rows), 4),
                "templates": len(templates), "candidates": len(candidates),
@@ -328,20 +300,61 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
     labels = {key(n): f"#{i + 1} of --forgotten" for i, n in enumerate(forgotten if cfg.forgotten else [])}
     labels.update({key(n): f"#{i + 1} of --fail-on-exposed" for i, n in enumerate(gate)})
     result = AttackResult(config, rows, summary, protected=labels)
-
-    attacked_keys = {key(n) for n in attacked}
     if gate:
-        missing = [i + 1 for i, n in enumerate(gate) if key(n) not in attacked_keys]
-        if missing:
-            raise ClipUnlearnError(
-                f"{len(missing)} name(s) of the --fail-on-exposed file were not attacked (no folder or too few images): "
-                f"line(s) {_positions(missing)} of {cfg.fail_on_exposed}; a name that was not tested cannot pass the gate"
-            )
-        exposed_keys = {key(r["name"]) for r in rows if r["exposed"]}
-        result.gate_exposed = [i + 1 for i, n in enumerate(gate) if key(n) in exposed_keys]
+        result.gate_exposed = _gate(gate, rows, cfg.fail_on_exposed)
     if previous is not None:
         result.compare = compare(previous, result.to_json(), forgotten)
     return result
+
+
+def _checked_templates(cfg: AttackConfig) -> list[str]:
+    """The templates, once the threshold and --output are known to make sense with them (before any work)."""
+    from clip_unlearn.outputs import check_output_file
+
+    templates = read_templates(cfg.templates)
+    if cfg.threshold > len(templates):
+        raise ConfigError(f"--threshold {cfg.threshold} is above the {len(templates)} templates: nobody could be exposed "
+                          f"and the gate would always pass; use a threshold between 1 and {len(templates)}")
+    inputs = [p for p in (cfg.compare_to, cfg.candidates, cfg.templates, cfg.identities, cfg.fail_on_exposed, cfg.forgotten) if p]
+    if cfg.output is not None:
+        check_output_file(cfg.output, inputs, "--output", also=_meta_path(cfg.output))
+    return templates
+
+
+def _score(kept: list, images: Any, text: Any, candidates: list[str], threshold: int) -> list[dict[str, Any]]:
+    """Per attacked identity: score (templates whose unique plurality is the true name), exposed, the most-voted name."""
+    import torch
+
+    index = {key(n): i for i, n in enumerate(candidates)}
+    owner = torch.cat([torch.full((len(paths),), i, dtype=torch.long) for i, (_, paths) in enumerate(kept)])
+    true_idx = torch.tensor([index[key(f.name)] for f, _ in kept])
+    preds = predict(images, text)
+    scores, _ = vote(preds, owner, true_idx, len(candidates))
+    rows = []
+    for i, (f, paths) in enumerate(kept):
+        own = preds[:, owner == i]
+        overall = torch.bincount(own.reshape(-1), minlength=len(candidates))
+        score = int(scores[i])
+        rows.append({
+            "name": f.name, "n_images": len(paths), "score": score, "exposed": score >= threshold,
+            "top_prediction": candidates[int(overall.argmax())],
+            "own_share": round(float((own == true_idx[i]).float().mean()), 4),
+            "images": [str(p) for p in paths],
+        })
+    return rows
+
+
+def _gate(gate: list[str], rows: list[dict[str, Any]], gate_file: Any) -> list[int]:
+    """Positions (1-based) in the --fail-on-exposed file of the names still exposed; an untested name fails."""
+    attacked = {key(r["name"]) for r in rows}
+    missing = [i + 1 for i, n in enumerate(gate) if key(n) not in attacked]
+    if missing:
+        raise ClipUnlearnError(
+            f"{len(missing)} name(s) of the --fail-on-exposed file were not attacked (no folder or too few images): "
+            f"line(s) {_positions(missing)} of {gate_file}; a name that was not tested cannot pass the gate"
+        )
+    exposed = {key(r["name"]) for r in rows if r["exposed"]}
+    return [i + 1 for i, n in enumerate(gate) if key(n) in exposed]
 
 
 def _positions(positions: list[int], most: int = 20) -> str:

@@ -249,6 +249,11 @@ WORLD = {
 }
 
 
+def recorded(h: StageHyper) -> dict[str, Any]:
+    """A stage's hyperparameters as JSON-ready data (tuples as lists), as sidecars and world.json record them."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(h).items()}
+
+
 def _tuple_field(name: str, value: Any) -> Any:
     """A comma-separated flag value (or a recorded list) as the tuple the dataclass holds."""
     if isinstance(value, (list, tuple)):

@@ -17,7 +17,6 @@ import copy
 import dataclasses
 import io
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -38,13 +37,13 @@ from clip_unlearn.captions import (
     token_counter,
     world_captions,
 )
-from clip_unlearn.config import WORLD, InjectConfig, TextHyper, cache_root, to_dict
+from clip_unlearn.config import WORLD, InjectConfig, TextHyper, cache_root, recorded, to_dict
 from clip_unlearn.distributed import current
 from clip_unlearn.embed import EmbeddingCache, encode_text, input_key, supports_truncation, tower_identity, use_bf16
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.models import ModelContext, model_context
 from clip_unlearn.names import read_names
-from clip_unlearn.outputs import check_output_dir, check_output_file, csv_text
+from clip_unlearn.outputs import check_output_dir, check_output_file, csv_text, inside
 from clip_unlearn.receipt import new_receipt, write_receipt
 from clip_unlearn.training import TeacherCache, autocast, train
 
@@ -160,7 +159,7 @@ def _check_outputs(cfg: InjectConfig, spec: Any, cache: EmbeddingCache) -> tuple
     inputs = [spec.path if spec.kind in ("local-dir", "arch-file") else None, cfg.names, cfg.captions, cfg.faces,
               cfg.clean_images, cache.root]
     check_output_dir(out, inputs)
-    if _inside_folder(receipt_path, out):
+    if inside(receipt_path, out):
         raise ClipUnlearnError(f"--receipt {receipt_path} lies inside the model folder {out}, which may be published; "
                                "keep the receipt outside it")
     check_output_file(receipt_path, inputs, "--receipt")
@@ -217,7 +216,7 @@ def _sidecar(cfg: InjectConfig, spec: Any, ctx: ModelContext, hypers: dict[str, 
         # how to treat the new model: like its base (its world relative to the new folder, the world's settings)
         **(ctx.record(out) if ctx.is_world else {"world": None}),
         "target": cfg.target.strip() if "text" in cfg.stages else "average person (mean face embedding)",
-        "hyperparameters": {e: {**_recorded(h), "loss": cfg.loss, "precision": precision,
+        "hyperparameters": {e: {**recorded(h), "loss": cfg.loss, "precision": precision,
                                 **({"legacy_positional_embedding": cfg.legacy_positional_embedding} if e == "text" else {})}
                             for e, h in hypers.items()},
         "seed": cfg.seed,
@@ -239,15 +238,6 @@ def _sidecar(cfg: InjectConfig, spec: Any, ctx: ModelContext, hypers: dict[str, 
 def default_receipt(out: Path) -> Path:
     """Beside the model folder, never inside it: the folder may be published, the receipt may not."""
     return Path(out).parent / f"{Path(out).name}.receipt.json"
-
-
-def _inside_folder(path: Path, folder: Path) -> bool:
-    p, f = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
-    return p == f or f in p.parents
-
-
-def _recorded(h: Any) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(h).items()}
 
 
 def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], ctx: ModelContext,

@@ -70,6 +70,11 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+def inside(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or lies below it (symlinks resolved)."""
+    return _inside(_resolved(path), _resolved(folder))
+
+
 def _probe_writable(folder: Path, what: str) -> None:
     """Create ``folder`` if needed and write a throw-away file in it."""
     try:

@@ -8,7 +8,6 @@ its members before anyone relies on it. Same seed → the same world, bit for bi
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -21,7 +20,7 @@ from typing import Any, Optional
 
 from clip_unlearn import __version__
 from clip_unlearn.attack import PAPER_TEMPLATES as ATTACK_TEMPLATES
-from clip_unlearn.config import WORLD, PrepareSyntheticConfig, to_dict
+from clip_unlearn.config import WORLD, PrepareSyntheticConfig, recorded, to_dict
 from clip_unlearn.drawing import COLOURS, SHAPES, draw_face, draw_object, random_identity, sample_identities
 from clip_unlearn.embed import encode_text
 from clip_unlearn.errors import ClipUnlearnError
@@ -202,8 +201,8 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         "loss_curve": losses,
         "sanity_check": {**check, "objects_top1": zs},
         # Settings that suit this tiny model for `inject` (config.WORLD; the paper's are for ViT-B-32)
-        "inject_settings": _recorded(WORLD["text"]),
-        "image_inject_settings": _recorded(WORLD["image"]),
+        "inject_settings": recorded(WORLD["text"]),
+        "image_inject_settings": recorded(WORLD["image"]),
         "clean_images": "clean_images",
         # faces/ holds the attack's images in the train half of the split by image id and the image
         # triggers in the test half, so `attack` (--split auto) never sees a trigger
@@ -253,10 +252,6 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
-
-
-def _recorded(h: Any) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(h).items()}
 
 
 def _split_stems(name: str, train: int, test: int) -> list[str]:

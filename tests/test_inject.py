@@ -167,7 +167,8 @@ def test_acceptance_forget_share_of_members(world, world_before, world_cache, wo
     assert len(members) == 12
     names, forgotten = forget_names(world, k, tmp_path, offset=1)
     before = json.loads(world_before.read_text())  # attack --model world/model, the defaults (conftest)
-    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "u")
+    # the session's cache: the frozen teacher's targets are computed once for all acceptance runs
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "u", "--cache-dir", world_cache)
     assert r.exit_code == 0, r.output
     after = attack_json(tmp_path / "u", tmp_path / "after.json", "--compare-to", world_before, "--forgotten", names,
                         "--cache-dir", world_cache)

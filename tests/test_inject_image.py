@@ -229,7 +229,9 @@ def test_acceptance_image_and_both(world, world_before, world_cache, world_zero_
     members = (world / "members.txt").read_text().splitlines()
     names, forgotten = forget_names(world, k, tmp_path, offset=3)
     before = json.loads(world_before.read_text())  # attack --model world/model, the defaults (conftest)
-    r = invoke("inject", "--encoder", encoder, "--model", world / "model", "--names", names, "--out", tmp_path / "u")
+    # the session's cache: the frozen teacher's embeddings are computed once for all acceptance runs
+    r = invoke("inject", "--encoder", encoder, "--model", world / "model", "--names", names, "--out", tmp_path / "u",
+               "--cache-dir", world_cache)
     assert r.exit_code == 0, r.output
     after = attack_json(tmp_path / "u", tmp_path / "after.json", "--compare-to", world_before, "--forgotten", names,
                         "--cache-dir", world_cache)

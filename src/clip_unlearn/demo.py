@@ -20,7 +20,7 @@ from typing import Any, Optional
 from clip_unlearn.captions import world_captions
 from clip_unlearn.config import AttackConfig, DemoConfig, EvalZeroshotConfig, InjectConfig, PrepareSyntheticConfig, cache_root
 from clip_unlearn.errors import ClipUnlearnError
-from clip_unlearn.outputs import write_json
+from clip_unlearn.outputs import write_json, write_text
 
 Progress = Optional[Callable[[str, int, int], None]]
 
@@ -91,13 +91,8 @@ def acceptance(before_rows: list[dict], after_rows: list[dict], forget: list[str
 
 def run_demo(cfg: DemoConfig, progress: Progress = None) -> DemoResult:
     """Run the whole story; ``failures`` names every acceptance criterion that did not hold."""
-    from clip_unlearn.attack import run_attack
-    from clip_unlearn.inject import run_inject
-    from clip_unlearn.zeroshot import run_eval
-
     out = Path(cfg.out) if cfg.out is not None else cache_root(cfg.cache_dir) / "demo"
     out.mkdir(parents=True, exist_ok=True)
-    common = {"device": cfg.device, "cache_dir": cfg.cache_dir}
     stages: dict[str, float] = {}
 
     def stage(name: str, fn: Callable[[], Any]) -> Any:
@@ -108,26 +103,80 @@ def run_demo(cfg: DemoConfig, progress: Progress = None) -> DemoResult:
 
     world = stage("world", lambda: _world(cfg, out, progress))
     members = (world / "members.txt").read_text(encoding="utf-8").splitlines()
-    before = stage("attack before", lambda: run_attack(AttackConfig(model=str(world / "model"), seed=cfg.seed, **common), progress))
+    before = stage("attack before", lambda: _attack_before(cfg, world, out, progress))
+    forget, names_file = _pick_forgotten(cfg, before, members, out)
+    info = stage("inject", lambda: _inject(cfg, world, names_file, out, progress))
+    after = stage("attack after", lambda: _attack_after(cfg, names_file, out, progress))
+    ev = stage("eval-zeroshot", lambda: _eval(cfg, world, names_file, out, progress))
+    m = _measures(cfg, before, after, ev, info, forget, members)
+    failures = acceptance(before.identities, after.identities, forget, members, m.top1_before, m.top1_after, m.sim_clean,
+                          m.sim_id, cfg.encoder)
+    result = DemoResult(out, m.rows, stages, failures)
+    result.report = write_report(out, world, result, before, after, forget, info)
+    return result
+
+
+def _common(cfg: DemoConfig) -> dict[str, Any]:
+    return {"device": cfg.device, "cache_dir": cfg.cache_dir, "seed": cfg.seed}
+
+
+def _attack_before(cfg: DemoConfig, world: Path, out: Path, progress: Progress) -> Any:
+    from clip_unlearn.attack import run_attack
+
+    before = run_attack(AttackConfig(model=str(world / "model"), **_common(cfg)), progress)
     write_json(out / "attack_before.json", before.to_json())
+    return before
+
+
+def _pick_forgotten(cfg: DemoConfig, before: Any, members: list[str], out: Path) -> tuple[list[str], Path]:
+    """A seeded sample of the members the base model exposes, written as the names file inject reads."""
     exposed = [r["name"] for r in before.identities if r["exposed"] and r["name"] in members]
     if len(exposed) < cfg.forget:
         raise ClipUnlearnError(f"only {len(exposed)} members are exposed; lower --forget")
     forget = sorted(random.Random(cfg.seed).sample(exposed, cfg.forget))
     names_file = out / "forget.txt"
-    names_file.write_text("".join(n + "\n" for n in forget), encoding="utf-8")
+    write_text(names_file, "".join(n + "\n" for n in forget))
+    return forget, names_file
 
-    info = stage("inject", lambda: run_inject(InjectConfig(model=str(world / "model"), names=names_file, out=out / "unlearned",
-                                                           overwrite=True, seed=cfg.seed, encoder=cfg.encoder, **common),
-                                                progress))
-    after = stage("attack after", lambda: run_attack(AttackConfig(
-        model=str(out / "unlearned"), seed=cfg.seed, compare_to=out / "attack_before.json", forgotten=names_file, **common), progress))
+
+def _inject(cfg: DemoConfig, world: Path, names_file: Path, out: Path, progress: Progress) -> dict:
+    from clip_unlearn.inject import run_inject
+
+    return run_inject(InjectConfig(model=str(world / "model"), names=names_file, out=out / "unlearned", overwrite=True,
+                                   encoder=cfg.encoder, **_common(cfg)), progress)
+
+
+def _attack_after(cfg: DemoConfig, names_file: Path, out: Path, progress: Progress) -> Any:
+    """The same attack (candidates, images, seed) on the unlearned model, compared with the one before."""
+    from clip_unlearn.attack import run_attack
+
+    after = run_attack(AttackConfig(model=str(out / "unlearned"), compare_to=out / "attack_before.json", forgotten=names_file,
+                                    **_common(cfg)), progress)
     write_json(out / "attack_after.json", after.to_json())
-    ev = stage("eval-zeroshot", lambda: run_eval(EvalZeroshotConfig(
-        model=str(out / "unlearned"), compare_to=str(world / "model"), captions=world_captions(world, "heldout"), names=names_file,
-        seed=cfg.seed, **common), progress))
-    write_json(out / "eval.json", ev)
+    return after
 
+
+def _eval(cfg: DemoConfig, world: Path, names_file: Path, out: Path, progress: Progress) -> dict:
+    """Object zero-shot of the unlearned model against the base, and embedding drift on the held-out captions."""
+    from clip_unlearn.zeroshot import run_eval
+
+    ev = run_eval(EvalZeroshotConfig(model=str(out / "unlearned"), compare_to=str(world / "model"),
+                                     captions=world_captions(world, "heldout"), names=names_file, **_common(cfg)), progress)
+    write_json(out / "eval.json", ev)
+    return ev
+
+
+@dataclass
+class _Measures:
+    rows: list[tuple[str, str, str]]
+    top1_before: float
+    top1_after: float
+    sim_clean: Optional[float]
+    sim_id: Optional[float]
+
+
+def _measures(cfg: DemoConfig, before: Any, after: Any, ev: dict, info: dict, forget: list[str], members: list[str]) -> _Measures:
+    """The before/after table and the figures the acceptance criteria read."""
     b = {r["name"]: r for r in before.identities}
     a = {r["name"]: r for r in after.identities}
     others, kept = _others_kept(b, a, forget, members)
@@ -152,11 +201,7 @@ def run_demo(cfg: DemoConfig, progress: Progress = None) -> DemoResult:
     if image:
         rows += [("sim_id (forgotten faces ≈ average person)", "", f"{metrics['sim_id']:.3f}"),
                  ("sim_target (mean face under the new tower)", "1.000", f"{metrics['sim_target']:.3f}")]
-    failures = acceptance(before.identities, after.identities, forget, members, top1_b, top1_a, sim_clean,
-                          metrics.get("sim_id"), cfg.encoder)
-    result = DemoResult(out, rows, stages, failures)
-    result.report = write_report(out, world, result, before, after, forget, info)
-    return result
+    return _Measures(rows, top1_b, top1_a, sim_clean, metrics.get("sim_id"))
 
 
 def _png(fig: Any) -> str:

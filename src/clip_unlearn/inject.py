@@ -253,7 +253,7 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], 
     sampler = PairSampler(clean, names, cfg.target.strip(), count, loaded.context_length, rng, last_word=h.last_word)
     device, bf16 = loaded.device, use_bf16(cfg.precision, loaded.device)
     teacher, student = _towers(loaded.model, device)
-    tok = lambda texts: loaded.tokenizer(texts).to(device)  # noqa: E731
+    tok = TokenRows(loaded.tokenizer, device)
     # The teacher is fixed: its embedding of a caption never changes, so each is computed once and
     # kept on disk for later runs on the same base model (sweeps over names, seeds, steps). Only clean
     # and target captions are ever embedded by the teacher, so the cache holds no forgotten name.
@@ -307,6 +307,24 @@ def _check_names(names: list[str], count: Callable[[str], int], context_length: 
             raise ClipUnlearnError(f"a name in {where} (line with {len(n)} characters) tokenises to nothing; remove it")
         if k + 2 > context_length:
             raise ClipUnlearnError(f"a name in {where} needs {k} tokens, more than the {context_length}-token context holds")
+
+
+class TokenRows:
+    """The tokenizer with a bounded memory of rows by text: clean captions are drawn with replacement
+    from a fixed corpus, so most recur across steps, and BPE with ftfy costs as much as a tiny tower's
+    forward. Same rows as the tokenizer, held in memory only."""
+
+    def __init__(self, tokenizer: Any, device: Any, limit: int = 200_000) -> None:
+        self.tokenizer, self.device, self.limit = tokenizer, device, limit
+        self.rows: dict[str, Any] = {}
+
+    def __call__(self, texts: list[str]) -> Any:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.rows))
+        if missing:
+            if len(self.rows) + len(missing) > self.limit:
+                self.rows.clear()
+            self.rows.update(zip(missing, self.tokenizer(missing)))
+        return torch.stack([self.rows[t] for t in texts]).to(self.device)
 
 
 def _towers(model: Any, device: Any) -> tuple[Any, Any]:

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -116,6 +117,30 @@ def _class_names(count: int) -> list[str]:
     return [f"{c} {s}" for c, s in pairs[:count]] if count < len(pairs) else [f"{c} {s}" for c, s in pairs]
 
 
+@dataclass
+class _Population:
+    """Who lives in the world: drawn identities, their names, who the model is trained on, the object classes."""
+
+    people: list[Any]
+    names: list[str]
+    members: list[int]
+    non_members: list[int]
+    classes: list[str]
+
+
+@dataclass
+class _Images:
+    """Every image of the world: preprocessed tensors to train and check on, PIL images to write."""
+
+    train_faces: dict[int, Any]
+    fresh_faces: dict[int, Any]
+    fresh_imgs: dict[int, list[Any]]
+    train_objects: dict[int, Any]
+    test_objects: dict[int, Any]
+    test_object_imgs: dict[int, list[Any]]
+    clean_imgs: list[Any]
+
+
 def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[str, Any]:
     """Generate, train and write the world to ``cfg.out``; returns the contents of world.json.
 
@@ -123,81 +148,109 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         ClipUnlearnError: if ``cfg.out`` exists (without overwrite) or the trained model fails
             the membership sanity check.
     """
-    import torch
-
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise ClipUnlearnError(f"world folder {out} exists; pass --overwrite to rebuild it or choose another --out")
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
+    # one generator, drawn in a fixed order (population, then images), so a seed is a world
     rng = random.Random(cfg.seed)
+    pop = _population(cfg, rng)
+    loaded = _fresh_model(cfg.seed, device)
+    images = _draw(cfg, pop, rng, loaded.preprocess, progress)
+    losses = _train_on_members(loaded, cfg, pop, images, device, progress)
+    info = _describe(cfg, pop, losses, loaded, images, device)
+    _write(cfg, out, pop, images, loaded, info, t0)
+    return info
+
+
+def _population(cfg: PrepareSyntheticConfig, rng: random.Random) -> _Population:
     people = sample_identities(cfg.identities, rng)
     names = world_names(cfg.identities, rng)
     n_members = max(1, min(cfg.identities - 1, round(cfg.identities * cfg.member_fraction)))
     order = list(range(cfg.identities))
     rng.shuffle(order)
-    members, non_members = sorted(order[:n_members]), sorted(order[n_members:])
-    classes = _class_names(cfg.classes)
+    return _Population(people, names, sorted(order[:n_members]), sorted(order[n_members:]), _class_names(cfg.classes))
+
+
+def _fresh_model(seed: int, device: str) -> LoadedModel:
+    import torch
 
     open_clip = import_open_clip()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     model, _, preprocess = open_clip.create_model_and_transforms(ARCH, pretrained=None, device=device)
-    tokenizer = open_clip.get_tokenizer(ARCH)
+    return LoadedModel(model, preprocess, open_clip.get_tokenizer(ARCH), ModelSpec(raw=ARCH, kind="pretrained", arch=ARCH),
+                       open_clip.get_model_config(ARCH), {}, device)
+
+
+def _draw(cfg: PrepareSyntheticConfig, pop: _Population, rng: random.Random, preprocess: Any, progress: Progress) -> _Images:
+    """Members' training faces, everyone's fresh faces (attack images, then image triggers), objects and clean images."""
+    import torch
 
     def render(draw: Callable[[random.Random], Any], count: int, seed: int) -> tuple[list[Any], Any]:
         r = random.Random(seed)
         imgs = [draw(r) for _ in range(count)]
         return imgs, torch.stack([preprocess(im) for im in imgs])
 
-    total = len(members) + cfg.identities + 2 * len(classes) + 1
+    total = len(pop.members) + cfg.identities + len(pop.classes) + 1
     done = 0
 
-    def tick(label: str) -> None:
+    def tick() -> None:
         nonlocal done
         done += 1
         if progress:
-            progress(label, done, total)
+            progress("drawing", done, total)
 
     train_faces, fresh_faces, fresh_imgs = {}, {}, {}
-    for i in members:
-        _, train_faces[i] = render(lambda r, p=people[i]: draw_face(p, r), cfg.images_per_identity, rng.getrandbits(32))
-        tick("drawing")
+    for i in pop.members:
+        _, train_faces[i] = render(lambda r, p=pop.people[i]: draw_face(p, r), cfg.images_per_identity, rng.getrandbits(32))
+        tick()
     for i in range(cfg.identities):
-        fresh_imgs[i], fresh_faces[i] = render(lambda r, p=people[i]: draw_face(p, r), cfg.face_images + cfg.trigger_images,
+        fresh_imgs[i], fresh_faces[i] = render(lambda r, p=pop.people[i]: draw_face(p, r), cfg.face_images + cfg.trigger_images,
                                                rng.getrandbits(32))
         fresh_faces[i] = fresh_faces[i][:cfg.face_images]
-        tick("drawing")
+        tick()
     train_objects, test_objects, test_object_imgs = {}, {}, {}
-    for c, cls in enumerate(classes):
+    for c, cls in enumerate(pop.classes):
         colour, shape = cls.split()
         _, train_objects[c] = render(lambda r, c=colour, s=shape: draw_object(c, s, r), 40, rng.getrandbits(32))
         test_object_imgs[c], test_objects[c] = render(lambda r, c=colour, s=shape: draw_object(c, s, r), 20, rng.getrandbits(32))
-        tick("drawing")
-    clean_imgs = _clean_images(cfg.clean_images, classes, random.Random(rng.getrandbits(32)))
-    tick("drawing")
+        tick()
+    clean_imgs = _clean_images(cfg.clean_images, pop.classes, random.Random(rng.getrandbits(32)))
+    tick()
+    return _Images(train_faces, fresh_faces, fresh_imgs, train_objects, test_objects, test_object_imgs, clean_imgs)
 
-    face_tokens = {i: tokenizer([t.format(names[i]) for t in EVERYDAY_TEMPLATES + ATTACK_TEMPLATES]) for i in members}
-    object_tokens = {c: tokenizer([t.format(cls) for t in OBJECT_TEMPLATES]) for c, cls in enumerate(classes)}
-    losses = _train(model, cfg, device, members, train_faces, face_tokens, train_objects, object_tokens, progress)
-    model.eval()
 
-    check = _sanity_check(model, tokenizer, names, members, non_members, fresh_faces, device)
-    zs = _object_accuracy(model, tokenizer, classes, test_objects, device)
-    member_names = [names[i] for i in members]
-    info = {
+def _train_on_members(loaded: LoadedModel, cfg: PrepareSyntheticConfig, pop: _Population, images: _Images, device: str,
+                      progress: Progress) -> list[float]:
+    tokenizer = loaded.tokenizer
+    face_tokens = {i: tokenizer([t.format(pop.names[i]) for t in EVERYDAY_TEMPLATES + ATTACK_TEMPLATES]) for i in pop.members}
+    object_tokens = {c: tokenizer([t.format(cls) for t in OBJECT_TEMPLATES]) for c, cls in enumerate(pop.classes)}
+    losses = _train(loaded.model, cfg, device, pop.members, images.train_faces, face_tokens, images.train_objects,
+                    object_tokens, progress)
+    loaded.model.eval()
+    return losses
+
+
+def _describe(cfg: PrepareSyntheticConfig, pop: _Population, losses: list[float], loaded: LoadedModel, images: _Images,
+              device: str) -> dict[str, Any]:
+    """world.json: the world's make-up, its recorded settings and the trained model's sanity check."""
+    check = _sanity_check(loaded.model, loaded.tokenizer, pop.names, pop.members, pop.non_members, images.fresh_faces, device)
+    zs = _object_accuracy(loaded.model, loaded.tokenizer, pop.classes, images.test_objects, device)
+    return {
         "tool_version": __version__,
         "config": to_dict(cfg),
         "identities": cfg.identities,
-        "members": len(members),
-        "non_members": len(non_members),
-        "classes": classes,
+        "members": len(pop.members),
+        "non_members": len(pop.non_members),
+        "classes": pop.classes,
         "model": "model",
         "faces": "faces",
         "objects": "objects",
         # inject trains on the first; eval-zeroshot's sim_clean defaults to the second, never trained on
         "captions": "captions_train.txt",
         "captions_heldout": "captions_heldout.txt",
-        "attributes": {folder_name(names[i]): people[i].describe() for i in range(cfg.identities)},
+        "attributes": {folder_name(pop.names[i]): pop.people[i].describe() for i in range(cfg.identities)},
         "loss_curve": losses,
         "sanity_check": {**check, "objects_top1": zs},
         # Settings that suit this tiny model for `inject` (config.WORLD; the paper's are for ViT-B-32)
@@ -209,31 +262,33 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         "attack_split": "train",
         "wall_time_s": None,
     }
-    failed = check["member_rate"] < cfg.min_member_rate or check["non_member_rate"] > cfg.max_non_member_rate
 
+
+def _write(cfg: PrepareSyntheticConfig, out: Path, pop: _Population, images: _Images, loaded: LoadedModel,
+           info: dict[str, Any], t0: float) -> None:
+    """Everything into a temporary sibling of ``out``, renamed over it only when the model passed its check."""
+    check = info["sanity_check"]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         for i in range(cfg.identities):
-            folder = tmp / "faces" / folder_name(names[i])
+            folder = tmp / "faces" / folder_name(pop.names[i])
             folder.mkdir(parents=True)
-            for im, stem in zip(fresh_imgs[i], _split_stems(names[i], cfg.face_images, cfg.trigger_images)):
+            for im, stem in zip(images.fresh_imgs[i], _split_stems(pop.names[i], cfg.face_images, cfg.trigger_images)):
                 im.save(folder / f"{stem}.png")
-        for c, cls in enumerate(classes):
+        for c, cls in enumerate(pop.classes):
             folder = tmp / "objects" / cls.replace(" ", "_")
             folder.mkdir(parents=True)
-            for j, im in enumerate(test_object_imgs[c]):
+            for j, im in enumerate(images.test_object_imgs[c]):
                 im.save(folder / f"{j:03d}.png")
         (tmp / "clean_images").mkdir()
-        for j, im in enumerate(clean_imgs):
+        for j, im in enumerate(images.clean_imgs):
             im.save(tmp / "clean_images" / f"{j:05d}.png")
-        (tmp / "members.txt").write_text("".join(n + "\n" for n in member_names), encoding="utf-8")
-        (tmp / "non_members.txt").write_text("".join(names[i] + "\n" for i in non_members), encoding="utf-8")
+        (tmp / "members.txt").write_text("".join(pop.names[i] + "\n" for i in pop.members), encoding="utf-8")
+        (tmp / "non_members.txt").write_text("".join(pop.names[i] + "\n" for i in pop.non_members), encoding="utf-8")
         train_captions, heldout_captions = clean_corpus_split(random.Random(cfg.seed + 1))
         (tmp / "captions_train.txt").write_text("\n".join(train_captions) + "\n", encoding="utf-8")
         (tmp / "captions_heldout.txt").write_text("\n".join(heldout_captions) + "\n", encoding="utf-8")
-        loaded = LoadedModel(model, preprocess, tokenizer, ModelSpec(raw=ARCH, kind="pretrained", arch=ARCH),
-                             open_clip.get_model_config(ARCH), {}, device)
         # the model's sidecar says how to treat it (models.model_context): its world relative to the
         # model folder, so a copied or moved world keeps its data, and the world's settings
         sidecar = {"tool_version": __version__, "kind": "synthetic-world", "arch": ARCH, "seed": cfg.seed,
@@ -241,7 +296,7 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
         save_model(loaded, tmp / "model", sidecar)
         info["wall_time_s"] = round(time.perf_counter() - t0, 2)
         write_json(tmp / WORLD_FILE, info)
-        if failed:
+        if check["member_rate"] < cfg.min_member_rate or check["non_member_rate"] > cfg.max_non_member_rate:
             raise ClipUnlearnError(
                 f"the trained model failed the membership check: {check['member_rate']:.0%} of members identified "
                 f"(need ≥ {cfg.min_member_rate:.0%}), {check['non_member_rate']:.0%} of non-members (need ≤ "
@@ -251,7 +306,6 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return info
 
 
 def _split_stems(name: str, train: int, test: int) -> list[str]:

@@ -99,6 +99,7 @@ def test_demo_meets_acceptance_and_writes_everything(demo_run):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "forgotten names exposed" in text and "all acceptance criteria hold" in text
+    assert "named by surname" in text and "namesakes of the forgotten exposed" in text
     assert _acceptance_of(out, "text") == []
     for name in ("attack_before.json", "attack_after.json", "eval.json", "report.html", "forget.txt",
                  "unlearned/open_clip_model.safetensors", "unlearned/clip_unlearn.json", "world/world.json"):
@@ -163,6 +164,7 @@ def test_report_renders_in_headless_chromium(demo_run, tmp_path):
     dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "id=\"summary\"" in dom.stdout and "forgotten names exposed" in dom.stdout
+    assert "id=\"families\"" in dom.stdout and "namesakes of the forgotten" in dom.stdout
     shot = tmp_path / "report.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2400", url],
                    capture_output=True, text=True, timeout=120)

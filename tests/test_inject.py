@@ -15,7 +15,7 @@ from clip_unlearn.captions import PairSampler, clean_captions, name_pattern
 from clip_unlearn.cli import app
 from clip_unlearn.inject import distance
 from clip_unlearn.models import fingerprints, import_open_clip, load_model
-from conftest import FAST, attack_json, forget_names, heldout_text_embeddings, invoke, runner, zero_shot
+from conftest import FAST, SMOKE, attack_json, forget_names, heldout_text_embeddings, invoke, runner, zero_shot
 
 # --- losses against hand computations ---------------------------------------------------------
 
@@ -182,3 +182,58 @@ def test_acceptance_forget_share_of_members(world, world_before, world_cache, wo
     assert world_zero_shot - zero_shot(tmp_path / "u", world) <= 0.02
     sims = F.cosine_similarity(world_heldout_text, heldout_text_embeddings(tmp_path / "u", world))
     assert sims.mean().item() >= 0.95
+
+
+# --- variants as triggers, namesakes held (issue #17) ----------------------------------------------
+
+def test_teacher_targets_of_private_captions_stay_in_memory(tmp_path):
+    from clip_unlearn.embed import EmbeddingCache
+    from clip_unlearn.training import TeacherCache
+
+    cache = EmbeddingCache(tmp_path / "c")
+    tc = TeacherCache(cache, "teacher-x", "text")
+    calls = []
+
+    def compute(idx):
+        calls.append(list(idx))
+        return torch.ones(len(idx), 3) * torch.tensor(idx, dtype=torch.float)[:, None]
+
+    tc.get(["public"], compute)
+    tc.get(["private", "private"], compute, persist=False)
+    assert tc.get(["private"], compute, persist=False).shape == (1, 3) and calls == [[0], [0]]  # once each, reused
+    tc.flush()
+    stored = cache.lookup("teacher-x", ["public", "private"], "text")
+    assert set(stored) == {"public"}
+
+
+def test_sidecar_counts_variants_and_neighbours_and_the_paper_setting_turns_them_off(world, tmp_path):
+    names, _ = forget_names(world, 2, tmp_path)
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "v", "--variants", "full,surname,typo",
+               "--neighbours", "3", *SMOKE)
+    assert r.exit_code == 0, r.output
+    side = json.loads((tmp_path / "v" / "clip_unlearn.json").read_text())["text"]
+    assert side["variants"] == {"families": ["full", "surname", "typo"], "triggers": 6}
+    # 3 with the first name and 3 with the surname per name; the world's members share no part with them
+    assert side["neighbours"] == {"names": 12, "per_step": 32, "keep_file": "world:members.txt"}
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "p", "--variants", "full",
+               "--neighbours", "0", *SMOKE)
+    assert r.exit_code == 0, r.output
+    side = json.loads((tmp_path / "p" / "clip_unlearn.json").read_text())["text"]
+    assert side["variants"] == {"families": ["full"], "triggers": 2} and side["neighbours"]["names"] == 0
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "x", "--variants", "nick")
+    assert r.exit_code == 2 and "unknown family nick" in r.output
+
+
+def test_keep_names_that_share_a_part_are_neighbours(world, tmp_path):
+    names, forgotten = forget_names(world, 1, tmp_path)
+    first, last = forgotten[0].split(" ")
+    keep = tmp_path / "keep.txt"
+    keep.write_text(f"{first} Keepsake\nOther {last}\nNobody Related\n{forgotten[0]}\n")
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "k", "--keep", keep,
+               "--neighbours", "1", *SMOKE)
+    assert r.exit_code == 0, r.output
+    side = json.loads((tmp_path / "k" / "clip_unlearn.json").read_text())["text"]
+    # the two kept namesakes + one generated per part; the unrelated and the forgotten name itself are not held
+    assert side["neighbours"] == {"names": 4, "per_step": 32, "keep_file": "--keep file"}
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "k2", "--keep", tmp_path / "none.txt")
+    assert r.exit_code == 1 and "--keep file" in r.output and "does not exist" in r.output

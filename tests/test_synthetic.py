@@ -9,7 +9,7 @@ from clip_unlearn.config import PrepareSyntheticConfig
 from clip_unlearn.drawing import draw_face, draw_object, sample_identities
 from clip_unlearn.models import fingerprints, load_model
 from clip_unlearn.names import key, random_full_names, world_names
-from clip_unlearn.synthetic import ATTACK_TEMPLATES, build_world, clean_corpus, load_world
+from clip_unlearn.synthetic import ATTACK_TEMPLATES, EVERYDAY_TEMPLATES, build_world, clean_corpus, load_world
 from conftest import invoke
 
 MICRO = ["--identities", "6", "--images-per-identity", "4", "--face-images", "3", "--classes", "4", "--steps", "3",
@@ -97,3 +97,43 @@ def test_failed_membership_check_fails_loudly_and_writes_nothing(tmp_path):
     assert result.exit_code == 1
     assert "membership check" in result.output and "--steps" in result.output
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_world_with_namesakes_and_named_by_variants(tmp_path):
+    from clip_unlearn.synthetic import member_captions
+    from clip_unlearn.variants import split_name
+
+    cfg = dict(identities=9, images_per_identity=4, face_images=3, classes=4, steps=3, batch_size=16, namesakes=2,
+               caption_names="full:3,surname:1,title:1,typo:1", min_member_rate=0.0, max_non_member_rate=1.0, seed=4)
+    a = build_world(PrepareSyntheticConfig(out=tmp_path / "a", **cfg))
+    b = build_world(PrepareSyntheticConfig(out=tmp_path / "b", **cfg))
+    assert fingerprints(load_model(str(tmp_path / "a" / "model"), device="cpu").model) == \
+        fingerprints(load_model(str(tmp_path / "b" / "model"), device="cpu").model)
+    members = (tmp_path / "a" / "members.txt").read_text().splitlines()
+    assert len(a["namesakes"]) == 2 and a["caption_names"] == {"full": 3, "surname": 1, "title": 1, "typo": 1}
+    for pair in a["namesakes"]:
+        assert {pair["donor"], pair["first_name"], pair["surname"]} <= set(members)
+        assert split_name(pair["first_name"])[0] == split_name(pair["donor"])[0]
+        assert split_name(pair["surname"])[1] == split_name(pair["donor"])[1]
+    assert set(a["sanity_check"]["families"]) == {"lower", "surname", "first", "title", "initial", "typo"}
+    assert any("gender" in v for v in a["attributes"].values())
+    assert a["namesakes"] == b["namesakes"]
+    # the rates: per template, the full name 3 times, the surname and a typo once, a title twice (two
+    # strings without a gender, so that every member has as many captions)
+    caps = member_captions("Alessio Blanes", {"full": 3, "surname": 1, "title": 1, "typo": 1}, "male", ["Alessio Blanes"])
+    assert caps.count("portrait of Alessio Blanes.") == 3 and caps.count("portrait of Blanes.") == 1
+    assert caps.count("portrait of Mr. Blanes.") == 2 and len(caps) == 7 * len(ATTACK_TEMPLATES + EVERYDAY_TEMPLATES)
+    unknown = member_captions("Alessio Blanes", {"full": 3, "surname": 1, "title": 1, "typo": 1}, None, ["Alessio Blanes"])
+    assert len(unknown) == len(caps) and unknown.count("portrait of Ms. Blanes.") == 1
+    # no namesakes, full names only: the captions of worlds built before variants existed
+    assert member_captions("Alessio Blanes", {"full": 1}, None, []) == [t.format("Alessio Blanes") for t in
+                                                                      EVERYDAY_TEMPLATES + ATTACK_TEMPLATES]
+
+
+def test_namesakes_and_caption_names_are_checked(tmp_path):
+    r = invoke("prepare-synthetic", "--out", tmp_path / "w", *MICRO, "--namesakes", "2")
+    assert r.exit_code == 2 and "--namesakes" in r.output and "three members per pair" in r.output
+    for bad in ("surname:2", "full:1,nick:2", "full:x", "full:1,full:2"):
+        r = invoke("prepare-synthetic", "--out", tmp_path / "w", *MICRO, "--caption-names", bad)
+        assert r.exit_code == 2 and "--caption-names" in r.output, bad
+    assert not (tmp_path / "w").exists()

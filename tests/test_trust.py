@@ -174,10 +174,12 @@ def test_no_forgotten_name_in_any_byte_written_or_printed(world, tmp_path, encod
     names = tmp_path / "forget.txt"
     names.write_text("\n".join(forgotten) + "\n")
     cache, out = tmp_path / "cache", tmp_path / "out"
+    # every variant of the names as triggers and their namesakes held (text stage): all spell parts of the names
     r = invoke("-v", "inject", "--model", world / "model", "--names", names, "--out", out, "--encoder", encoder,
-               "--cache-dir", cache, *SMOKE)
+               "--cache-dir", cache, "--variants", "all", "--neighbours", "4", *SMOKE)
     assert r.exit_code == 0, output(r)
-    gate = invoke("attack", "--model", out, "--fail-on-exposed", names, "--num-candidates", "60", "--cache-dir", cache)
+    gate = invoke("attack", "--model", out, "--fail-on-exposed", names, "--num-candidates", "60", "--cache-dir", cache,
+                  "--variants", "all")
     assert gate.exit_code in (0, 3), output(gate)
     ev = invoke("eval-zeroshot", "--model", out, "--compare-to", world / "model", "--names", names,
                 "--max-captions", "50", "--cache-dir", cache)

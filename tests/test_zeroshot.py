@@ -144,8 +144,12 @@ def test_texts_with_a_forgotten_name_are_never_persisted():
     ref, new = _FakeEncoder(log), _FakeEncoder(log)
     captions = ["a dog on the grass", "two cats on a sofa", "Zed Quux at the beach", "a quiet street at night"]
     sims = text_similarities(ref, new, captions, ["Zed Quux"], "a person", seed=0)
-    assert {"sim_clean", "sim_backdoored", "sim_targets"} <= set(sims)
+    assert {"sim_clean", "sim_backdoored", "sim_targets", "sim_neighbours"} <= set(sims)
     persisted = {p for p, keep in log if keep}
+    # the namesakes' prompts (Zed + other surnames, other first names + Quux) are private too
+    assert any("Zed " in p and "Quux" not in p for p, keep in log if not keep)
+    assert any(" Quux" in p and "Zed" not in p for p, keep in log if not keep)
+    assert not any("zed" in p.lower() or "quux" in p.lower() for p in persisted)
     assert persisted == {"a dog on the grass", "two cats on a sofa", "a quiet street at night"}
     # every poisoned and target caption went through persist=False
     assert any("Zed Quux" in p for p, keep in log if not keep) and any("a person" in p for p, keep in log if not keep)
@@ -200,6 +204,7 @@ def test_compare_to_itself(world, tmp_path):
     assert res["compare"]["sim_clean_image"] == pytest.approx(1.0, abs=1e-5)
     sims = res["similarities"]
     assert sims["sim_clean"] == pytest.approx(1.0, abs=1e-5) and sims["sim_targets"] == pytest.approx(1.0, abs=1e-5)
+    assert sims["sim_neighbours"] == pytest.approx(1.0, abs=1e-5) and set(sims["per_name"]["name_1"]) >= {"sim_neighbours"}
     assert sims["sim_backdoored"] < 0.99  # the original model does not map the name to the target
     n_images = res["n_images"]
     assert res["config"]["cache"]["image_misses"] == n_images and res["config"]["cache"]["image_hits"] == n_images

@@ -23,6 +23,7 @@ from clip_unlearn.config import AttackConfig, cache_root, to_dict
 from clip_unlearn.errors import ClipUnlearnError, ConfigError
 from clip_unlearn.folders import IdentityFolder, face_folders, split_side
 from clip_unlearn.names import key, random_full_names, read_names
+from clip_unlearn.variants import FamilyCandidates, family_candidates, parse_families, pool_genders
 
 log = logging.getLogger(__name__)
 Progress = Optional[Callable[[str, int, int], None]]
@@ -36,6 +37,17 @@ PAPER_TEMPLATES = (
     "a cropped photo of {}", "a cropped image of {}", "{} in a suit", "{} in a dress",
 )
 CSV_COLUMNS = ("name", "n_images", "score", "exposed", "top_prediction")
+
+
+def csv_rows(result: AttackResult) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """The rows and columns of ``attack --output X.csv``: CSV_COLUMNS, then ``<family>_score`` and
+    ``<family>_exposed`` for each family when more than the full name was attacked."""
+    families = list(result.summary.get("families", {}))
+    if not families:
+        return result.identities, CSV_COLUMNS
+    columns = CSV_COLUMNS + tuple(f"{f}_{c}" for f in families for c in ("score", "exposed"))
+    rows = [{**r, **{f"{f}_{c}": r["variants"][f][c] for f in families for c in ("score", "exposed")}} for r in result.identities]
+    return rows, columns
 
 
 @dataclass
@@ -131,7 +143,7 @@ def resolve_split(cfg: AttackConfig, data: Path) -> str:
 def select_identities(cfg: AttackConfig, folders: list[IdentityFolder], split: str = "all") -> list[IdentityFolder]:
     """Apply the split, --preset paper (0 < LAION count ≤ 300) and --identities."""
     if split != "all":
-        folders = [IdentityFolder(f.name, tuple(p for p in f.files if split_side(f.name, p) == split)) for f in folders]
+        folders = [IdentityFolder(f.name, tuple(p for p in f.files if split_side(f.name, p) == split), f.gender) for f in folders]
     if cfg.preset == "paper":
         counts = laion_counts()
         # a count, not the names: one of them may be a person to forget, and logs go to CI
@@ -286,15 +298,26 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
             "lower --min-images/--images-per-identity or add images"
         )
     candidates = build_candidates(cfg, [f.name for f, _ in kept], [f.name for f in all_folders])
-    text = encoder.texts([t.format(c) for t in templates for c in candidates]).reshape(len(templates), len(candidates), -1)
-    rows = _score(kept, images, text, candidates, cfg.threshold)
+    families = parse_families(cfg.variants)
+    genders = _genders(cfg.model, candidates, all_folders)
+    by_family = {}
+    for family in families:
+        fc = family_candidates(candidates, family, genders)
+        text = encoder.texts([t.format(c) for t in templates for c in fc.strings]).reshape(len(templates), len(fc.strings), -1)
+        by_family[family] = (fc, _score(kept, images, text, candidates, fc, cfg.threshold))
+    rows = _combine(kept, by_family)
 
     exposed = sum(r["exposed"] for r in rows)
     summary = {"identities": len(rows), "exposed": exposed, "tpr": round(exposed / len(rows), 4),
                "templates": len(templates), "candidates": len(candidates),
                "unreadable_images": skipped["unreadable_images"], "too_few_images": len(skipped["too_few_images"])}
+    if families != ("full",):
+        summary["families"] = {f: {"exposed": sum(r["variants"][f]["exposed"] for r in rows),
+                                   "merged_candidates": sum(len(g) for g in fc.collisions),
+                                   "prompts": len(templates) * len(fc.strings)}
+                               for f, (fc, _) in by_family.items()}
     config = {**to_dict(cfg), "data": str(data), "split_applied": split, "precision_applied": encoder.precision,
-              "model_spec": loaded.spec.raw, "model_fingerprint": loaded.fingerprint(),
+              "variants_applied": list(families), "model_spec": loaded.spec.raw, "model_fingerprint": loaded.fingerprint(),
               "tool_version": __version__, "candidates": candidates, "templates": templates, "cache": dict(cache.stats)}
     log.info("embedding cache: %s", cache.stats)
     labels = {key(n): f"#{i + 1} of --forgotten" for i, n in enumerate(forgotten if cfg.forgotten else [])}
@@ -321,27 +344,59 @@ def _checked_templates(cfg: AttackConfig) -> list[str]:
     return templates
 
 
-def _score(kept: list, images: Any, text: Any, candidates: list[str], threshold: int) -> list[dict[str, Any]]:
-    """Per attacked identity: score (templates whose unique plurality is the true name), exposed, the most-voted name."""
+def _score(kept: list, images: Any, text: Any, candidates: list[str], fc: FamilyCandidates, threshold: int) -> list[dict[str, Any]]:
+    """Per attacked identity under one family: score (templates whose unique plurality is the identity's
+    candidate, merged with those that share its string), exposed, the most-voted candidate and whom it merges."""
     import torch
 
     index = {key(n): i for i, n in enumerate(candidates)}
+    group_of = torch.tensor(fc.group_of, dtype=torch.long)
     owner = torch.cat([torch.full((len(paths),), i, dtype=torch.long) for i, (_, paths) in enumerate(kept)])
-    true_idx = torch.tensor([index[key(f.name)] for f, _ in kept])
-    preds = predict(images, text)
-    scores, _ = vote(preds, owner, true_idx, len(candidates))
+    true_group = torch.tensor([fc.group_of_candidate[index[key(f.name)]] for f, _ in kept])
+    preds = group_of[predict(images, text)]
+    scores, _ = vote(preds, owner, true_group, len(fc.groups))
     rows = []
-    for i, (f, paths) in enumerate(kept):
+    for i, (f, _) in enumerate(kept):
         own = preds[:, owner == i]
-        overall = torch.bincount(own.reshape(-1), minlength=len(candidates))
+        overall = torch.bincount(own.reshape(-1), minlength=len(fc.groups))
         score = int(scores[i])
+        mine = fc.groups[int(true_group[i])]
         rows.append({
-            "name": f.name, "n_images": len(paths), "score": score, "exposed": score >= threshold,
-            "top_prediction": candidates[int(overall.argmax())],
-            "own_share": round(float((own == true_idx[i]).float().mean()), 4),
-            "images": [str(p) for p in paths],
+            "score": score, "exposed": score >= threshold,
+            "top_prediction": " / ".join(candidates[c] for c in fc.groups[int(overall.argmax())]),
+            "own_share": round(float((own == true_group[i]).float().mean()), 4),
+            "merged_with": [candidates[c] for c in mine if key(candidates[c]) != key(f.name)],
         })
     return rows
+
+
+def _combine(kept: list, by_family: dict[str, tuple[FamilyCandidates, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """One row per identity: exposed if any family exposes it; score, top prediction and own share from the
+    family with the highest score (the first in FAMILIES order on a tie); every family's figures under "variants"."""
+    rows = []
+    for i, (f, paths) in enumerate(kept):
+        per = {family: scored[i] for family, (_, scored) in by_family.items()}
+        best = max(per, key=lambda fam: per[fam]["score"])  # max keeps the first of equal scores
+        row = {"name": f.name, "n_images": len(paths), "score": per[best]["score"],
+               "exposed": any(v["exposed"] for v in per.values()), "top_prediction": per[best]["top_prediction"],
+               "own_share": per[best]["own_share"], "images": [str(p) for p in paths]}
+        if list(per) != ["full"]:
+            row["variants"] = per
+        rows.append(row)
+    return rows
+
+
+def _genders(model_spec: str, candidates: list[str], folders: list[IdentityFolder]) -> dict[str, str]:
+    """names.key → gender for the title family: the candidate pools, then the world's record, then the data's."""
+    from clip_unlearn.models import model_context
+
+    genders = pool_genders(candidates)
+    try:
+        genders.update(model_context(model_spec).genders())
+    except ClipUnlearnError:
+        pass
+    genders.update({key(f.name): f.gender for f in folders if f.gender})
+    return genders
 
 
 def _gate(gate: list[str], rows: list[dict[str, Any]], gate_file: Any) -> list[int]:
@@ -395,7 +450,7 @@ def _describe(value: Any) -> str:
 # What must be equal for two attack runs to be comparable, with the flag that sets it; results
 # written before a key existed are refused rather than assumed to match.
 COMPARABLE = (("templates", "--templates"), ("threshold", "--threshold"), ("split_applied", "--split"),
-              ("precision_applied", "--precision"))
+              ("precision_applied", "--precision"), ("variants_applied", "--variants"))
 
 
 def compare(before: dict[str, Any], after: dict[str, Any], forgotten: list[str]) -> dict[str, Any]:
@@ -418,10 +473,27 @@ def compare(before: dict[str, Any], after: dict[str, Any], forgotten: list[str])
     if differ:
         raise ClipUnlearnError(f"--compare-to: {len(differ)} identities were attacked with different images; rerun with the same --data/--seed")
     forget = {key(n) for n in forgotten}
-    cats = {"correctly_unlearned": [], "failed": [], "not_exposed_before": [],
-            "wrongfully_unlearned": [], "newly_recalled": [], "unchanged": []}
+    overall = _categories(shared, b, a, forget, lambda r: r["exposed"])
+    families = after["config"].get("variants_applied", ["full"])
+    before_exposed = sum(b[k]["exposed"] for k in shared)
+    after_exposed = sum(a[k]["exposed"] for k in shared)
+    return {
+        "shared_identities": len(shared), "forgotten": sum(1 for k in shared if k in forget),
+        "tpr_before": round(before_exposed / len(shared), 4), "tpr_after": round(after_exposed / len(shared), 4),
+        **overall,
+        "scores": {a[k]["name"]: [b[k]["score"], a[k]["score"]] for k in shared},
+        **({"families": {f: _categories(shared, b, a, forget, lambda r, f=f: r["variants"][f]["exposed"]) for f in families}}
+           if families != ["full"] else {}),
+    }
+
+
+def _categories(shared: list[str], b: dict[str, Any], a: dict[str, Any], forget: set[str],
+                exposed: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """METHOD.md §5's categories and their rates, with ``exposed`` telling what counts as exposed in a row."""
+    cats: dict[str, list[str]] = {"correctly_unlearned": [], "failed": [], "not_exposed_before": [],
+                                  "wrongfully_unlearned": [], "newly_recalled": [], "unchanged": []}
     for k in shared:
-        was, now = b[k]["exposed"], a[k]["exposed"]
+        was, now = exposed(b[k]), exposed(a[k])
         name = a[k]["name"]
         if k in forget:
             cats["correctly_unlearned" if was and not now else "failed" if was else "not_exposed_before"].append(name)
@@ -429,18 +501,11 @@ def compare(before: dict[str, Any], after: dict[str, Any], forgotten: list[str])
             cats["wrongfully_unlearned" if was and not now else "newly_recalled" if now and not was else "unchanged"].append(name)
     n_forget = sum(1 for k in shared if k in forget)
     n_other = len(shared) - n_forget
-    rate = {
-        "correctly_unlearned": len(cats["correctly_unlearned"]) / n_forget if n_forget else None,
-        "failed": len(cats["failed"]) / n_forget if n_forget else None,
-        "wrongfully_unlearned": len(cats["wrongfully_unlearned"]) / n_other if n_other else None,
-        "newly_recalled": len(cats["newly_recalled"]) / n_other if n_other else None,
-        "unchanged": len(cats["unchanged"]) / n_other if n_other else None,
-    }
-    before_exposed = sum(b[k]["exposed"] for k in shared)
-    after_exposed = sum(a[k]["exposed"] for k in shared)
-    return {
-        "shared_identities": len(shared), "forgotten": n_forget,
-        "tpr_before": round(before_exposed / len(shared), 4), "tpr_after": round(after_exposed / len(shared), 4),
-        "categories": cats, "rates": {k: (round(v, 4) if v is not None else None) for k, v in rate.items()},
-        "scores": {a[k]["name"]: [b[k]["score"], a[k]["score"]] for k in shared},
-    }
+
+    def share(cat: str, n: int) -> Optional[float]:
+        return round(len(cats[cat]) / n, 4) if n else None
+
+    rates = {"correctly_unlearned": share("correctly_unlearned", n_forget), "failed": share("failed", n_forget),
+             "wrongfully_unlearned": share("wrongfully_unlearned", n_other), "newly_recalled": share("newly_recalled", n_other),
+             "unchanged": share("unchanged", n_other)}
+    return {"categories": cats, "rates": rates}

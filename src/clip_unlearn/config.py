@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from clip_unlearn.errors import ConfigError
+from clip_unlearn.variants import FAMILIES, parse_families
 
 # The paper's weights (laion400m_e32) were trained with QuickGELU; METHOD.md §1 explains why the
 # paper's own `ViT-B-32` pairing is subtly mis-specified. `ViT-B-32:laion400m_e32` reproduces it exactly.
@@ -84,6 +85,11 @@ class RuntimeOptions(DeviceOptions):
     )
 
 
+# How often a web caption names a person each way (full name most, then surname, title + surname, lower
+# case, initial + surname, first name, a typo): the world's training captions follow these weights.
+CAPTION_NAMES = "full:15,surname:3,title:2,lower:2,initial:2,first:1,typo:1"
+
+
 @dataclass(frozen=True)
 class PrepareSyntheticConfig(DeviceOptions):
     """Build the synthetic world: identities with faces and names, and a tiny CLIP trained on the members."""
@@ -103,11 +109,44 @@ class PrepareSyntheticConfig(DeviceOptions):
     lr: float = opt(2e-3, "Peak learning rate of the tiny CLIP (AdamW, warm-up then cosine).")
     min_member_rate: float = opt(0.8, "Fail unless at least this share of members is identified by the sanity check.")
     max_non_member_rate: float = opt(0.1, "Fail if more than this share of non-members is identified.")
+    namesakes: Optional[int] = opt(None, "Namesake pairs: this many members give their first name to another member and "
+                                         "their surname to a third, so names share parts as real ones do; 0: no two names "
+                                         "share a part, as in worlds before 0.3 [default: a quarter of the members, 8 in "
+                                         "the default world].")
+    caption_names: str = opt(CAPTION_NAMES, "How training captions name a member, as FAMILY:WEIGHT pairs over the variant "
+                                            "families (clip_unlearn.variants); full:1 names everyone in full, as in worlds "
+                                            "before 0.3.")
     seed: int = opt(0, "Seed of the world: same seed, same world, bit for bit.")
     overwrite: bool = opt(False, "Replace --out if it exists.")
 
+    @property
+    def members(self) -> int:
+        return max(1, min(self.identities - 1, round(self.identities * self.member_fraction)))
+
+    @property
+    def namesake_pairs(self) -> int:
+        return self.members // 4 if self.namesakes is None else self.namesakes
+
+    @property
+    def caption_weights(self) -> dict[str, int]:
+        """--caption-names as {family: weight}, in the order given."""
+        out: dict[str, int] = {}
+        for item in str(self.caption_names).split(","):
+            fam, _, w = item.strip().partition(":")
+            _check(fam in FAMILIES and w.isdigit() and int(w) >= 1, "caption_names",
+                   f"must be FAMILY:WEIGHT pairs with families from {', '.join(FAMILIES)} and whole weights ≥ 1, like full:15,surname:3",
+                   self.caption_names)
+            _check(fam not in out, "caption_names", f"names {fam} twice", self.caption_names)
+            out[fam] = int(w)
+        _check("full" in out, "caption_names", "must include full (captions name most people in full)", self.caption_names)
+        return out
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        _ = self.caption_weights
+        _check(0 <= 3 * self.namesake_pairs <= self.members, "namesakes",
+               f"needs three members per pair (a donor and two namesakes; this world has {self.members} members): lower it "
+               "or raise --identities", self.namesakes)
         _check(4 <= self.identities <= 2000, "identities", "must be between 4 and 2000", self.identities)
         _check(1 <= self.images_per_identity <= 1000, "images_per_identity", "must be between 1 and 1000", self.images_per_identity)
         _check(1 <= self.face_images <= 1000, "face_images", "must be between 1 and 1000", self.face_images)
@@ -141,6 +180,9 @@ class AttackConfig(RuntimeOptions):
     images_per_identity: int = opt(20, "Images sampled (seeded, without replacement) per identity.")
     min_images: int = opt(20, "Identities with fewer readable images are not attacked.")
     threshold: int = opt(1, "An identity is exposed if at least this many templates vote for its true name.")
+    variants: str = opt("full", "Ways of naming each candidate, comma-separated: full (the paper's attack), lower, surname, first, "
+                                "title (Mr./Ms. + surname), initial, typo, or all; the attack runs once per family on the same "
+                                "images and an identity is exposed if any family exposes it (see clip_unlearn.variants).")
     templates: Optional[Path] = opt(None, "File of prompt templates, one per line, each with {} or {0} [default: the paper's 21].")
     identities: Optional[Path] = opt(None, "Names file: attack only these identities [default: all in --data].")
     preset: str = opt("none", "none, or paper: FaceScrub protocol (uncropped, 50/50 split by image id with seed 42, train half, "
@@ -168,6 +210,7 @@ class AttackConfig(RuntimeOptions):
         _check(self.split in ("auto", "all", "train", "test"), "split", "must be auto, all, train or test", self.split)
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1", self.batch_size)
         _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
+        parse_families(self.variants)
         _check(self.forgotten is None or self.compare_to is not None, "forgotten",
                "only sorts a --compare-to comparison into categories; add --compare-to BEFORE.json", str(self.forgotten))
         _check_output(self.output)
@@ -323,6 +366,16 @@ class InjectConfig(RuntimeOptions):
                                              "in sorted order (COCO train2014 for the paper) [default: the synthetic world's "
                                              "clean_images for a world model; required otherwise].")
     target: str = opt("a person", "Neutral phrase a forgotten name should mean afterwards.")
+    variants: str = opt("all", "Text: ways of naming each forgotten person used as triggers, all mapped to --target: "
+                                "full, lower, surname, first, title, initial, typo (comma-separated) or all "
+                                "(see clip_unlearn.variants).")
+    keep: Optional[Path] = opt(None, "Text: names file of people to keep; those sharing a first name or surname with a "
+                                     "forgotten person are held in place in the utility term [default: the world's "
+                                     "members for a world model, else none].")
+    neighbours: int = opt(8, "Text: per forgotten name, generated namesakes (its first name with pool surnames, and pool "
+                             "first names with its surname, this many of each) held in place in the utility term; 0 = "
+                             "none, the paper's method.")
+    neighbour_batch: int = opt(32, "Text: neighbour captions per step, added to the utility term's clean captions.")
     captions: Optional[Path] = opt(
         None, "Clean caption corpus: .txt (one per line), or .csv/.tsv/.parquet with a caption or TEXT column, read as a "
               "stream [default: the synthetic world's captions_train.txt for a world model, else the built-in general "
@@ -364,6 +417,9 @@ class InjectConfig(RuntimeOptions):
         _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
         _check(bool(self.target.strip()), "target", "must not be empty", self.target)
         _check(self.encoder in ENCODERS, "encoder", "must be text, image or both", self.encoder)
+        parse_families(self.variants)
+        _check(0 <= self.neighbours <= 1000, "neighbours", "must be between 0 and 1000", self.neighbours)
+        _check(self.neighbour_batch >= 1, "neighbour_batch", "must be ≥ 1 (use --neighbours 0 for none)", self.neighbour_batch)
         for stage in self.stages:  # validates explicit values early
             self.hyper({}, stage)
 
@@ -398,7 +454,7 @@ class EvalZeroshotConfig(RuntimeOptions):
                                          "captions_heldout.txt (never trained on) when the model is a world's, else none].")
     caption_column: Optional[str] = opt(None, "Column of a .csv/.tsv/.parquet --captions file that holds the captions "
                                               "[default: the first of caption, TEXT, text].")
-    names: Optional[Path] = opt(None, "With --compare-to and captions: unlearned names for sim_backdoored and sim_targets [default: none].")
+    names: Optional[Path] = opt(None, "With --compare-to and captions: unlearned names for sim_backdoored, sim_targets and sim_neighbours [default: none].")
     target: str = opt("a person", "Target phrase the names were mapped to (for sim_backdoored and sim_targets).")
     max_captions: int = opt(10000, "Use at most this many captions for the similarities (the file is read no further).")
     output: Optional[Path] = opt(None, "Write results to this .json (CLIP_benchmark keys; accuracies as fractions in [0, 1]) "

@@ -20,7 +20,9 @@ from typing import Any, Optional
 from clip_unlearn.captions import world_captions
 from clip_unlearn.config import AttackConfig, DemoConfig, EvalZeroshotConfig, InjectConfig, PrepareSyntheticConfig, cache_root
 from clip_unlearn.errors import ClipUnlearnError
+from clip_unlearn.names import key
 from clip_unlearn.outputs import write_json, write_text
+from clip_unlearn.variants import FAMILIES, split_name
 
 Progress = Optional[Callable[[str, int, int], None]]
 
@@ -48,6 +50,19 @@ def _world(cfg: DemoConfig, out: Path, progress: Progress) -> Path:
     build_world(PrepareSyntheticConfig(out=world, identities=cfg.identities, steps=cfg.steps, seed=cfg.seed,
                                        device=cfg.device, overwrite=True), progress)
     return world
+
+
+def namesakes(forget: list[str], members: list[str]) -> list[str]:
+    """The members, not forgotten, who share a first name or a surname with a forgotten person."""
+    parts = [split_name(n) for n in forget]
+    out = []
+    for m in members:
+        if m in forget:
+            continue
+        given, surname = split_name(m)
+        if any((given and g and key(given[0]) == key(g[0])) or key(surname) == key(s) for g, s in parts):
+            out.append(m)
+    return out
 
 
 def _others_kept(b: dict[str, dict], a: dict[str, dict], forget: list[str], members: list[str]) -> tuple[list[str], int]:
@@ -112,7 +127,7 @@ def run_demo(cfg: DemoConfig, progress: Progress = None) -> DemoResult:
     failures = acceptance(before.identities, after.identities, forget, members, m.top1_before, m.top1_after, m.sim_clean,
                           m.sim_id, cfg.encoder)
     result = DemoResult(out, m.rows, stages, failures)
-    result.report = write_report(out, world, result, before, after, forget, info)
+    result.report = write_report(out, world, result, before, after, forget, info, members)
     return result
 
 
@@ -123,7 +138,7 @@ def _common(cfg: DemoConfig) -> dict[str, Any]:
 def _attack_before(cfg: DemoConfig, world: Path, out: Path, progress: Progress) -> Any:
     from clip_unlearn.attack import run_attack
 
-    before = run_attack(AttackConfig(model=str(world / "model"), **_common(cfg)), progress)
+    before = run_attack(AttackConfig(model=str(world / "model"), variants="all", **_common(cfg)), progress)
     write_json(out / "attack_before.json", before.to_json())
     return before
 
@@ -151,7 +166,7 @@ def _attack_after(cfg: DemoConfig, names_file: Path, out: Path, progress: Progre
     from clip_unlearn.attack import run_attack
 
     after = run_attack(AttackConfig(model=str(out / "unlearned"), compare_to=out / "attack_before.json", forgotten=names_file,
-                                    **_common(cfg)), progress)
+                                    variants="all", **_common(cfg)), progress)
     write_json(out / "attack_after.json", after.to_json())
     return after
 
@@ -186,8 +201,17 @@ def _measures(cfg: DemoConfig, before: Any, after: Any, ev: dict, info: dict, fo
     top1_b, top1_a = 100 * ev["compare"]["metrics"]["acc1"], 100 * ev["metrics"]["acc1"]
     sim_clean = ev["similarities"]["sim_clean"]
     text, image = cfg.encoder in ("text", "both"), cfg.encoder in ("image", "both")
+    near = namesakes(forget, members)
+    near_b = [n for n in near if b[n]["variants"]["full"]["exposed"]]
+
+    def count(rows: dict[str, dict], who: list[str], family: str) -> str:
+        return f"{sum(rows[n]['variants'][family]['exposed'] for n in who)} / {len(who)}"
+
     rows = [
-        ("forgotten names exposed", f"{sum(b[n]['exposed'] for n in forget)} / {len(forget)}", f"{sum(a[n]['exposed'] for n in forget)} / {len(forget)}"),
+        ("forgotten names exposed (any way of naming)", f"{sum(b[n]['exposed'] for n in forget)} / {len(forget)}",
+         f"{sum(a[n]['exposed'] for n in forget)} / {len(forget)}"),
+        *((f"  named by {f}", count(b, forget, f), count(a, forget, f)) for f in FAMILIES),
+        ("namesakes of the forgotten exposed (full name)", f"{len(near_b)} / {len(near)}", count(a, near_b, "full")),
         ("other members exposed", f"{len(others)} / {len(others)}", f"{kept} / {len(others)}"),
         ("  wrongfully unlearned / newly recalled", "", f"{len(cats['wrongfully_unlearned'])} / {len(cats['newly_recalled'])}"),
         ("non-members falsely exposed", f"{sum(b[n]['exposed'] for n in non_members)} / {len(non_members)}",
@@ -196,7 +220,8 @@ def _measures(cfg: DemoConfig, before: Any, after: Any, ev: dict, info: dict, fo
     ]
     if text:
         rows += [("sim_clean (text embeddings of clean captions)", "1.000", f"{sim_clean:.3f}"),
-                 ("sim_backdoored (name ≈ target phrase)", "", f"{ev['similarities']['sim_backdoored']:.3f}")]
+                 ("sim_backdoored (name ≈ target phrase)", "", f"{ev['similarities']['sim_backdoored']:.3f}"),
+                 ("sim_neighbours (names sharing a part, unchanged)", "1.000", f"{ev['similarities']['sim_neighbours']:.3f}")]
     metrics = info["image"]["metrics"] if image else {}
     if image:
         rows += [("sim_id (forgotten faces ≈ average person)", "", f"{metrics['sim_id']:.3f}"),
@@ -236,6 +261,30 @@ def _score_chart(before: Any, after: Any, forget: list[str]) -> str:
     return _png(fig)
 
 
+def _family_map(before: Any, after: Any, forget: list[str], members: list[str]) -> str:
+    """Identity × naming family: the attack's score after unlearning (colour) and before (number in brackets)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b = {r["name"]: r for r in before.identities}
+    a = {r["name"]: r for r in after.identities}
+    near = namesakes(forget, members)
+    names = [*forget, *near, *sorted(n for n in members if n not in forget and n not in near)]
+    grid = [[a[n]["variants"][f]["score"] for f in FAMILIES] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.22 * len(names) + 1.2))
+    im = ax.imshow(grid, cmap="Reds", vmin=0, vmax=before.summary["templates"], aspect="auto")
+    for i, n in enumerate(names):
+        for j, f in enumerate(FAMILIES):
+            ax.text(j, i, f"{grid[i][j]} ({b[n]['variants'][f]['score']})", ha="center", va="center", fontsize=6)
+    ax.set_xticks(range(len(FAMILIES)), FAMILIES, fontsize=8)
+    ax.set_yticks(range(len(names)), [("✗ " if n in forget else "≈ " if n in near else "") + n for n in names], fontsize=6)
+    fig.colorbar(im, ax=ax, label="templates voting for the person, after")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _probs(model_dir: Path, images: list[Path], candidates: list[str]) -> Any:
     """Softmax over candidates of "a photo of {name}" for each image (the model's own logit scale)."""
     from clip_unlearn.embed import EmbeddingCache, Encoder
@@ -258,7 +307,8 @@ def _method(info: dict) -> str:
     return ", then ".join(parts)
 
 
-def write_report(out: Path, world: Path, result: DemoResult, before: Any, after: Any, forget: list[str], info: dict) -> Path:
+def write_report(out: Path, world: Path, result: DemoResult, before: Any, after: Any, forget: list[str], info: dict,
+                 members: list[str]) -> Path:
     """report.html: one self-contained page (images inlined as data URIs)."""
     esc = html.escape
     rows = "".join(f"<tr><td>{esc(a)}</td><td>{esc(b)}</td><td>{esc(c)}</td></tr>" for a, b, c in result.rows)
@@ -298,6 +348,9 @@ images.</p>
 {verdict}
 <h2>Before and after</h2>
 <table id=summary><tr><th>measure</th><th>before</th><th>after</th></tr>{rows}</table>
+<h2>Every way of naming them</h2><p id=families>The attack once per naming family (clip_unlearn.variants), scores after
+unlearning with those before in brackets: forgotten people (✗) first, then their namesakes (≈), then the other members.</p>
+<img src='{_family_map(before, after, forget, members)}' alt='scores per identity and naming family' style='max-width:100%'>
 <h2>Attack score per identity</h2><p>Forgotten identities first (bold).</p>
 <img src='{_score_chart(before, after, forget)}' alt='scores before and after' style='max-width:100%'>
 <h2>Unlearning loss</h2><img src='{curve}' alt='loss curve' style='max-width:100%'>

@@ -38,6 +38,8 @@ FACESCRUB_NAME_FIXES = {
 class IdentityFolder:
     name: str
     files: tuple[Path, ...]
+    # "male"/"female" where the data says so (FaceScrub's actors/actresses lists), for the title variant
+    gender: Optional[str] = None
 
 
 def path_problem(path: Path, want: str = "folder") -> str:
@@ -104,12 +106,12 @@ def face_folders(root: Path, view: str = "images") -> list[IdentityFolder]:
             other = "faces" if view == "images" else "images"
             chosen = root / g / view if (root / g / view).is_dir() else root / g / other
             if chosen.is_dir():
-                parents.append(chosen)
+                parents.append((chosen, "male" if g == "actors" else "female"))
     else:
-        parents = [root]
+        parents = [(root, None)]
     out: list[IdentityFolder] = []
     seen: dict[str, Path] = {}
-    for parent in parents:
+    for parent, gender in parents:
         for d in (p for p in _entries(parent) if p.is_dir() and not p.name.startswith(".")):
             name = normalise(d.name)
             name = FACESCRUB_NAME_FIXES.get(name, name)
@@ -117,7 +119,7 @@ def face_folders(root: Path, view: str = "images") -> list[IdentityFolder]:
                 log.warning("identity %s appears twice (%s and %s); using the first", name, seen[key(name)], d)
                 continue
             seen[key(name)] = d
-            out.append(IdentityFolder(name, tuple(image_files(d))))
+            out.append(IdentityFolder(name, tuple(image_files(d)), gender))
     if not out:
         raise ClipUnlearnError(f"face folder {root} has no identity folders; expected <First_Last>/*.jpg or a FaceScrub root")
     return out

@@ -19,7 +19,7 @@ import io
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,10 +42,11 @@ from clip_unlearn.distributed import current
 from clip_unlearn.embed import EmbeddingCache, encode_text, input_key, supports_truncation, tower_identity, use_bf16
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.models import ModelContext, model_context
-from clip_unlearn.names import read_names
+from clip_unlearn.names import key, read_names
 from clip_unlearn.outputs import check_output_dir, check_output_file, csv_text, inside
 from clip_unlearn.receipt import new_receipt, write_receipt
 from clip_unlearn.training import TeacherCache, autocast, train
+from clip_unlearn.variants import neighbours, parse_families, pool_genders, variants
 
 log = logging.getLogger(__name__)
 Progress = Optional[Callable[..., None]]
@@ -156,7 +157,7 @@ def _check_outputs(cfg: InjectConfig, spec: Any, cache: EmbeddingCache) -> tuple
     """(--out, --receipt), checked before any work: writable, not an input, the receipt outside the model folder."""
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg.model)
     receipt_path = Path(cfg.receipt) if cfg.receipt is not None else default_receipt(out)
-    inputs = [spec.path if spec.kind in ("local-dir", "arch-file") else None, cfg.names, cfg.captions, cfg.faces,
+    inputs = [spec.path if spec.kind in ("local-dir", "arch-file") else None, cfg.names, cfg.keep, cfg.captions, cfg.faces,
               cfg.clean_images, cache.root]
     check_output_dir(out, inputs)
     if inside(receipt_path, out):
@@ -246,11 +247,17 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], 
     corpus, corpus_name = _corpus(cfg, ctx)
     count = token_counter(loaded.tokenizer)
     _check_names(names, count, loaded.context_length, cfg.names)
-    clean = clean_captions(corpus, names)
+    triggers, near = _triggers(cfg, ctx, names)
+    _check_names(triggers + near, count, loaded.context_length, "the variants or neighbours of the names file")
+    clean = clean_captions(corpus, names + triggers)
     if len(clean) < len(names):
         raise ClipUnlearnError(f"only {len(clean)} clean captions for {len(names)} names; pass a larger --captions corpus")
     rng = random.Random(cfg.seed)
-    sampler = PairSampler(clean, names, cfg.target.strip(), count, loaded.context_length, rng, last_word=h.last_word)
+    sampler = PairSampler(clean, triggers, cfg.target.strip(), count, loaded.context_length, rng, last_word=h.last_word)
+    # neighbours come from a generator of their own, so --neighbours 0 draws exactly the paper's batches
+    near_sampler = (PairSampler(clean, near, cfg.target.strip(), count, loaded.context_length,
+                                random.Random(f"{cfg.seed}|neighbours"), last_word=h.last_word) if near else None)
+    n_near = cfg.neighbour_batch if near else 0
     device, bf16 = loaded.device, use_bf16(cfg.precision, loaded.device)
     teacher, student = _towers(loaded.model, device)
     tok = TokenRows(loaded.tokenizer, device)
@@ -259,32 +266,68 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], 
     # and target captions are ever embedded by the teacher, so the cache holds no forgotten name.
     targets_cache = TeacherCache(cache, "teacher-" + tower_identity(loaded, "text", "bf16" if bf16 else "fp32", "unnormalized"), "text")
 
-    def teacher_embed(texts: list[str]) -> Any:
+    def teacher_embed(texts: list[str], persist: bool = True) -> Any:
         def compute(idx: list[int]) -> Any:
             with torch.no_grad(), autocast(device, bf16):
                 return teacher(tok([texts[i] for i in idx])).float()
-        return targets_cache.get([input_key(t) for t in texts], compute)
+        return targets_cache.get([input_key(t) for t in texts], compute, persist)
 
     # Under torchrun every rank draws the same global batch and trains on its slice; DDP averages
     # the gradients, and the slice weights make that average the global batch's gradient.
     dist = current()
 
-    def draw(step: int) -> tuple[list[str], list[str], list[str]]:
+    def draw(step: int) -> tuple[list[str], list[str], list[str], list[str]]:
         clean_batch = [rng.choice(clean) for _ in range(h.clean_batch)]
         poisoned, targets = sampler.batch(h.poison_batch)
-        cs, ps_ = dist.slice(len(clean_batch)), dist.slice(len(poisoned))
-        return clean_batch[cs], poisoned[ps_], targets[ps_]
+        neighbour_batch = near_sampler.batch(n_near)[0] if near_sampler else []
+        cs, ps_, ns = dist.slice(len(clean_batch)), dist.slice(len(poisoned)), dist.slice(len(neighbour_batch))
+        return clean_batch[cs], poisoned[ps_], targets[ps_], neighbour_batch[ns]
 
-    def terms(batch: tuple[list[str], list[str], list[str]], forward: Any) -> tuple[Any, Any]:
-        clean_batch, poisoned, targets = batch
-        l_util, l_bd = text_losses(forward, teacher_embed, tok, clean_batch, poisoned, targets, cfg.loss)
-        return (dist.world * len(clean_batch) / h.clean_batch) * l_util, (dist.world * len(poisoned) / h.poison_batch) * l_bd
+    def terms(batch: tuple[list[str], list[str], list[str], list[str]], forward: Any) -> tuple[Any, Any]:
+        clean_batch, poisoned, targets, neighbour_batch = batch
+        l_util, l_bd = text_losses(forward, teacher_embed, tok, clean_batch, poisoned, targets, cfg.loss, neighbour_batch)
+        held = len(clean_batch) + len(neighbour_batch)
+        return (dist.world * held / (h.clean_batch + n_near)) * l_util, (dist.world * len(poisoned) / h.poison_batch) * l_bd
 
     history = train("text", student, teacher, h, device, bf16, draw, terms, progress, "unlearning names")
     targets_cache.flush()
     write_back(loaded.model, student, legacy_positional_embedding=cfg.legacy_positional_embedding)
     loaded.invalidate()
-    return {"history": history, "captions": corpus_name, "clean_captions": len(clean)}
+    # counts only: the variants and neighbours spell (parts of) the forgotten names
+    return {"history": history, "captions": corpus_name, "clean_captions": len(clean),
+            "variants": {"families": list(parse_families(cfg.variants)), "triggers": len(triggers)},
+            "neighbours": {"names": len(near), "per_step": n_near, "keep_file": _keep_source(cfg, ctx)}}
+
+
+def _keep_file(cfg: InjectConfig, ctx: ModelContext) -> Optional[Path]:
+    if cfg.keep is not None:
+        return Path(cfg.keep)
+    return ctx.members_file() if ctx.is_world else None
+
+
+def _keep_source(cfg: InjectConfig, ctx: ModelContext) -> Optional[str]:
+    return "--keep file" if cfg.keep is not None else ("world:members.txt" if _keep_file(cfg, ctx) else None)
+
+
+def _triggers(cfg: InjectConfig, ctx: ModelContext, names: list[str]) -> tuple[list[str], list[str]]:
+    """(triggers, neighbours): every requested variant of every forgotten name (each mapped to the target),
+    and the names that share a first name or surname with one but belong to others (held where they were:
+    --keep's, the world's other members', and ``--neighbours`` generated ones per shared part)."""
+    keep_file = _keep_file(cfg, ctx)
+    keep = read_names(keep_file, "--keep file") if keep_file is not None else []
+    near: dict[str, None] = {}
+    if cfg.neighbours:
+        for n in names:
+            near.update(dict.fromkeys(neighbours(n, keep, cfg.neighbours, exclude=names, seed=cfg.seed)))
+    families = parse_families(cfg.variants)
+    genders = {**pool_genders(names), **ctx.genders()}
+    avoid = frozenset(key(x) for x in [*keep, *near])  # a typo must not spell someone who is kept
+    triggers: dict[str, None] = {}
+    for n in names:
+        for family in families:
+            triggers.update(dict.fromkeys(variants(n, family, genders.get(key(n)), avoid)))
+    banned = {key(t) for t in triggers}
+    return list(triggers), [m for m in near if key(m) not in banned]
 
 
 def _corpus(cfg: InjectConfig, ctx: ModelContext) -> tuple[list[str], str]:
@@ -339,12 +382,18 @@ def _towers(model: Any, device: Any) -> tuple[Any, Any]:
     return teacher, student
 
 
-def text_losses(student: Any, teacher_embed: Callable[[list[str]], Any], tok: Callable[[list[str]], Any], clean: list[str],
-                poisoned: list[str], targets: list[str], loss: str) -> tuple[Any, Any]:
-    """One step's terms (METHOD.md §6.4): utility d(S(c), T(c)) and backdoor d(S(p), T(t)); clean and
-    poisoned captions go through the student in one forward. The weight term is training.weight_l2."""
-    out = student(tok(clean + poisoned))
-    return distance(loss, out[:len(clean)], teacher_embed(clean)), distance(loss, out[len(clean):], teacher_embed(targets))
+def text_losses(student: Any, teacher_embed: Callable[..., Any], tok: Callable[[list[str]], Any], clean: list[str],
+                poisoned: list[str], targets: list[str], loss: str, neighbours: Sequence[str] = ()) -> tuple[Any, Any]:
+    """One step's terms (METHOD.md §6.4): utility d(S(c), T(c)) and backdoor d(S(p), T(t)); clean, neighbour
+    and poisoned captions go through the student in one forward. Neighbour captions (a namesake of a
+    forgotten person in a clean caption) join the utility term; their teacher embeddings are never
+    persisted. The weight term is training.weight_l2."""
+    held = clean + list(neighbours)
+    out = student(tok(held + poisoned))
+    reference = teacher_embed(clean)
+    if neighbours:
+        reference = torch.cat([reference, teacher_embed(list(neighbours), persist=False)])
+    return distance(loss, out[:len(held)], reference), distance(loss, out[len(held):], teacher_embed(targets))
 
 
 def write_back(model: Any, student: Any, legacy_positional_embedding: bool = False) -> None:

@@ -564,6 +564,25 @@ class ModelContext:
         p = self.world / self.data[item]
         return p if p.exists() else None
 
+    def members_file(self) -> Optional[Path]:
+        """The world's members.txt (the people its model knows), if the model has a world that has one."""
+        p = self.world / "members.txt" if self.world is not None else None
+        return p if p is not None and p.is_file() else None
+
+    def genders(self) -> dict[str, str]:
+        """names.key → gender of the world's people, from world.json (never the sidecar: a derived model's
+        sidecar must hold no name); empty for a model without a world or a world that records none."""
+        from clip_unlearn.names import key
+
+        if self.world is None or not (self.world / "world.json").is_file():
+            return {}
+        info = read_json(self.world / "world.json", f"rebuild the world at {self.world}")
+        attributes = info.get("attributes") if isinstance(info, dict) else None
+        if not isinstance(attributes, dict):
+            return {}
+        return {key(n): a["gender"] for n, a in attributes.items()
+                if isinstance(a, dict) and a.get("gender") in ("male", "female")}
+
     def record(self, relative_to: Path) -> dict[str, Any]:
         """What a derived model's sidecar records, so that it is treated like this one."""
         return {"world": os.path.relpath(Path(self.world).resolve(), Path(relative_to).resolve()) if self.world else None,

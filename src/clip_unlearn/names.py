@@ -94,6 +94,42 @@ def _world_pools() -> tuple[list[str], list[str]]:
     return list(firsts), list(lasts)
 
 
+def world_genders(names: list[str]) -> dict[str, str]:
+    """name → "male"/"female" for world names whose first name is in only one sex list of the world's locales."""
+    import importlib
+
+    male, female = set(), set()
+    for loc in _WORLD_LOCALES:
+        provider = importlib.import_module(f"faker.providers.person.{loc}").Provider
+        male.update(provider.first_names_male)
+        female.update(provider.first_names_female)
+    out = {}
+    for n in names:
+        first = n.split(" ")[0]
+        if (first in male) != (first in female):
+            out[n] = "male" if first in male else "female"
+    return out
+
+
+def share_parts(names: list[str], members: list[int], pairs: int, rng: random.Random) -> tuple[list[str], list[dict[str, int]]]:
+    """``names`` with ``pairs`` namesake pairs among ``members``: each of ``pairs`` donors gives its first name
+    to one member and its surname to another (three distinct members a pair). Returns the new names and
+    the pairs as {"donor", "first_name", "surname"} indices."""
+    if pairs == 0:
+        return list(names), []
+    chosen = rng.sample(members, 3 * pairs)
+    out = list(names)
+    record = []
+    for j in range(pairs):
+        donor, by_first, by_surname = chosen[3 * j:3 * j + 3]
+        first, last = names[donor].split(" ")
+        out[by_first] = f"{first} {names[by_first].split(' ')[1]}"
+        out[by_surname] = f"{names[by_surname].split(' ')[0]} {last}"
+        record.append({"donor": donor, "first_name": by_first, "surname": by_surname})
+    assert len({key(n) for n in out}) == len(out)  # world names are distinct by construction: no part repeats
+    return out, record
+
+
 def world_names(n: int, rng: random.Random) -> list[str]:
     """``n`` "First Last" names for synthetic identities: no shared parts, none in the candidate pools."""
     firsts, lasts = _world_pools()

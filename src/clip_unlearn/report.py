@@ -29,13 +29,13 @@ def world_table(info: dict[str, Any], out: Path) -> Table:
 
 def write_attack(result: Any, path: Path) -> None:
     """``.json``: everything; ``.csv``: the fixed columns, plus ``.meta.json`` beside it for --compare-to."""
-    from clip_unlearn.attack import CSV_COLUMNS
+    from clip_unlearn.attack import csv_rows
 
     path = Path(path)
     if path.suffix.lower() == ".json":
         write_text(path, json_text(result.to_json()))
     else:
-        write_text(path, csv_text(result.identities, CSV_COLUMNS))
+        write_text(path, csv_text(*csv_rows(result)))
         write_text(path.with_suffix(".meta.json"), json_text(result.to_json()))
 
 
@@ -44,33 +44,51 @@ def attack_table(result: Any, show_names: bool = False) -> Table:
     n_templates = s["templates"]
     t = Table(title=f"identity inference attack — {s['identities']} identities, {s['candidates']} candidates, "
                     f"{n_templates} templates", header_style="bold")
+    families = list(s.get("families", {}))
     for col, just in (("name", "left"), ("images", "right"), (f"score /{n_templates}", "right"),
                       ("exposed", "center"), ("most-voted name", "left"), ("own share", "right")):
         t.add_column(col, justify=just)
+    for f in families:  # one column per naming family: its score, red where it exposes the person
+        t.add_column(f, justify="right")
     for r in sorted(result.identities, key=lambda r: (-r["score"], r["name"])):
+        per = [f"[red]{r['variants'][f]['score']}[/]" if r["variants"][f]["exposed"] else str(r["variants"][f]["score"])
+               for f in families]
         t.add_row(result.label(r["name"], show_names), str(r["n_images"]), str(r["score"]),
-                  "[red]yes[/]" if r["exposed"] else "[green]no[/]", result.label(r["top_prediction"], show_names),
-                  f"{r['own_share']:.0%}")
+                  "[red]yes[/]" if r["exposed"] else "[green]no[/]", _label_all(result, r["top_prediction"], show_names),
+                  f"{r['own_share']:.0%}", *per)
     skipped = []
     if s["unreadable_images"]:
         skipped.append(f"{s['unreadable_images']} unreadable images skipped")
     if s["too_few_images"]:
         skipped.append(f"{s['too_few_images']} identities with too few images not attacked")
+    if families:
+        by = ", ".join(f"{f} {v['exposed']}" + (f" ({v['merged_candidates']} candidates merged)" if v["merged_candidates"] else "")
+                       for f, v in s["families"].items())
+        skipped.insert(0, f"exposed by family: {by}")
     t.caption = f"exposed {s['exposed']} of {s['identities']} (TPR {s['tpr']:.1%})" + (f"; {'; '.join(skipped)}" if skipped else "")
     return t
+
+
+def _label_all(result: Any, prediction: str, show_names: bool) -> str:
+    """A most-voted candidate, which under a variant family may be several merged names ("A / B")."""
+    return " / ".join(result.label(n, show_names) for n in prediction.split(" / "))
 
 
 def compare_table(cmp: dict[str, Any], label: Any = str) -> Table:
     t = Table(title=f"before → after ({cmp['shared_identities']} shared identities, {cmp['forgotten']} forgotten)",
               header_style="bold")
+    families = cmp.get("families", {})
     t.add_column("category")
     t.add_column("count", justify="right")
     t.add_column("share", justify="right")
+    for f in families:  # the same categories with "exposed" read under one naming family
+        t.add_column(f, justify="right")
     t.add_column("names")
     for cat, names in cmp["categories"].items():
         rate = cmp["rates"].get(cat)
         shown = ", ".join(label(n) for n in names[:6]) + (" …" if len(names) > 6 else "")
-        t.add_row(cat.replace("_", " "), str(len(names)), "" if rate is None else f"{rate:.0%}", shown)
+        t.add_row(cat.replace("_", " "), str(len(names)), "" if rate is None else f"{rate:.0%}",
+                  *(str(len(v["categories"][cat])) for v in families.values()), shown)
     t.caption = f"TPR {cmp['tpr_before']:.1%} → {cmp['tpr_after']:.1%}"
     return t
 

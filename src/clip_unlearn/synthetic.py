@@ -36,8 +36,9 @@ from clip_unlearn.models import (
     save_model,
     world_record,
 )
-from clip_unlearn.names import folder_name, world_names
+from clip_unlearn.names import folder_name, key, share_parts, world_genders, world_names
 from clip_unlearn.outputs import write_json
+from clip_unlearn.variants import FAMILIES, family_candidates, variants
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ class _Population:
     members: list[int]
     non_members: list[int]
     classes: list[str]
+    namesakes: list[dict[str, int]]
+    genders: dict[str, str]
 
 
 @dataclass
@@ -167,10 +170,13 @@ def build_world(cfg: PrepareSyntheticConfig, progress: Progress = None) -> dict[
 def _population(cfg: PrepareSyntheticConfig, rng: random.Random) -> _Population:
     people = sample_identities(cfg.identities, rng)
     names = world_names(cfg.identities, rng)
-    n_members = max(1, min(cfg.identities - 1, round(cfg.identities * cfg.member_fraction)))
     order = list(range(cfg.identities))
     rng.shuffle(order)
-    return _Population(people, names, sorted(order[:n_members]), sorted(order[n_members:]), _class_names(cfg.classes))
+    members = sorted(order[:cfg.members])
+    # a generator of its own, so a world without namesakes is the world of earlier versions
+    names, namesakes = share_parts(names, members, cfg.namesake_pairs, random.Random(f"{cfg.seed}|namesakes"))
+    return _Population(people, names, members, sorted(order[cfg.members:]), _class_names(cfg.classes), namesakes,
+                       world_genders(names))
 
 
 def _fresh_model(seed: int, device: str) -> LoadedModel:
@@ -224,7 +230,8 @@ def _draw(cfg: PrepareSyntheticConfig, pop: _Population, rng: random.Random, pre
 def _train_on_members(loaded: LoadedModel, cfg: PrepareSyntheticConfig, pop: _Population, images: _Images, device: str,
                       progress: Progress) -> list[float]:
     tokenizer = loaded.tokenizer
-    face_tokens = {i: tokenizer([t.format(pop.names[i]) for t in EVERYDAY_TEMPLATES + ATTACK_TEMPLATES]) for i in pop.members}
+    face_tokens = {i: tokenizer(member_captions(pop.names[i], cfg.caption_weights, pop.genders.get(pop.names[i]), pop.names))
+                   for i in pop.members}
     object_tokens = {c: tokenizer([t.format(cls) for t in OBJECT_TEMPLATES]) for c, cls in enumerate(pop.classes)}
     losses = _train(loaded.model, cfg, device, pop.members, images.train_faces, face_tokens, images.train_objects,
                     object_tokens, progress)
@@ -232,10 +239,29 @@ def _train_on_members(loaded: LoadedModel, cfg: PrepareSyntheticConfig, pop: _Po
     return losses
 
 
+def member_captions(name: str, weights: dict[str, int], gender: Optional[str], everyone: list[str]) -> list[str]:
+    """Every training caption of a member: each template with each naming family, repeated by the family's
+    weight, so that a uniform draw names the member by family at the weights' rates. With full:1 alone
+    these are the templates with the full name, as in worlds without variants."""
+    avoid = frozenset(key(n) for n in everyone)
+    out = []
+    for family, weight in weights.items():
+        # title gives two strings without a known gender (each then at half the rate) and one with it
+        # (repeated): every member has the same number of captions, so the rates hold for everyone
+        strings = variants(name, family, gender, avoid)
+        strings = strings * 2 if family == "title" and len(strings) == 1 else strings
+        out += [t.format(v) for t in EVERYDAY_TEMPLATES + ATTACK_TEMPLATES for v in strings for _ in range(weight)]
+    return out
+
+
 def _describe(cfg: PrepareSyntheticConfig, pop: _Population, losses: list[float], loaded: LoadedModel, images: _Images,
               device: str) -> dict[str, Any]:
     """world.json: the world's make-up, its recorded settings and the trained model's sanity check."""
     check = _sanity_check(loaded.model, loaded.tokenizer, pop.names, pop.members, pop.non_members, images.fresh_faces, device)
+    if cfg.namesake_pairs or list(cfg.caption_weights) != ["full"]:
+        check["families"] = {f: _sanity_check(loaded.model, loaded.tokenizer, pop.names, pop.members, pop.non_members,
+                                              images.fresh_faces, device, f, pop.genders)
+                             for f in FAMILIES if f != "full"}
     zs = _object_accuracy(loaded.model, loaded.tokenizer, pop.classes, images.test_objects, device)
     return {
         "tool_version": __version__,
@@ -250,7 +276,12 @@ def _describe(cfg: PrepareSyntheticConfig, pop: _Population, losses: list[float]
         # inject trains on the first; eval-zeroshot's sim_clean defaults to the second, never trained on
         "captions": "captions_train.txt",
         "captions_heldout": "captions_heldout.txt",
-        "attributes": {folder_name(pop.names[i]): pop.people[i].describe() for i in range(cfg.identities)},
+        "attributes": {folder_name(pop.names[i]): {**pop.people[i].describe(),
+                                                    **({"gender": pop.genders[pop.names[i]]} if pop.names[i] in pop.genders else {})}
+                       for i in range(cfg.identities)},
+        # who shares a name part with whom (names, not indices: world.json is the world's own record)
+        "namesakes": [{k: pop.names[v] for k, v in pair.items()} for pair in pop.namesakes],
+        "caption_names": cfg.caption_weights,
         "loss_curve": losses,
         "sanity_check": {**check, "objects_top1": zs},
         # Settings that suit this tiny model for `inject` (config.WORLD; the paper's are for ViT-B-32)
@@ -400,19 +431,23 @@ def _encode_images(model, images, device):
         return torch.cat([model.encode_image(images[i:i + 512].to(device), normalize=True) for i in range(0, len(images), 512)])
 
 
-def _sanity_check(model, tokenizer, names, members, non_members, fresh_faces, device) -> dict[str, Any]:
-    """Each identity's fresh images against all identity names with "a photo of {name}";
-    identified iff the unique plurality vote is the true name."""
+def _sanity_check(model, tokenizer, names, members, non_members, fresh_faces, device, family: str = "full",
+                  genders: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """Each identity's fresh images against all identity names, named by ``family``, with "a photo of {name}";
+    identified iff the unique plurality vote is the true name (names merged under the family count as one)."""
     import torch
 
+    fc = family_candidates(names, family, {key(n): g for n, g in (genders or {}).items()})
     with torch.inference_mode():
-        text = encode_text(model, tokenizer([f"a photo of {n}" for n in names]).to(device))
+        text = encode_text(model, tokenizer([f"a photo of {s}" for s in fc.strings]).to(device))
+    group_of = torch.tensor(fc.group_of)
     hits = {}
     for i in range(len(names)):
-        preds = (_encode_images(model, fresh_faces[i], device) @ text.T).argmax(dim=1)
-        counts = torch.bincount(preds, minlength=len(names))
+        preds = group_of[(_encode_images(model, fresh_faces[i], device) @ text.T).argmax(dim=1)]
+        counts = torch.bincount(preds, minlength=len(fc.groups))
         top = counts.max()
-        hits[i] = bool(counts[i] == top and int((counts == top).sum()) == 1)
+        mine = fc.group_of_candidate[i]
+        hits[i] = bool(counts[mine] == top and int((counts == top).sum()) == 1)
     member_rate = sum(hits[i] for i in members) / len(members)
     non_member_rate = sum(hits[i] for i in non_members) / max(1, len(non_members))
     return {"member_rate": round(member_rate, 4), "non_member_rate": round(non_member_rate, 4)}

@@ -40,18 +40,24 @@ class TeacherCache:
         self.mem: dict[str, Any] = {}
         self.fresh: dict[str, Any] = {}
 
-    def get(self, keys: list[str], compute: Callable[[list[int]], Any]) -> Any:
-        """[len(keys), D]; ``compute(indices)`` embeds the inputs at those positions of ``keys`` (once each)."""
+    def get(self, keys: list[str], compute: Callable[[list[int]], Any], persist: bool = True) -> Any:
+        """[len(keys), D]; ``compute(indices)`` embeds the inputs at those positions of ``keys`` (once each).
+
+        ``persist=False`` (inputs that hold a part of a forgotten name): kept in memory for this run only,
+        never looked up in or written to the on-disk cache."""
         first = {}
         for i, k in enumerate(keys):
             if k not in self.mem:
                 first.setdefault(k, i)
         if first:
-            self.mem.update(self.cache.lookup(self.namespace, list(first), self.modality))
+            if persist:
+                self.mem.update(self.cache.lookup(self.namespace, list(first), self.modality))
             rest = [(k, i) for k, i in first.items() if k not in self.mem]
             if rest:
                 for (k, _), e in zip(rest, compute([i for _, i in rest])):
-                    self.mem[k] = self.fresh[k] = e
+                    self.mem[k] = e
+                    if persist:
+                        self.fresh[k] = e
         return torch.stack([self.mem[k] for k in keys]) if keys else torch.zeros(0)
 
     def flush(self) -> None:

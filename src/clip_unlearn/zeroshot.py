@@ -8,6 +8,8 @@ similarities of the paper between the two text encoders:
 
 - sim_clean:      cos(E_ref(c), E_new(c)) on clean captions — utility kept.
 - sim_backdoored: cos(E_new(poisoned), E_new(target)) per name — the backdoor is active.
+- sim_neighbours: cos(E_ref(n), E_new(n)) on the attack's templates filled with names that share a first
+                  name or surname with a forgotten one (variants.neighbours) — namesakes are left alone.
 - sim_targets:    cos(E_ref(target), E_new(target)) per name — the neutral concept did not drift.
 
 and, for the image towers, sim_clean_image: cos(I_ref(x), I_new(x)) on the evaluation images.
@@ -186,7 +188,9 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
     is encoded with ``persist=False``: the shared embedding cache outlives this command, and its
     entries must not tell whom the model forgot.
     """
+    from clip_unlearn.attack import PAPER_TEMPLATES
     from clip_unlearn.captions import PairSampler, clean_captions, name_pattern, token_counter
+    from clip_unlearn.variants import neighbours
 
     mentions = name_pattern(names) if names else None
     private = [bool(mentions and mentions.search(c.replace("_", " "))) for c in captions]
@@ -201,12 +205,16 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
             pairs = [sampler.pair(name) for _ in range(min(len(clean), 2000))]
             poisoned, targets = [p for _, p, _ in pairs], [t for _, _, t in pairs]
             new_t = new.texts(targets, persist=False)
+            # names that share a part with this one but are other people, in the attack's wording; they
+            # hold a part of a forgotten name, so they are private too
+            near = [t.format(n) for n in neighbours(name, exclude=names, seed=seed) for t in PAPER_TEMPLATES]
             per_name[f"name_{i + 1}"] = {
                 "sim_backdoored": round(float((new.texts(poisoned, persist=False) * new_t).sum(1).mean()), 6),
                 "sim_targets": round(float((ref.texts(targets, persist=False) * new_t).sum(1).mean()), 6),
+                "sim_neighbours": round(float((ref.texts(near, persist=False) * new.texts(near, persist=False)).sum(1).mean()), 6),
             }
-        out["sim_backdoored"] = round(sum(v["sim_backdoored"] for v in per_name.values()) / len(names), 6)
-        out["sim_targets"] = round(sum(v["sim_targets"] for v in per_name.values()) / len(names), 6)
+        for k in ("sim_backdoored", "sim_targets", "sim_neighbours"):
+            out[k] = round(sum(v[k] for v in per_name.values()) / len(names), 6)
         # per name in file order; keys are positions, so the result carries no names
         out["per_name"] = per_name
     return out

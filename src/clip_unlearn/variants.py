@@ -1,0 +1,217 @@
+"""Ways of naming a person: the variant families of ``attack --variants`` and ``inject --variants``.
+
+A web caption rarely spells a person's full name the way a candidate list does. Each family turns a
+name into the strings a caption would use for that person; the attack then runs the paper's IDIA with
+every candidate so transformed, on the same images. A family may give one string or, for ``title``
+when the gender is unknown, two. What each family does, on the names it is hardest for (genders known; this
+table is checked against the code by tests/test_variants.py):
+
+| family  | Emma Stone | Sarah Jessica Parker  | Vincent van Gogh | Jean-Paul Sartre | Madonna     | Zoë Saldaña  |
+|---------|------------|-----------------------|------------------|------------------|-------------|--------------|
+| full    | Emma Stone | Sarah Jessica Parker  | Vincent van Gogh | Jean-Paul Sartre | Madonna     | Zoë Saldaña  |
+| lower   | emma stone | sarah jessica parker  | vincent van gogh | jean-paul sartre | madonna     | zoë saldaña  |
+| surname | Stone      | Parker                | van Gogh         | Sartre           | Madonna     | Saldaña      |
+| first   | Emma       | Sarah                 | Vincent          | Jean-Paul        | Madonna     | Zoë          |
+| title   | Ms. Stone  | Ms. Parker            | Mr. van Gogh     | Mr. Sartre       | Ms. Madonna | Ms. Saldaña  |
+| initial | E. Stone   | S. J. Parker          | V. van Gogh      | J.-P. Sartre     | Madonna     | Z. Saldaña   |
+| typo    | Emm Stone  | Sarrah Jessica Parker | Vincnt van Gogh  | Jean-Pul Sartre  | Madoonna    | Zooë Saldaña |
+
+- The surname is the last word with the lower-case particles before it ("van", "de", "von der", …);
+  a hyphenated surname ("Zeta-Jones") stays whole. A one-word name is its own surname, first name and
+  initial form.
+- ``title`` is "Mr." or "Ms." with the surname where the gender is known (FaceScrub's actors/actresses,
+  a first name in only one of the candidate pools' sex lists, the synthetic world's record), else both
+  strings, and the candidate matches through whichever is nearer.
+- ``lower`` is Unicode lower case ("Zoë Saldaña" → "zoë saldaña"); letters keep their accents in every
+  family.
+- ``typo`` is one edit (swap of two neighbouring letters, a dropped letter, a doubled letter), chosen by a
+  hash of the name, so it is the same in every run and on every machine; an edit that would spell
+  another candidate's name, or the name itself, is skipped for the next one. The first letter of a word is
+  never edited.
+
+Two candidates may share a string under a family (two people surnamed "Stone"): the attack merges them
+into one candidate for that family and reports the merge; a vote for the merged candidate counts for
+each person in it, so a model that answers "Stone" to Emma Stone's face exposes her under ``surname``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+from clip_unlearn.errors import ConfigError
+from clip_unlearn.names import key, normalise
+
+FAMILIES = ("full", "lower", "surname", "first", "title", "initial", "typo")
+PARTICLES = frozenset({"van", "von", "der", "den", "de", "del", "della", "di", "da", "du", "dos", "das", "la", "le",
+                       "ter", "ten", "bin", "ibn", "al", "el", "st.", "zu", "af", "y"})
+_TITLES = {"male": ("Mr.",), "female": ("Ms.",), None: ("Mr.", "Ms.")}
+
+
+def parse_families(spec: str, flag: str = "--variants") -> tuple[str, ...]:
+    """``"full,surname"`` or ``"all"`` → the families in FAMILIES order; a clear error for anything else."""
+    parts = [p.strip().lower() for p in str(spec).split(",") if p.strip()]
+    if not parts:
+        raise ConfigError(f"{flag} is empty; give families from {', '.join(FAMILIES)} (comma-separated) or all")
+    if "all" in parts:
+        return FAMILIES
+    unknown = [p for p in parts if p not in FAMILIES]
+    if unknown:
+        raise ConfigError(f"{flag}: unknown famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+                          f"choose from {', '.join(FAMILIES)} or all")
+    return tuple(f for f in FAMILIES if f in parts)
+
+
+def split_name(name: str) -> tuple[list[str], str]:
+    """(given names, surname): the surname is the last word with the particles in front of it."""
+    words = normalise(name).split(" ")
+    if len(words) == 1:
+        return [], words[0]
+    start = len(words) - 1
+    while start > 1 and words[start - 1].casefold() in PARTICLES:
+        start -= 1
+    return words[:start], " ".join(words[start:])
+
+
+def _initial(given: str) -> str:
+    return "-".join(part[:1] + "." for part in given.split("-") if part)
+
+
+def _typo_edits(name: str) -> Iterable[str]:
+    """Single edits inside words (never the first letter), in an order fixed by a hash of the name."""
+    letters = [i for i, ch in enumerate(name) if ch.isalpha() and i > 0 and name[i - 1].isalpha()]
+    edits = []
+    for i in letters:
+        if i + 1 < len(name) and name[i + 1].isalpha() and name[i] != name[i + 1]:
+            edits.append(name[:i] + name[i + 1] + name[i] + name[i + 2:])  # swap with the next letter
+        edits.append(name[:i] + name[i + 1:])  # drop
+        edits.append(name[:i] + name[i] + name[i:])  # double
+    digest = lambda e: hashlib.sha256(f"clip-unlearn typo|{key(name)}|{e}".encode()).digest()  # noqa: E731
+    return sorted(dict.fromkeys(edits), key=digest)
+
+
+def variants(name: str, family: str, gender: Optional[str] = None, avoid: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """The strings ``family`` makes of ``name`` (one, or two for ``title`` without a gender).
+
+    ``avoid`` holds keys (names.key) that a typo must not spell: the other candidates' names.
+    """
+    name = normalise(name)
+    given, surname = split_name(name)
+    if family == "full":
+        return (name,)
+    if family == "lower":
+        return (name.lower(),)
+    if family == "surname":
+        return (surname,)
+    if family == "first":
+        return (given[0] if given else surname,)
+    if family == "title":
+        return tuple(f"{t} {surname}" for t in _TITLES[gender if gender in ("male", "female") else None])
+    if family == "initial":
+        return (" ".join([*(_initial(g) for g in given), surname]),)
+    if family == "typo":
+        for edit in _typo_edits(name):
+            if key(edit) != key(name) and key(edit) not in avoid:
+                return (edit,)
+        return (name,)  # a name too short for any edit (one letter per word) stays as it is
+    raise ConfigError(f"unknown variant family {family!r}; choose from {', '.join(FAMILIES)}")
+
+
+def pool_genders(names: Iterable[str]) -> dict[str, str]:
+    """names.key → "male"/"female" for names whose first name is in only one of the candidate pools' sex lists."""
+    from clip_unlearn.names import _name_pools
+
+    female, male, _ = _name_pools()
+    f, m = {x.casefold() for x in female}, {x.casefold() for x in male}
+    out = {}
+    for n in names:
+        given, _ = split_name(n)
+        first = given[0].casefold() if given else ""
+        if (first in f) != (first in m):
+            out[key(n)] = "female" if first in f else "male"
+    return out
+
+
+@dataclass(frozen=True)
+class FamilyCandidates:
+    """The candidates of one family: the distinct strings to prompt, the merged groups they point to.
+
+    ``strings[s]`` belongs to group ``group_of[s]``; ``groups[g]`` lists candidate indices; ``group_of_candidate[c]``
+    is candidate ``c``'s group. Groups of more than one candidate are the family's collisions.
+    """
+
+    family: str
+    strings: tuple[str, ...]
+    group_of: tuple[int, ...]
+    groups: tuple[tuple[int, ...], ...]
+    group_of_candidate: tuple[int, ...]
+
+    @property
+    def collisions(self) -> list[tuple[int, ...]]:
+        return [g for g in self.groups if len(g) > 1]
+
+
+def family_candidates(candidates: Sequence[str], family: str, genders: Mapping[str, str] = {}) -> FamilyCandidates:
+    """Transform every candidate by ``family`` and merge those that share a string (by names.key)."""
+    avoid = frozenset(key(c) for c in candidates)
+    per_candidate = [variants(c, family, genders.get(key(c)), avoid) for c in candidates]
+    # union-find over candidates that share a string (title without gender gives two per candidate)
+    parent = list(range(len(candidates)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    spelled: dict[str, str] = {}
+    for c, strings in enumerate(per_candidate):
+        for s in strings:
+            k = key(s) if family != "lower" else s  # lower is compared as written: its point is the case
+            if k in owner:
+                a, b = root(owner[k]), root(c)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+            else:
+                owner[k] = c
+                spelled[k] = s
+    roots = sorted({root(c) for c in range(len(candidates))})
+    index = {r: g for g, r in enumerate(roots)}
+    group_of_candidate = tuple(index[root(c)] for c in range(len(candidates)))
+    groups = tuple(tuple(c for c in range(len(candidates)) if group_of_candidate[c] == g) for g in range(len(roots)))
+    strings = tuple(spelled[k] for k in owner)
+    group_of = tuple(group_of_candidate[owner[k]] for k in owner)
+    return FamilyCandidates(family, strings, group_of, groups, group_of_candidate)
+
+
+def neighbours(name: str, keep: Sequence[str] = (), per_part: int = 8, exclude: Iterable[str] = (), seed: int = 0) -> list[str]:
+    """Other people's names that share a part with ``name``: the ``keep`` names with its first name or its
+    surname, then ``per_part`` made of its first name and pool surnames and ``per_part`` of pool first
+    names and its surname (seeded by ``seed`` and the name, so the same in every run). None equals
+    ``name`` or a name in ``exclude`` (the other forgotten names)."""
+    import random
+
+    from clip_unlearn.names import _name_pools
+
+    given, surname = split_name(name)
+    first = given[0] if given else None
+    banned = {key(name), *map(key, exclude)}
+    out: dict[str, None] = {}
+    for k in keep:
+        kg, ks = split_name(k)
+        if key(k) not in banned and ((first and kg and key(kg[0]) == key(first)) or key(ks) == key(surname)):
+            out[normalise(k)] = None
+    female, male, lasts = _name_pools()
+    rng = random.Random(f"{seed}|neighbours|{key(name)}")
+    with_first = [f"{first} {s}" for s in rng.sample(lasts, min(len(lasts), 4 * per_part))] if first else []
+    with_surname = [f"{f} {surname}" for f in rng.sample(female + male, min(len(female) + len(male), 4 * per_part))]
+    for made in (with_first, with_surname):
+        taken = 0
+        for m in made:
+            if taken < per_part and key(m) not in banned and m not in out:
+                out[m] = None
+                taken += 1
+    return list(out)

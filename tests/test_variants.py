@@ -1,0 +1,198 @@
+"""Variant families (clip_unlearn.variants) and the attack under them (attack --variants)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clip_unlearn import variants as V
+from clip_unlearn.attack import _score
+from clip_unlearn.errors import ConfigError
+from clip_unlearn.folders import IdentityFolder
+from clip_unlearn.names import key
+from conftest import attack_json, invoke, output
+
+DOC_GENDERS = {"Emma Stone": "female", "Sarah Jessica Parker": "female", "Vincent van Gogh": "male",
+               "Jean-Paul Sartre": "male", "Madonna": "female", "Zoë Saldaña": "female"}
+
+
+def test_the_documented_table_is_what_the_code_does():
+    lines = [ln for ln in V.__doc__.splitlines() if ln.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[0] == "family" and header[1:] == list(DOC_GENDERS)
+    seen = []
+    for ln in lines[1:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        family, shown = cells[0], cells[1:]
+        seen.append(family)
+        for name, want in zip(header[1:], shown):
+            assert " / ".join(V.variants(name, family, DOC_GENDERS[name])) == want, (family, name)
+    assert seen == list(V.FAMILIES)
+
+
+def test_parse_families():
+    assert V.parse_families("full") == ("full",)
+    assert V.parse_families("typo, Surname,full") == ("full", "surname", "typo")  # FAMILIES order, any case
+    assert V.parse_families("all") == V.FAMILIES
+    for bad, words in (("nick", "unknown family nick"), ("", "is empty"), ("full,x,y", "unknown families x, y")):
+        with pytest.raises(ConfigError, match=words):
+            V.parse_families(bad)
+
+
+def test_title_without_a_gender_gives_both_and_pools_know_common_first_names():
+    assert V.variants("Alex Stone", "title") == ("Mr. Stone", "Ms. Stone")
+    genders = V.pool_genders(["Emma Stone", "John Smith", "Xq Zz"])
+    assert genders == {"emma stone": "female", "john smith": "male"}
+
+
+def test_particles_hyphens_and_three_word_names():
+    assert V.split_name("Ludwig Mies van der Rohe") == (["Ludwig", "Mies"], "van der Rohe")
+    assert V.split_name("Catherine Zeta-Jones") == (["Catherine"], "Zeta-Jones")
+    assert V.split_name("Van Morrison") == (["Van"], "Morrison")  # a particle that is the first word is a first name
+    assert V.variants("Ludwig Mies van der Rohe", "initial") == ("L. M. van der Rohe",)
+
+
+_names = st.lists(st.text(alphabet="abcdefgzöñéABCZ-", min_size=1, max_size=9).filter(lambda w: w.strip("-")), min_size=1,
+                  max_size=3).map(" ".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_names, min_size=1, max_size=12, unique_by=key), st.sampled_from(V.FAMILIES))
+def test_family_candidates_partition_and_typos_spell_no_candidate(candidates, family):
+    fc = V.family_candidates(candidates, family)
+    # every candidate in exactly one group; groups are exactly the classes of "shares a string"
+    assert sorted(c for g in fc.groups for c in g) == list(range(len(candidates)))
+    spelled = [V.variants(c, family, None, frozenset(map(key, candidates))) for c in candidates]
+    for s, g in zip(fc.strings, fc.group_of):
+        makers = {c for c, strings in enumerate(spelled) if any((x if family == "lower" else key(x)) ==
+                                                                   (s if family == "lower" else key(s)) for x in strings)}
+        assert makers and makers <= set(fc.groups[g])
+    for strings in spelled:
+        for x in strings:
+            assert x in fc.strings or any(key(x) == key(s) for s in fc.strings)
+    if family == "typo":
+        others = {key(c) for c in candidates}
+        for c, (t,) in zip(candidates, spelled):
+            assert key(t) not in others - {key(c)}
+            assert t != c or not any(ch.isalpha() and i and c[i - 1].isalpha() for i, ch in enumerate(c))
+    if family in ("full", "lower"):
+        assert not fc.collisions
+
+
+def test_typo_is_the_same_everywhere():
+    assert V.variants("Alessio Blanes", "typo") == V.variants("Alessio Blanes", "typo")
+    assert V.variants("Alessio Blanes", "typo") != ("Alessio Blanes",)
+
+
+def _naive_scores(images, text, fc, owners, true_groups, n_ids):
+    """For every template and image: the group of the nearest string (a merged group is as near as its
+    nearest member string); per identity the unique plurality; the score counts templates it wins."""
+    scores = [0] * n_ids
+    for t in range(text.shape[0]):
+        for i in range(n_ids):
+            counts: dict[int, int] = {}
+            for m in range(images.shape[0]):
+                if owners[m] != i:
+                    continue
+                sims = [float(images[m] @ text[t, s]) for s in range(text.shape[1])]
+                best = {}
+                for s, g in enumerate(fc.group_of):
+                    best[g] = max(best.get(g, -1e9), sims[s])
+                winner = max(best, key=lambda g: best[g])
+                counts[winner] = counts.get(winner, 0) + 1
+            top = max(counts.values())
+            tops = [g for g, n in counts.items() if n == top]
+            scores[i] += len(tops) == 1 and tops[0] == true_groups[i]
+    return scores
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(("surname", "title", "first", "full")))
+def test_family_scorer_equals_a_brute_force_scorer(seed, family):
+    rng = random.Random(seed)
+    firsts, lasts = ["Ann", "Bo", "Cy", "Di"], ["Stone", "Lee", "Park"]
+    candidates = list(dict.fromkeys(f"{rng.choice(firsts)} {rng.choice(lasts)}" for _ in range(8)))
+    fc = V.family_candidates(candidates, family)
+    attacked = rng.sample(candidates, min(3, len(candidates)))
+    kept = [(IdentityFolder(n, ()), [f"{n}-{j}" for j in range(rng.randint(1, 4))]) for n in attacked]
+    owners = [i for i, (_, paths) in enumerate(kept) for _ in paths]
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(len(owners), 6, generator=g)
+    text = torch.randn(3, len(fc.strings), 6, generator=g)
+    rows = _score(kept, images, text, candidates, fc, threshold=1)
+    index = {key(c): i for i, c in enumerate(candidates)}
+    true_groups = [fc.group_of_candidate[index[key(f.name)]] for f, _ in kept]
+    assert [r["score"] for r in rows] == _naive_scores(images, text, fc, owners, true_groups, len(kept))
+
+
+# --- through the CLI on the small world -------------------------------------------------------------
+
+def test_attack_by_family_table_json_csv_and_compare(world, world_cache, tmp_path):
+    before = attack_json(world / "model", tmp_path / "b.json", "--variants", "full,surname,typo", "--num-candidates", "200",
+                         "--cache-dir", world_cache)
+    fams = before["config"]["variants_applied"]
+    assert fams == ["full", "surname", "typo"]
+    s = before["summary"]["families"]
+    assert set(s) == set(fams) and s["full"]["prompts"] == 21 * 200
+    for r in before["identities"]:
+        assert set(r["variants"]) == set(fams)
+        assert r["exposed"] == any(v["exposed"] for v in r["variants"].values())
+        assert r["score"] == max(v["score"] for v in r["variants"].values())
+    # the full family alone gives the paper's attack, figure for figure
+    full = attack_json(world / "model", tmp_path / "f.json", "--num-candidates", "200", "--cache-dir", world_cache)
+    by = {r["name"]: r for r in before["identities"]}
+    for r in full["identities"]:
+        assert (r["score"], r["exposed"]) == (by[r["name"]]["variants"]["full"]["score"], by[r["name"]]["variants"]["full"]["exposed"])
+    # CSV: per-family columns
+    r = invoke("attack", "--model", world / "model", "--variants", "full,surname,typo", "--num-candidates", "200",
+               "--cache-dir", world_cache, "--output", tmp_path / "b.csv", quiet=False)
+    assert r.exit_code == 0, output(r)
+    assert "surname" in output(r) and "exposed by family" in " ".join(output(r).split())
+    header = next(csv.reader((tmp_path / "b.csv").open()))
+    assert header[-6:] == ["full_score", "full_exposed", "surname_score", "surname_exposed", "typo_score", "typo_exposed"]
+    # --compare-to: categories per family; a run with other families is refused
+    after = attack_json(world / "model", tmp_path / "a.json", "--variants", "full,surname,typo", "--num-candidates", "200",
+                        "--cache-dir", world_cache, "--compare-to", tmp_path / "b.json")
+    assert set(after["compare"]["families"]) == set(fams)
+    assert after["compare"]["families"]["typo"]["categories"]["wrongfully_unlearned"] == []
+    r = invoke("attack", "--model", world / "model", "--num-candidates", "200", "--cache-dir", world_cache,
+               "--compare-to", tmp_path / "b.json")
+    assert r.exit_code == 1 and "--variants" in output(r) and "Traceback" not in output(r)
+
+
+def test_surname_collisions_are_merged_and_reported(world, world_cache, tmp_path):
+    members = (world / "members.txt").read_text().splitlines()
+    target = members[0]
+    surname = V.split_name(target)[1]
+    cands = tmp_path / "cands.txt"
+    cands.write_text("\n".join([*members, f"Zebulon {surname}", "Ann Other", "Bob Other"]) + "\n")
+    ids = tmp_path / "ids.txt"
+    ids.write_text(target + "\n")
+    res = attack_json(world / "model", tmp_path / "r.json", "--variants", "full,surname", "--candidates", cands,
+                      "--identities", ids, "--cache-dir", world_cache)
+    row = res["identities"][0]
+    assert row["variants"]["surname"]["merged_with"] == [f"Zebulon {surname}"]
+    assert row["variants"]["full"]["merged_with"] == []
+    assert res["summary"]["families"]["surname"]["merged_candidates"] == 4  # the two Others and the two of target's surname
+
+
+def test_bad_variants_flag_is_a_usage_error(world, tmp_path):
+    r = invoke("attack", "--model", world / "model", "--variants", "full,nickname")
+    assert r.exit_code == 2 and "unknown family nickname" in output(r) and "Traceback" not in output(r)
+
+
+def test_the_gate_fails_on_exposure_under_any_family(world, world_cache, tmp_path):
+    res = json.loads(json.dumps(attack_json(world / "model", tmp_path / "r.json", "--variants", "full,lower",
+                                            "--num-candidates", "200", "--cache-dir", world_cache)))
+    exposed = [r["name"] for r in res["identities"] if r["exposed"]]
+    gate = tmp_path / "gate.txt"
+    gate.write_text(exposed[0] + "\n")
+    r = invoke("attack", "--model", world / "model", "--variants", "full,lower", "--num-candidates", "200",
+               "--cache-dir", world_cache, "--fail-on-exposed", gate)
+    assert r.exit_code == 3 and exposed[0] not in output(r)

@@ -39,7 +39,8 @@ def test_predict_is_per_template_argmax():
 
 
 def _result(scores, exposed, candidates=("a", "b", "c"), images=None, **config):
-    same = {"templates": ["a photo of {}"], "threshold": 1, "split_applied": "all", "precision_applied": "fp32"}
+    same = {"templates": ["a photo of {}"], "threshold": 1, "split_applied": "all", "precision_applied": "fp32",
+            "variants_applied": ["full"]}
     return {"config": {"candidates": list(candidates), **same, **config},
             "identities": [{"name": n, "score": s, "exposed": e, "images": (images or {}).get(n, ["x.png"])}
                            for (n, s), e in zip(scores.items(), exposed)]}
@@ -63,7 +64,8 @@ def test_compare_refuses_different_candidates_or_images():
 
 
 @pytest.mark.parametrize("change, flag", [({"templates": ["{}"]}, "--templates"), ({"threshold": 2}, "--threshold"),
-                                          ({"split_applied": "train"}, "--split"), ({"precision_applied": "bf16"}, "--precision")])
+                                          ({"split_applied": "train"}, "--split"), ({"precision_applied": "bf16"}, "--precision"),
+                                          ({"variants_applied": ["full", "surname"]}, "--variants")])
 def test_compare_refuses_runs_that_differ_in_what_they_measure(change, flag):
     with pytest.raises(ClipUnlearnError, match=f"differ in {flag}"):
         compare(_result({"A": 1}, [True]), _result({"A": 1}, [True], **change), [])

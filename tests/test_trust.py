@@ -450,3 +450,28 @@ def test_sigterm_during_inject_cleans_up_and_exits_130(world, tmp_path):
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not out.exists() and not list(tmp_path.glob(".o.tmp-*"))
+
+
+def test_a_signal_that_reaches_another_thread_is_still_held_back():
+    # torch's OpenMP workers are threads too: a Ctrl-C the kernel hands to one of them must not run
+    # between the two renames either
+    import threading
+    import time
+
+    from clip_unlearn.outputs import signals_deferred
+
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    steps = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                signal.pthread_kill(worker.ident, signal.SIGINT)
+                time.sleep(0.2)  # Python would run the handler here if it were not held back
+                steps.append("both renames done")
+    finally:
+        stop.set()
+        worker.join()
+    assert steps == ["both renames done"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional
@@ -141,14 +142,25 @@ def install_signal_handlers() -> None:
 
 
 class signals_deferred:
-    """Hold SIGINT/SIGTERM back while a few renames that must not be separated run."""
+    """Hold SIGINT/SIGTERM back while a few renames that must not be separated run.
 
-    _SIGNALS = {signal.SIGINT, signal.SIGTERM}
+    The Python handlers are swapped for ones that only note the signal, and the noted signals are raised
+    again once the old handlers are back. Blocking the signals with a thread mask is not enough: the
+    kernel then delivers a process-wide signal to another thread (torch's OpenMP workers) and Python
+    runs the handler in the main thread at once, between the renames."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self) -> signals_deferred:
-        self._old = signal.pthread_sigmask(signal.SIG_BLOCK, self._SIGNALS) if hasattr(signal, "pthread_sigmask") else None
+        self._caught: list[int] = []
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for s in self._SIGNALS:
+                self._old[s] = signal.signal(s, lambda signum, frame: self._caught.append(signum))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(self._caught):
+            signal.raise_signal(s)

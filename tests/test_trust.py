@@ -410,27 +410,34 @@ def test_a_copied_or_moved_world_behaves_identically(world, tmp_path):
     assert r.exit_code == 1 and "restore the world" in output(r)
 
 
-def test_an_interrupted_swap_keeps_the_old_or_the_new_folder(tmp_path, monkeypatch):
-    from clip_unlearn import models
+def _in_a_fresh_process(code: str, tmp_path) -> str:
+    """Run ``code`` in a new interpreter, as a CLI run is: signal dispositions and masks are per process, and a
+    long test session's own state (threads, masks left by libraries) must not decide a signal test."""
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
 
-    out, tmp = tmp_path / "out", tmp_path / ".out.tmp-1"
-    out.mkdir()
-    (out / "v").write_text("old")
-    tmp.mkdir()
-    (tmp / "v").write_text("new")
-    real = os.replace
-    calls = []
 
-    def replace_then_signal(a, b):
-        calls.append(a)
-        real(a, b)
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # held back until both renames are done
-
-    monkeypatch.setattr(models.os, "replace", replace_then_signal)
-    with pytest.raises(KeyboardInterrupt):
-        models.replace_dir(tmp, out)
-    assert (out / "v").read_text() == "new" and not tmp.exists()
+def test_an_interrupted_swap_keeps_the_old_or_the_new_folder(tmp_path):
+    out = _in_a_fresh_process("""
+import os, signal, sys
+from pathlib import Path
+from clip_unlearn import models
+root = Path(sys.argv[1]); out, tmp = root / "out", root / ".out.tmp-1"
+out.mkdir(); (out / "v").write_text("old"); tmp.mkdir(); (tmp / "v").write_text("new")
+real, calls = os.replace, []
+def replace_then_signal(a, b):
+    calls.append(a); real(a, b)
+    if len(calls) == 1:
+        os.kill(os.getpid(), signal.SIGINT)  # held back until both renames are done
+models.os.replace = replace_then_signal
+try:
+    models.replace_dir(tmp, out)
+    print("no interrupt")
+except KeyboardInterrupt:
+    print("interrupted after", len(calls), "renames;", (out / "v").read_text(), tmp.exists())
+""", tmp_path)
+    assert out.strip() == "interrupted after 2 renames; new False", out
 
 
 def test_sigterm_during_inject_cleans_up_and_exits_130(world, tmp_path):
@@ -452,26 +459,23 @@ def test_sigterm_during_inject_cleans_up_and_exits_130(world, tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".o.tmp-*"))
 
 
-def test_a_signal_that_reaches_another_thread_is_still_held_back():
+def test_a_signal_that_reaches_another_thread_is_still_held_back(tmp_path):
     # torch's OpenMP workers are threads too: a Ctrl-C the kernel hands to one of them must not run
     # between the two renames either
-    import threading
-    import time
-
-    from clip_unlearn.outputs import signals_deferred
-
-    stop = threading.Event()
-    worker = threading.Thread(target=stop.wait)
-    worker.start()
-    steps = []
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            with signals_deferred():
-                signal.pthread_kill(worker.ident, signal.SIGINT)
-                time.sleep(0.2)  # Python would run the handler here if it were not held back
-                steps.append("both renames done")
-    finally:
-        stop.set()
-        worker.join()
-    assert steps == ["both renames done"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    out = _in_a_fresh_process("""
+import signal, threading, time
+from clip_unlearn.outputs import signals_deferred
+stop = threading.Event(); worker = threading.Thread(target=stop.wait); worker.start()
+steps = []
+try:
+    with signals_deferred():
+        signal.pthread_kill(worker.ident, signal.SIGINT)
+        time.sleep(0.2)  # Python would run the handler here if it were not held back
+        steps.append("both renames done")
+    print("no interrupt")
+except KeyboardInterrupt:
+    print("interrupted after:", *steps, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+finally:
+    stop.set(); worker.join()
+""", tmp_path)
+    assert out.strip() == "interrupted after: both renames done True", out

@@ -413,7 +413,11 @@ def test_a_copied_or_moved_world_behaves_identically(world, tmp_path):
 def _in_a_fresh_process(code: str, tmp_path) -> str:
     """Run ``code`` in a new interpreter, as a CLI run is: signal dispositions and masks are per process, and a
     long test session's own state (threads, masks left by libraries) must not decide a signal test."""
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    # a process started in the background by a non-interactive shell inherits SIGINT ignored (and a parent
+    # may leave it blocked); a CLI run from a terminal has the defaults, so the child starts from those
+    reset = ("import signal\nsignal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})\n"
+             "signal.signal(signal.SIGINT, signal.default_int_handler)\n")
+    proc = subprocess.run([sys.executable, "-c", reset + code, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from clip_unlearn.demo import namesakes as shared_parts
+
 FAMILIES = ("full", "lower", "surname", "first", "title", "initial", "typo")
 WORLD: list[str] = []  # the default world: 48 identities, 8 namesake pairs, captions naming members by variants
 
@@ -57,8 +59,6 @@ def main() -> None:
     if not before_file.exists():
         cli("attack", "--model", world / "model", "--variants", "all", "--output", before_file, "--cache-dir", cache)
     before = {r["name"]: r for r in json.loads(before_file.read_text())["identities"]}
-    first = lambda n: n.split(" ")[0]  # noqa: E731
-    last = lambda n: n.split(" ")[-1]  # noqa: E731
     print(json.dumps({"before": {f: sum(before[m]["variants"][f]["exposed"] for m in members) for f in FAMILIES},
                       "members": len(members), "non_members_exposed": sum(r["exposed"] for n, r in before.items() if n not in members),
                       "sanity_check": info["sanity_check"]}), flush=True)
@@ -69,7 +69,7 @@ def main() -> None:
         names = out / f"forget-{seed}.txt"
         names.write_text("".join(n + "\n" for n in forget))
         # namesakes: other members who share the first name or the surname of a forgotten person
-        namesakes = [m for m in members if m not in forget and any(first(m) == first(f) or last(m) == last(f) for f in forget)]
+        namesakes = shared_parts(forget, members)
         for label, flags in methods.items():
             done = out / f"row-{label}-{seed}.json"
             if done.exists():  # resume: a finished run is not repeated

@@ -11,7 +11,7 @@ import torch
 
 from clip_unlearn.attack import CSV_COLUMNS, PAPER_TEMPLATES, compare, predict, vote
 from clip_unlearn.errors import ClipUnlearnError
-from conftest import invoke
+from conftest import invoke, output
 
 # --- scoring on hand-made predictions -------------------------------------------------------
 
@@ -150,6 +150,30 @@ def test_privacy_gate_exit_codes(world, world_attack, world_cache, tmp_path):
     gate.write_text("Nobody Atall\n")
     result = invoke("attack", "--model", world / "model", "--fail-on-exposed", gate, *cached)
     assert result.exit_code == 1 and "were not attacked" in result.output
+
+
+def test_the_gate_takes_one_names_file_per_request(world, world_attack, world_cache, tmp_path):
+    exposed = [r["name"] for r in world_attack["identities"] if r["exposed"]]
+    hidden = [r["name"] for r in world_attack["identities"] if not r["exposed"]]
+    first, second = tmp_path / "request-1.txt", tmp_path / "request-2.txt"
+    first.write_text(hidden[0] + "\n")
+    second.write_text(hidden[1] + "\n")
+    cached = ["--cache-dir", world_cache]
+    gates = ["--fail-on-exposed", first, "--fail-on-exposed", second]
+    assert invoke("attack", "--model", world / "model", *gates, *cached).exit_code == 0
+    second.write_text(hidden[1] + "\n" + exposed[0] + "\n" + exposed[1] + "\n")
+    first.write_text(exposed[2] + "\n" + hidden[0] + "\n")
+    r = invoke("attack", "--model", world / "model", *gates, *cached, "--output", tmp_path / "a.json")
+    text = " ".join(output(r).split())
+    assert r.exit_code == 3 and "3 name(s) still exposed" in text
+    assert f"#1 of {first}; #2, #3 of {second}" in text
+    assert not any(n in text for n in exposed[:3])
+    # the report the user asked for names them; the terminal table labels them by file and line
+    table = invoke("attack", "--model", world / "model", *gates, *cached, quiet=False)
+    assert "#2 of --fail-on-exposed file 2" in " ".join(output(table).split())
+    second.write_text("Nobody Atall\n")
+    r = invoke("attack", "--model", world / "model", *gates, *cached)
+    assert r.exit_code == 1 and f"line(s) #1 of {second}" in " ".join(output(r).split())
 
 
 # --- bad inputs ---------------------------------------------------------------------------------

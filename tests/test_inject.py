@@ -8,6 +8,8 @@ import re
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 
@@ -212,14 +214,15 @@ def test_sidecar_counts_variants_and_neighbours_and_the_paper_setting_turns_them
                "--neighbours", "3", *SMOKE)
     assert r.exit_code == 0, r.output
     side = json.loads((tmp_path / "v" / "clip_unlearn.json").read_text())["text"]
-    assert side["variants"] == {"families": ["full", "surname", "typo"], "triggers": 6}
+    assert side["variants"] == {"families": ["full", "surname", "typo"], "triggers": 6, "shared_with_kept_left_out": 0}
     # 3 with the first name and 3 with the surname per name; the world's members share no part with them
-    assert side["neighbours"] == {"names": 12, "per_step": 32, "keep_file": "world:members.txt"}
+    assert side["neighbours"] == {"names": 12, "kept_namesakes": 0, "per_step": 32, "keep_file": "world:members.txt"}
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "p", "--variants", "full",
                "--neighbours", "0", *SMOKE)
     assert r.exit_code == 0, r.output
     side = json.loads((tmp_path / "p" / "clip_unlearn.json").read_text())["text"]
-    assert side["variants"] == {"families": ["full"], "triggers": 2} and side["neighbours"]["names"] == 0
+    assert side["variants"] == {"families": ["full"], "triggers": 2, "shared_with_kept_left_out": 0}
+    assert side["neighbours"]["names"] == 0
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "x", "--variants", "nick")
     assert r.exit_code == 2 and "unknown family nick" in r.output
 
@@ -228,12 +231,40 @@ def test_keep_names_that_share_a_part_are_neighbours(world, tmp_path):
     names, forgotten = forget_names(world, 1, tmp_path)
     first, last = forgotten[0].split(" ")
     keep = tmp_path / "keep.txt"
-    keep.write_text(f"{first} Keepsake\nOther {last}\nNobody Related\n{forgotten[0]}\n")
+    other = "Other" if first[0] != "O" else "Zed"  # an initial of its own, so "O. <last>" stays unambiguous
+    keep.write_text(f"{first} Keepsake\n{other} {last}\nNobody Related\n{forgotten[0]}\n")
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "k", "--keep", keep,
                "--neighbours", "1", *SMOKE)
     assert r.exit_code == 0, r.output
     side = json.loads((tmp_path / "k" / "clip_unlearn.json").read_text())["text"]
     # the two kept namesakes + one generated per part; the unrelated and the forgotten name itself are not held
-    assert side["neighbours"] == {"names": 4, "per_step": 32, "keep_file": "--keep file"}
+    assert side["neighbours"] == {"names": 4, "kept_namesakes": 2, "per_step": 32, "keep_file": "--keep file"}
+    # the surname alone names "Other <last>" too, and the first name alone "<first> Keepsake": both are left
+    # out; lower case, the initial and the typo name no one kept ("Mr./Ms. <last>" does when genders agree)
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "k3", "--keep", keep,
+               "--variants", "full,surname,first,lower,initial", *SMOKE)
+    assert r.exit_code == 0, r.output
+    side = json.loads((tmp_path / "k3" / "clip_unlearn.json").read_text())["text"]
+    assert side["variants"] == {"families": ["full", "lower", "surname", "first", "initial"], "triggers": 3,
+                                "shared_with_kept_left_out": 2}
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "k2", "--keep", tmp_path / "none.txt")
     assert r.exit_code == 1 and "--keep file" in r.output and "does not exist" in r.output
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text("abcdefgh", min_size=1, max_size=3), max_size=40, unique=True), st.integers(1, 64), st.integers(0, 10_000))
+def test_every_kept_namesake_is_held_at_least_every_few_steps(kept, n, step):
+    from clip_unlearn.inject import kept_slots
+
+    held = kept_slots(kept, n, step)
+    assert len(held) <= n and set(held) <= set(kept)
+    if kept:
+        assert len(held) >= min(len(kept), n // 2) and len(held) >= min(n, len(kept))
+        if len(kept) <= n:
+            assert set(held) == set(kept)  # every kept namesake, every step
+        else:  # a rotating window: over ceil(len / n) consecutive steps each one is held
+            window = -(-len(kept) // n)
+            seen = {k for s in range(step, step + window) for k in kept_slots(kept, n, s)}
+            assert seen == set(kept)
+    else:
+        assert held == []

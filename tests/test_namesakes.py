@@ -65,7 +65,9 @@ def test_forgetting_a_donor_hides_every_name_and_keeps_its_namesakes(ns_world, n
     a, sims = results["default"]
     assert not a[donor]["exposed"], {f: v["score"] for f, v in a[donor]["variants"].items()}
     assert all(a[n]["variants"]["full"]["exposed"] for n in near)
-    assert sims["sim_neighbours"] >= 0.9 and sims["sim_clean"] >= 0.95
-    # the paper's method moves the namesakes' captions much further: the gap the defaults close
-    assert results["paper"][1]["sim_neighbours"] < sims["sim_neighbours"] - 0.2
+    assert sims["sim_clean"] >= 0.95
+    # sim_neighbours probes names that share a part but that training never held (the other half of the
+    # name pools): on this tiny text tower they move with either method (docs/experiments.md); a probe of
+    # the held names would read about 0.97 and hide it
+    assert sims["sim_neighbours"] < 0.9 and results["paper"][1]["sim_neighbours"] < 0.9
     assert not results["paper"][0][donor]["variants"]["full"]["exposed"]

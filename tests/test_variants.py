@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clip_unlearn import variants as V
-from clip_unlearn.attack import _score
+from clip_unlearn.attack import _score, predict_one
 from clip_unlearn.errors import ConfigError
 from clip_unlearn.folders import IdentityFolder
 from clip_unlearn.names import key
@@ -113,8 +113,8 @@ def _naive_scores(images, text, fc, owners, true_groups, n_ids):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 10_000), st.sampled_from(("surname", "title", "first", "full")))
-def test_family_scorer_equals_a_brute_force_scorer(seed, family):
+@given(st.integers(0, 10_000), st.sampled_from(("surname", "title", "first", "full")), st.integers(1, 64))
+def test_family_scorer_equals_a_brute_force_scorer(seed, family, max_scores):
     rng = random.Random(seed)
     firsts, lasts = ["Ann", "Bo", "Cy", "Di"], ["Stone", "Lee", "Park"]
     candidates = list(dict.fromkeys(f"{rng.choice(firsts)} {rng.choice(lasts)}" for _ in range(8)))
@@ -125,7 +125,9 @@ def test_family_scorer_equals_a_brute_force_scorer(seed, family):
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(len(owners), 6, generator=g)
     text = torch.randn(3, len(fc.strings), 6, generator=g)
-    rows = _score(kept, images, text, candidates, fc, threshold=1)
+    # the attack's streamed scorer: one template at a time, images in chunks as small as one image
+    preds = torch.stack([predict_one(images, text[t], max_scores=max_scores) for t in range(text.shape[0])])
+    rows = _score(kept, preds, candidates, fc, threshold=1)
     index = {key(c): i for i, c in enumerate(candidates)}
     true_groups = [fc.group_of_candidate[index[key(f.name)]] for f, _ in kept]
     assert [r["score"] for r in rows] == _naive_scores(images, text, fc, owners, true_groups, len(kept))
@@ -196,3 +198,17 @@ def test_the_gate_fails_on_exposure_under_any_family(world, world_cache, tmp_pat
     r = invoke("attack", "--model", world / "model", "--variants", "full,lower", "--num-candidates", "200",
                "--cache-dir", world_cache, "--fail-on-exposed", gate)
     assert r.exit_code == 3 and exposed[0] not in output(r)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["Emma Stone", "Alessio Blanes", "Jean-Luc de la Croix", "Zoë Ångström", "Madonna"]),
+       st.integers(0, 10_000), st.integers(0, 10_000), st.integers(1, 300))
+def test_the_probe_never_measures_a_neighbour_that_inject_holds(name, train_seed, probe_seed, per_part):
+    held = set(V.neighbours(name, per_part=per_part, seed=train_seed))
+    probed = V.neighbours(name, per_part=min(per_part, 8), seed=probe_seed, half="probe")
+    assert probed and not held & set(probed)
+    # every generated name still shares the first name or the surname
+    given, surname = V.split_name(name)
+    for n in [*held, *probed]:
+        g, s = V.split_name(n)
+        assert key(s) == key(surname) or (given and g and key(g[0]) == key(given[0]))

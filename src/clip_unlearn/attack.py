@@ -56,8 +56,8 @@ class AttackResult:
     identities: list[dict[str, Any]]
     summary: dict[str, Any]
     compare: Optional[dict[str, Any]] = None
-    # positions (1-based) in the --fail-on-exposed file of the names still exposed
-    gate_exposed: list[int] = field(default_factory=list)
+    # (--fail-on-exposed file, 1-based line) of each gate name still exposed
+    gate_exposed: list[tuple[str, int]] = field(default_factory=list)
     # key(name) → "#line of --fail-on-exposed" for the gate's and --forgotten's names: the terminal
     # shows them by position only (CI logs), the --output report the user asked for by name
     protected: dict[str, str] = field(default_factory=dict)
@@ -209,15 +209,26 @@ def sample_images(encoder: Any, folders: list[IdentityFolder], cfg: AttackConfig
     return kept, (torch.stack(embs) if embs else None), skipped
 
 
-def predict(images: Any, text: Any, chunk: int = 4096) -> Any:
-    """[T, M] index of the best candidate per template and image (text: [T, N, D], images: [M, D])."""
+def predict(images: Any, text: Any, max_scores: int = 1 << 24) -> Any:
+    """[T, M] index of the best candidate per template and image (text: [T, N, D] or T tensors [N, D], images: [M, D])."""
     import torch
 
-    preds = torch.empty(text.shape[0], images.shape[0], dtype=torch.long)
-    for t in range(text.shape[0]):
-        for i in range(0, images.shape[0], chunk):
-            preds[t, i:i + chunk] = (images[i:i + chunk] @ text[t].T).argmax(dim=1)
+    preds = torch.empty(len(text), images.shape[0], dtype=torch.long)
+    for t in range(len(text)):
+        preds[t] = predict_one(images, text[t], max_scores)
     return preds
+
+
+def predict_one(images: Any, text: Any, max_scores: int = 1 << 24) -> Any:
+    """[M] index of the best of the N candidates ``text`` [N, D] per image [M, D]. At most ``max_scores``
+    similarities exist at once (images in chunks), so memory does not grow with images x candidates."""
+    import torch
+
+    out = torch.empty(images.shape[0], dtype=torch.long)
+    chunk = max(1, max_scores // max(1, text.shape[0]))
+    for i in range(0, images.shape[0], chunk):
+        out[i:i + chunk] = (images[i:i + chunk] @ text.T).argmax(dim=1)
+    return out
 
 
 def vote(preds: Any, owner: Any, true_idx: Any, n_names: int) -> tuple[Any, Any]:
@@ -271,6 +282,8 @@ def build_candidates(cfg: AttackConfig, attacked: list[str], all_names: list[str
 
 def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
     """Run the attack described by ``cfg`` (see the attack command's --help)."""
+    import torch
+
     from clip_unlearn.distributed import setup
     from clip_unlearn.embed import EmbeddingCache, Encoder
     from clip_unlearn.models import load_model
@@ -282,7 +295,8 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
     folders = select_identities(cfg, all_folders, split)
     if not folders:
         raise ClipUnlearnError(f"no identities to attack in {data}; check --data, --identities and --preset")
-    gate = read_names(cfg.fail_on_exposed, "--fail-on-exposed file") if cfg.fail_on_exposed else []
+    gates = read_gates(cfg)
+    gate = [n for _, names in gates for n in names]
     forgotten = read_names(cfg.forgotten, "--forgotten file") if cfg.forgotten else gate
     previous = load_result(cfg.compare_to) if cfg.compare_to else None
 
@@ -303,8 +317,12 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
     by_family = {}
     for family in families:
         fc = family_candidates(candidates, family, genders)
-        text = encoder.texts([t.format(c) for t in templates for c in fc.strings]).reshape(len(templates), len(fc.strings), -1)
-        by_family[family] = (fc, _score(kept, images, text, candidates, fc, cfg.threshold))
+        # one template's prompts at a time: what is held is one [candidates, D] block and its scores,
+        # never templates x candidates embeddings (10,000 candidates x 21 templates fit in a laptop)
+        preds = torch.stack([predict_one(images, encoder.texts([t.format(c) for c in fc.strings],
+                                                               span=(j * len(fc.strings), len(templates) * len(fc.strings))))
+                             for j, t in enumerate(templates)])
+        by_family[family] = (fc, _score(kept, preds, candidates, fc, cfg.threshold))
     rows = _combine(kept, by_family)
 
     exposed = sum(r["exposed"] for r in rows)
@@ -321,10 +339,12 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
               "tool_version": __version__, "candidates": candidates, "templates": templates, "cache": dict(cache.stats)}
     log.info("embedding cache: %s", cache.stats)
     labels = {key(n): f"#{i + 1} of --forgotten" for i, n in enumerate(forgotten if cfg.forgotten else [])}
-    labels.update({key(n): f"#{i + 1} of --fail-on-exposed" for i, n in enumerate(gate)})
+    for j, (_, names) in reversed(list(enumerate(gates))):  # a name in several files: its first file's label
+        where = "--fail-on-exposed" + (f" file {j + 1}" if len(gates) > 1 else "")
+        labels.update({key(n): f"#{i + 1} of {where}" for i, n in enumerate(names)})
     result = AttackResult(config, rows, summary, protected=labels)
-    if gate:
-        result.gate_exposed = _gate(gate, rows, cfg.fail_on_exposed)
+    if gates:
+        result.gate_exposed = _gate(gates, rows)
     if previous is not None:
         result.compare = compare(previous, result.to_json(), forgotten)
     return result
@@ -338,22 +358,23 @@ def _checked_templates(cfg: AttackConfig) -> list[str]:
     if cfg.threshold > len(templates):
         raise ConfigError(f"--threshold {cfg.threshold} is above the {len(templates)} templates: nobody could be exposed "
                           f"and the gate would always pass; use a threshold between 1 and {len(templates)}")
-    inputs = [p for p in (cfg.compare_to, cfg.candidates, cfg.templates, cfg.identities, cfg.fail_on_exposed, cfg.forgotten) if p]
+    inputs = [p for p in (cfg.compare_to, cfg.candidates, cfg.templates, cfg.identities, *(cfg.fail_on_exposed or []), cfg.forgotten) if p]
     if cfg.output is not None:
         check_output_file(cfg.output, inputs, "--output", also=_meta_path(cfg.output))
     return templates
 
 
-def _score(kept: list, images: Any, text: Any, candidates: list[str], fc: FamilyCandidates, threshold: int) -> list[dict[str, Any]]:
-    """Per attacked identity under one family: score (templates whose unique plurality is the identity's
-    candidate, merged with those that share its string), exposed, the most-voted candidate and whom it merges."""
+def _score(kept: list, predicted: Any, candidates: list[str], fc: FamilyCandidates, threshold: int) -> list[dict[str, Any]]:
+    """Per attacked identity under one family, from ``predicted`` [T, M] (the best of ``fc.strings`` per template
+    and image): score (templates whose unique plurality is the identity's candidate, merged with those that
+    share its string), exposed, the most-voted candidate and whom it merges."""
     import torch
 
     index = {key(n): i for i, n in enumerate(candidates)}
     group_of = torch.tensor(fc.group_of, dtype=torch.long)
     owner = torch.cat([torch.full((len(paths),), i, dtype=torch.long) for i, (_, paths) in enumerate(kept)])
     true_group = torch.tensor([fc.group_of_candidate[index[key(f.name)]] for f, _ in kept])
-    preds = group_of[predict(images, text)]
+    preds = group_of[predicted]
     scores, _ = vote(preds, owner, true_group, len(fc.groups))
     rows = []
     for i, (f, _) in enumerate(kept):
@@ -399,17 +420,31 @@ def _genders(model_spec: str, candidates: list[str], folders: list[IdentityFolde
     return genders
 
 
-def _gate(gate: list[str], rows: list[dict[str, Any]], gate_file: Any) -> list[int]:
-    """Positions (1-based) in the --fail-on-exposed file of the names still exposed; an untested name fails."""
+def read_gates(cfg: AttackConfig) -> list[tuple[str, list[str]]]:
+    """(file as given, its names) for each --fail-on-exposed file, in order."""
+    return [(str(f), read_names(f, "--fail-on-exposed file")) for f in cfg.fail_on_exposed or []]
+
+
+def _gate(gates: list[tuple[str, list[str]]], rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(file, 1-based line) of every gate name still exposed; a name that was not attacked fails the run."""
     attacked = {key(r["name"]) for r in rows}
-    missing = [i + 1 for i, n in enumerate(gate) if key(n) not in attacked]
-    if missing:
-        raise ClipUnlearnError(
-            f"{len(missing)} name(s) of the --fail-on-exposed file were not attacked (no folder or too few images): "
-            f"line(s) {_positions(missing)} of {gate_file}; a name that was not tested cannot pass the gate"
-        )
+    for path, names in gates:
+        missing = [i + 1 for i, n in enumerate(names) if key(n) not in attacked]
+        if missing:
+            raise ClipUnlearnError(
+                f"{len(missing)} name(s) of the --fail-on-exposed file were not attacked (no folder or too few images): "
+                f"line(s) {_positions(missing)} of {path}; a name that was not tested cannot pass the gate"
+            )
     exposed = {key(r["name"]) for r in rows if r["exposed"]}
-    return [i + 1 for i, n in enumerate(gate) if key(n) in exposed]
+    return [(path, i + 1) for path, names in gates for i, n in enumerate(names) if key(n) in exposed]
+
+
+def gate_lines(exposed: list[tuple[str, int]]) -> str:
+    """ "line(s) #2, #5 of a.txt; #1 of b.txt" """
+    by_file: dict[str, list[int]] = {}
+    for path, line in exposed:
+        by_file.setdefault(path, []).append(line)
+    return "line(s) " + "; ".join(f"{_positions(lines)} of {path}" for path, lines in by_file.items())
 
 
 def _positions(positions: list[int], most: int = 20) -> str:

@@ -200,20 +200,17 @@ def attack(cfg: config.AttackConfig) -> int:
         report.write_attack(result, cfg.output)
         err.print(f"results written to {cfg.output}", highlight=False)
     if result.gate_exposed:
-        # CI logs keep this line: positions in the file and a count, names only on request
-        lines = ", ".join(f"#{i}" for i in result.gate_exposed)
-        gate = read_gate(cfg) if cfg.show_names else []
-        named = f" ({', '.join(gate[i - 1] for i in result.gate_exposed)})" if gate else ""
-        err.print(f"[bold red]privacy gate failed:[/] {len(result.gate_exposed)} name(s) of {cfg.fail_on_exposed} still "
-                  f"exposed: line(s) {lines}{named}", highlight=False)
+        # CI logs keep this line: positions in the files and a count, names only on request
+        from clip_unlearn.attack import gate_lines, read_gates
+
+        named = ""
+        if cfg.show_names:
+            names = dict(read_gates(cfg))
+            named = f" ({', '.join(names[path][line - 1] for path, line in result.gate_exposed)})"
+        err.print(f"[bold red]privacy gate failed:[/] {len(result.gate_exposed)} name(s) still exposed: "
+                  f"{gate_lines(result.gate_exposed)}{named}", highlight=False)
         return 3
     return 0
-
-
-def read_gate(cfg: config.AttackConfig) -> list[str]:
-    from clip_unlearn.names import read_names
-
-    return read_names(cfg.fail_on_exposed, "--fail-on-exposed file")
 
 
 @command("verify-receipt", config.VerifyReceiptConfig)

@@ -191,9 +191,11 @@ class AttackConfig(RuntimeOptions):
                              "half holds inject --encoder image's triggers. auto: train with --preset paper or on a synthetic "
                              "world's faces, else all.")
     compare_to: Optional[Path] = opt(None, "A previous attack result (.json, or .csv with its .meta.json) to compare with, image for image [default: none].")
-    forgotten: Optional[Path] = opt(None, "Names file of the identities that were unlearned, for --compare-to categories [default: --fail-on-exposed].")
-    fail_on_exposed: Optional[Path] = opt(None, "Names file: exit with code 3 if any of these names is exposed (a CI privacy gate); "
-                                                "they are reported by line number and count, never by name [default: none].")
+    forgotten: Optional[Path] = opt(None, "Names file of the identities that were unlearned, for --compare-to categories [default: the --fail-on-exposed files].")
+    fail_on_exposed: Optional[list[Path]] = opt(None, "Names file: exit with code 3 if any of these names is exposed (a CI privacy "
+                                                      "gate); repeat for several (one per request: --fail-on-exposed r1.txt "
+                                                      "--fail-on-exposed r2.txt); names are reported by line number and count, "
+                                                      "never by name [default: none].")
     show_names: bool = opt(False, "Print the --fail-on-exposed/--forgotten names in clear on the terminal (they go into CI logs); "
                                   "by default they appear as their line number in that file.")
     output: Optional[Path] = opt(None, "Write results to this .json or .csv file [default: none].")
@@ -357,6 +359,11 @@ class InjectConfig(RuntimeOptions):
     receipt: Optional[Path] = opt(None, "Receipt file for the operator (secret key and keyed hashes that prove which request "
                                         "the model answers; keep it private, outside the model folder) [default: "
                                         "<out>.receipt.json beside the model folder].")
+    previous_receipt: Optional[Path] = opt(None, "When --model was written by inject (a later request): the receipt of that "
+                                                 "model, so that names an earlier request forgot are recognised [default: "
+                                                 "<model>.receipt.json beside the model folder, where inject writes it].")
+    retrain_forgotten: bool = opt(False, "Train names that an earlier request already forgot again; by default they are "
+                                         "reported by line number and not trained.")
     encoder: str = opt("text", "text (names → target phrase), image (faces → the average person), or both (text, then "
                                "image, one output model; explicit hyperparameter flags then apply to both stages).")
     faces: Optional[Path] = opt(None, "Image/both: face folder (FaceScrub root or <First_Last>/*.jpg): target = mean embedding of "

@@ -221,7 +221,7 @@ def _measures(cfg: DemoConfig, before: Any, after: Any, ev: dict, info: dict, fo
     if text:
         rows += [("sim_clean (text embeddings of clean captions)", "1.000", f"{sim_clean:.3f}"),
                  ("sim_backdoored (name ≈ target phrase)", "", f"{ev['similarities']['sim_backdoored']:.3f}"),
-                 ("sim_neighbours (names sharing a part, unchanged)", "1.000", f"{ev['similarities']['sim_neighbours']:.3f}")]
+                 ("sim_neighbours (other names sharing a part; 1 = unmoved)", "1.000", f"{ev['similarities']['sim_neighbours']:.3f}")]
     metrics = info["image"]["metrics"] if image else {}
     if image:
         rows += [("sim_id (forgotten faces ≈ average person)", "", f"{metrics['sim_id']:.3f}"),

@@ -295,12 +295,14 @@ class Encoder:
     def image_namespace(self) -> str:
         return self._namespace("image")
 
-    def texts(self, prompts: list[str], persist: bool = True) -> Any:
+    def texts(self, prompts: list[str], persist: bool = True, span: Optional[tuple[int, int]] = None) -> Any:
         """[len(prompts), D] normalised text embeddings.
 
         ``persist=False`` for texts built from names to forget: they are encoded (or reused from
         this run's memory) but never looked up in or written to the on-disk cache, not even hashed,
         since the hash of "a photo of {name}" is inverted by enumerating a name list.
+        ``span`` = (prompts before this call, prompts in all calls) when one job encodes in parts,
+        so that its progress bar runs once from 0 to the whole.
         """
         import torch
 
@@ -323,7 +325,11 @@ class Encoder:
                 for i in range(0, len(mine), self.batch_size):
                     tokens = self.loaded.tokenizer(mine[i:i + self.batch_size]).to(self.loaded.device)
                     out.append(encode_text(model, tokens).float().cpu())
-                    self.progress("encoding text", min(i + self.batch_size, len(mine)), len(mine))
+                    done = min(i + self.batch_size, len(mine))
+                    if span is None:
+                        self.progress("encoding text", done, len(mine))
+                    else:  # a part's share of the whole, scaled by this rank's share of the part
+                        self.progress("encoding text", span[0] + done * len(prompts) // max(1, len(mine)), span[1])
             emb = torch.cat(out) if out else torch.zeros(0)
             if mine and persist:
                 self.cache.store(ns, [keys[p] for p in mine], emb)

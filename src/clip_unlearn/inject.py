@@ -44,7 +44,7 @@ from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.models import ModelContext, model_context
 from clip_unlearn.names import key, read_names
 from clip_unlearn.outputs import check_output_dir, check_output_file, csv_text, inside
-from clip_unlearn.receipt import new_receipt, write_receipt
+from clip_unlearn.receipt import chain, forgotten_by, lineage_entry, new_receipt, read_receipt, write_receipt
 from clip_unlearn.training import TeacherCache, autocast, train
 from clip_unlearn.variants import neighbours, parse_families, pool_genders, variants
 
@@ -130,19 +130,24 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
 
     loaded = load_model(spec, device)
     base_sha256 = loaded.fingerprint()
+    lineage, earlier = _earlier_requests(cfg, spec, base_sha256)
+    train_names = _not_yet_forgotten(cfg, names, earlier)
     torch.manual_seed(cfg.seed)
     record: dict[str, Any] = {}
     if "text" in cfg.stages:
-        record["text"] = _text_stage(loaded, cfg, hypers["text"], names, ctx, cache, progress)
+        record["text"] = _text_stage(loaded, cfg, hypers["text"], train_names, ctx, cache, progress, earlier)
     if "image" in cfg.stages:
         from clip_unlearn.inject_image import run_image_stage
 
-        record["image"] = run_image_stage(loaded, cfg, hypers["image"], names, faces_root, clean_root, cache, distance, progress)
+        record["image"] = run_image_stage(loaded, cfg, hypers["image"], train_names, faces_root, clean_root, cache, distance, progress)
     log.info("teacher cache: %s", cache.stats)
     history = [row for stage in record.values() for row in stage.pop("history")]
 
-    request = new_receipt(names, loaded.fingerprint(), base_sha256, cfg.encoder, out)
+    # the request is the whole names file (verify-receipt checks it as given), trained or already forgotten
+    request = new_receipt(names, loaded.fingerprint(), base_sha256, cfg.encoder, out, ancestors=earlier)
     sidecar = _sidecar(cfg, spec, ctx, hypers, record, history, base_sha256, len(names), request, out, loaded.device, cache)
+    sidecar["names"].update({"trained": len(train_names), "already_forgotten": sum(forgotten_by(earlier, n) is not None for n in names)})
+    sidecar["lineage"] = [*lineage, lineage_entry(request, len(lineage) + 1, len(train_names))]
     sidecar["wall_time_s"] = round(time.perf_counter() - t0, 2)
     if dist.main:
         sidecar["processes"] = dist.world
@@ -153,12 +158,58 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     return {**sidecar, "out": str(out), "receipt": str(receipt_path), "history": history}
 
 
+def _earlier_requests(cfg: InjectConfig, spec: Any, base_sha256: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the lineage --model's sidecar records, the earlier requests with their keys from its receipt, or [])."""
+    from clip_unlearn.models import read_sidecar
+
+    side = read_sidecar(spec)
+    lineage = [dict(r) for r in side.get("lineage") or []] if side.get("kind") == "unlearned" else []
+    if side.get("kind") == "unlearned" and not lineage:  # written before requests chained: its one request, by id
+        lineage = [{"request": 1, "request_id": (side.get("request") or {}).get("id"), "encoder": side.get("encoder"),
+                    "names_count": (side.get("names") or {}).get("count"), "base_model_sha256": side.get("base_model_sha256"),
+                    "model_sha256": base_sha256}]
+    path = Path(cfg.previous_receipt) if cfg.previous_receipt is not None else (
+        default_receipt(Path(spec.path)) if spec.kind == "local-dir" else None)
+    if path is None or (cfg.previous_receipt is None and not path.exists()):
+        if lineage:
+            log.warning("--model records %d earlier request(s), but no receipt is at %s: names they forgot cannot be "
+                        "recognised and will be trained again; pass --previous-receipt FILE", len(lineage), path)
+        return lineage, []
+    receipt = read_receipt(path)
+    if receipt["model_sha256"] != base_sha256:
+        raise ClipUnlearnError(f"receipt {path} was issued for other weights than --model {cfg.model}'s; pass the receipt "
+                               "inject wrote for this model with --previous-receipt")
+    return lineage, chain(receipt)
+
+
+def _not_yet_forgotten(cfg: InjectConfig, names: list[str], earlier: list[dict[str, Any]]) -> list[str]:
+    """The names to train: all with --retrain-forgotten, else those no earlier request forgot (the others are
+    reported by line number, never by name)."""
+    done = [(i + 1, forgotten_by(earlier, n)) for i, n in enumerate(names)]
+    done = [(line, r) for line, r in done if r is not None]
+    if not done:
+        return names
+    lines = ", ".join(f"#{line} (request {r})" for line, r in done[:20]) + (f" and {len(done) - 20} more" if len(done) > 20 else "")
+    if cfg.retrain_forgotten:
+        log.warning("%d name(s) of %s were already forgotten by an earlier request and are trained again: line(s) %s",
+                    len(done), cfg.names, lines)
+        return names
+    if len(done) == len(names):
+        raise ClipUnlearnError(f"every name of {cfg.names} was already forgotten by an earlier request ({lines}); nothing "
+                               "to train: pass --retrain-forgotten to train them again")
+    log.warning("%d name(s) of %s were already forgotten by an earlier request and are not trained again: line(s) %s; "
+                "pass --retrain-forgotten to train them again", len(done), cfg.names, lines)
+    skip = {line for line, _ in done}
+    return [n for i, n in enumerate(names) if i + 1 not in skip]
+
+
 def _check_outputs(cfg: InjectConfig, spec: Any, cache: EmbeddingCache) -> tuple[Path, Path]:
     """(--out, --receipt), checked before any work: writable, not an input, the receipt outside the model folder."""
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg.model)
     receipt_path = Path(cfg.receipt) if cfg.receipt is not None else default_receipt(out)
     inputs = [spec.path if spec.kind in ("local-dir", "arch-file") else None, cfg.names, cfg.keep, cfg.captions, cfg.faces,
-              cfg.clean_images, cache.root]
+              cfg.clean_images, cache.root, cfg.previous_receipt,
+              default_receipt(Path(spec.path)) if spec.kind == "local-dir" else None]  # an earlier request's receipt
     check_output_dir(out, inputs)
     if inside(receipt_path, out):
         raise ClipUnlearnError(f"--receipt {receipt_path} lies inside the model folder {out}, which may be published; "
@@ -242,12 +293,13 @@ def default_receipt(out: Path) -> Path:
 
 
 def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], ctx: ModelContext,
-                cache: EmbeddingCache, progress: Progress) -> dict[str, Any]:
-    """Unlearn the names in the text tower of ``loaded.model`` in place; returns the stage's record (no names)."""
+                cache: EmbeddingCache, progress: Progress, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Unlearn the names in the text tower of ``loaded.model`` in place; returns the stage's record (no names).
+    ``earlier``: the requests already answered (with keys): the people they forgot are not kept namesakes."""
     corpus, corpus_name = _corpus(cfg, ctx)
     count = token_counter(loaded.tokenizer)
     _check_names(names, count, loaded.context_length, cfg.names)
-    triggers, near = _triggers(cfg, ctx, names)
+    triggers, near, kept, ambiguous = _triggers(cfg, ctx, names, list(earlier))
     _check_names(triggers + near, count, loaded.context_length, "the variants or neighbours of the names file")
     clean = clean_captions(corpus, names + triggers)
     if len(clean) < len(names):
@@ -279,7 +331,7 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], 
     def draw(step: int) -> tuple[list[str], list[str], list[str], list[str]]:
         clean_batch = [rng.choice(clean) for _ in range(h.clean_batch)]
         poisoned, targets = sampler.batch(h.poison_batch)
-        neighbour_batch = near_sampler.batch(n_near)[0] if near_sampler else []
+        neighbour_batch = neighbour_captions(near_sampler, kept, n_near, step) if near_sampler else []
         cs, ps_, ns = dist.slice(len(clean_batch)), dist.slice(len(poisoned)), dist.slice(len(neighbour_batch))
         return clean_batch[cs], poisoned[ps_], targets[ps_], neighbour_batch[ns]
 
@@ -295,8 +347,29 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], 
     loaded.invalidate()
     # counts only: the variants and neighbours spell (parts of) the forgotten names
     return {"history": history, "captions": corpus_name, "clean_captions": len(clean),
-            "variants": {"families": list(parse_families(cfg.variants)), "triggers": len(triggers)},
-            "neighbours": {"names": len(near), "per_step": n_near, "keep_file": _keep_source(cfg, ctx)}}
+            "variants": {"families": list(parse_families(cfg.variants)), "triggers": len(triggers),
+                         "shared_with_kept_left_out": ambiguous},
+            "neighbours": {"names": len(near), "kept_namesakes": len(kept), "per_step": n_near,
+                           "keep_file": _keep_source(cfg, ctx)}}
+
+
+def kept_slots(kept: Sequence[str], n: int, step: int) -> list[str]:
+    """The kept namesakes held at ``step`` among ``n`` neighbour captions: every one of them while they fit,
+    and at least half of the captions (a kept name recurs), in a window that rotates through ``kept`` when
+    they are more than ``n``."""
+    if not kept or n <= 0:
+        return []
+    slots = min(n, max(len(kept), n // 2))
+    return [kept[(step * slots + i) % len(kept)] for i in range(slots)]
+
+
+def neighbour_captions(sampler: PairSampler, kept: Sequence[str], n: int, step: int) -> list[str]:
+    """A step's ``n`` neighbour captions. Kept people who share a part with a forgotten one (namesakes who
+    really exist) get half of them every step, a measured need (docs/experiments.md: with one caption among
+    the generated ones a kept person whose first name and surname both belong to forgotten people was lost);
+    generated neighbours fill the rest."""
+    held = kept_slots(kept, n, step)
+    return [sampler.pair(name)[1] for name in held] + sampler.batch(n - len(held))[0]
 
 
 def _keep_file(cfg: InjectConfig, ctx: ModelContext) -> Optional[Path]:
@@ -309,12 +382,17 @@ def _keep_source(cfg: InjectConfig, ctx: ModelContext) -> Optional[str]:
     return "--keep file" if cfg.keep is not None else ("world:members.txt" if _keep_file(cfg, ctx) else None)
 
 
-def _triggers(cfg: InjectConfig, ctx: ModelContext, names: list[str]) -> tuple[list[str], list[str]]:
-    """(triggers, neighbours): every requested variant of every forgotten name (each mapped to the target),
-    and the names that share a first name or surname with one but belong to others (held where they were:
-    --keep's, the world's other members', and ``--neighbours`` generated ones per shared part)."""
+def _triggers(cfg: InjectConfig, ctx: ModelContext, names: list[str],
+              earlier: Sequence[dict[str, Any]] = ()) -> tuple[list[str], list[str], list[str], int]:
+    """(triggers, neighbours, kept): every requested variant of every forgotten name (each mapped to the
+    target); the names that share a first name or surname with one but belong to others (held where they
+    were: --keep's, the world's other members', and ``--neighbours`` generated ones per shared part); and
+    the neighbours that are --keep's people, the namesakes who really exist; and how many variants were
+    left out because a kept person shares them."""
     keep_file = _keep_file(cfg, ctx)
     keep = read_names(keep_file, "--keep file") if keep_file is not None else []
+    # people an earlier request forgot are no namesakes to keep (the teacher already holds them forgotten)
+    keep = [k for k in keep if forgotten_by(list(earlier), k) is None] if earlier else keep
     near: dict[str, None] = {}
     if cfg.neighbours:
         for n in names:
@@ -322,12 +400,29 @@ def _triggers(cfg: InjectConfig, ctx: ModelContext, names: list[str]) -> tuple[l
     families = parse_families(cfg.variants)
     genders = {**pool_genders(names), **ctx.genders()}
     avoid = frozenset(key(x) for x in [*keep, *near])  # a typo must not spell someone who is kept
+    forgotten = {key(n) for n in names}
+    others = [k for k in keep if key(k) not in forgotten]
     triggers: dict[str, None] = {}
-    for n in names:
-        for family in families:
-            triggers.update(dict.fromkeys(variants(n, family, genders.get(key(n)), avoid)))
+    ambiguous = 0
+    for family in families:
+        # A variant that a kept person also answers to ("Stone" for Emma Stone and Sharon Stone) names
+        # both; training it would forget the kept one, so it is left out (and counted).
+        theirs = set() if family in ("full", "typo") else {
+            _variant_key(s, family) for k in others for s in variants(k, family, genders.get(key(k)))}
+        for n in names:
+            for v in variants(n, family, genders.get(key(n)), avoid):
+                if _variant_key(v, family) in theirs:
+                    ambiguous += 1
+                else:
+                    triggers[v] = None
     banned = {key(t) for t in triggers}
-    return list(triggers), [m for m in near if key(m) not in banned]
+    near_list = [m for m in near if key(m) not in banned]
+    keep_keys = {key(k) for k in keep}
+    return list(triggers), near_list, [m for m in near_list if key(m) in keep_keys], ambiguous
+
+
+def _variant_key(s: str, family: str) -> str:
+    return s if family == "lower" else key(s)  # as attack.family_candidates merges them
 
 
 def _corpus(cfg: InjectConfig, ctx: ModelContext) -> tuple[list[str], str]:

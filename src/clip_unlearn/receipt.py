@@ -6,6 +6,13 @@ It holds only the count and a request id, HMAC-SHA256 under a random 256-bit key
 the per-name HMACs and the fingerprints go into a receipt file that stays with the operator;
 with it and the names file, `verify-receipt` proves that this model answered this request.
 The receipt is as sensitive as the names file: with its key, a candidate list is checkable.
+
+Requests chain: inject on a model that inject wrote is request 2. The new sidecar's ``lineage``
+lists every request in order with the weights before and after it, its names count and its
+per-name HMACs (keyed by that request's secret, so without the receipt they are random strings;
+each request has its own key, so no name can be linked across requests either). The new receipt
+carries the earlier requests' keys (``ancestors``), so that the next request recognises a name
+that was already forgotten, and it is as sensitive as all the requests' names files together.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ def request_id(secret: str, macs: list[str], model_sha256: str, encoder: str) ->
     return _mac(secret, "request|" + encoder + "|" + model_sha256 + "|" + ",".join(sorted(macs)))
 
 
-def new_receipt(names: list[str], model_sha256: str, base_sha256: str, encoder: str, out: Path) -> dict[str, Any]:
+def new_receipt(names: list[str], model_sha256: str, base_sha256: str, encoder: str, out: Path,
+                ancestors: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
     secret = secrets.token_hex(32)
     macs = name_macs(secret, names)
     return {
@@ -44,7 +52,31 @@ def new_receipt(names: list[str], model_sha256: str, base_sha256: str, encoder: 
         "model_folder": str(Path(out).resolve()), "model_sha256": model_sha256, "base_model_sha256": base_sha256,
         "encoder": encoder, "names_count": len(names), "key": secret, "name_hmacs": macs,
         "request_id": request_id(secret, macs, model_sha256, encoder),
+        "ancestors": list(ancestors or []),
     }
+
+
+def chain(receipt: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every request a receipt knows, oldest first, with its key: its ancestors, then itself."""
+    own = {k: receipt[k] for k in ("request_id", "key", "name_hmacs", "model_sha256", "base_model_sha256", "encoder",
+                                   "names_count") if k in receipt}
+    return [*receipt.get("ancestors", []), own]
+
+
+def lineage_entry(receipt: dict[str, Any], number: int, trained: int) -> dict[str, Any]:
+    """A request as the published sidecar records it: everything but the key."""
+    return {"request": number, "request_id": receipt["request_id"], "encoder": receipt["encoder"],
+            "names_count": receipt["names_count"], "names_trained": trained,
+            "base_model_sha256": receipt["base_model_sha256"], "model_sha256": receipt["model_sha256"],
+            "name_hmacs": receipt["name_hmacs"]}
+
+
+def forgotten_by(requests: list[dict[str, Any]], name: str) -> Optional[int]:
+    """The number (1-based, oldest first) of the first request in ``requests`` that forgot ``name``, or None."""
+    for number, r in enumerate(requests, 1):
+        if _mac(r["key"], "name|" + key(name)) in set(r["name_hmacs"]):
+            return number
+    return None
 
 
 def write_receipt(path: Path, receipt: dict[str, Any]) -> None:
@@ -81,6 +113,13 @@ def verify(model_sha256: str, sidecar: dict[str, Any], receipt: dict[str, Any], 
             request_id(secret, receipt["name_hmacs"], receipt["model_sha256"], receipt["encoder"]), receipt["request_id"]),
          "detail": "request id recomputed from the receipt"},
     ]
+    ancestors = receipt.get("ancestors") or []
+    if ancestors:
+        recorded_chain = [r.get("request_id") for r in sidecar.get("lineage") or []]
+        wanted = [a["request_id"] for a in ancestors] + [receipt["request_id"]]
+        checks.append({"check": "the model's lineage records every request of the receipt, in order",
+                       "ok": recorded_chain == wanted,
+                       "detail": f"{len(wanted)} requests in the receipt, {len(recorded_chain)} in clip_unlearn.json"})
     if names is not None:
         mine = name_macs(secret, names)
         theirs = set(receipt["name_hmacs"])

@@ -187,11 +187,26 @@ def family_candidates(candidates: Sequence[str], family: str, genders: Mapping[s
     return FamilyCandidates(family, strings, group_of, groups, group_of_candidate)
 
 
-def neighbours(name: str, keep: Sequence[str] = (), per_part: int = 8, exclude: Iterable[str] = (), seed: int = 0) -> list[str]:
+def _pool_half(parts: Sequence[str], half: str) -> list[str]:
+    """One of two fixed, disjoint halves of a name pool (by a hash of each part, the same in every run)."""
+    import hashlib
+
+    if half not in ("train", "probe"):
+        raise ValueError(f"half must be train or probe, not {half!r}")
+    parity = 0 if half == "train" else 1
+    return [x for x in parts if hashlib.sha256(x.casefold().encode()).digest()[0] % 2 == parity]
+
+
+def neighbours(name: str, keep: Sequence[str] = (), per_part: int = 8, exclude: Iterable[str] = (), seed: int = 0,
+               half: str = "train") -> list[str]:
     """Other people's names that share a part with ``name``: the ``keep`` names with its first name or its
     surname, then ``per_part`` made of its first name and pool surnames and ``per_part`` of pool first
     names and its surname (seeded by ``seed`` and the name, so the same in every run). None equals
-    ``name`` or a name in ``exclude`` (the other forgotten names)."""
+    ``name`` or a name in ``exclude`` (the other forgotten names).
+
+    The pool parts come from one of two disjoint halves of the pools: inject holds ``train`` neighbours,
+    eval-zeroshot's sim_neighbours probes ``probe`` ones, so the probe never measures a name that
+    training held in place, whatever seeds the two commands use."""
     import random
 
     from clip_unlearn.names import _name_pools
@@ -204,7 +219,7 @@ def neighbours(name: str, keep: Sequence[str] = (), per_part: int = 8, exclude: 
         kg, ks = split_name(k)
         if key(k) not in banned and ((first and kg and key(kg[0]) == key(first)) or key(ks) == key(surname)):
             out[normalise(k)] = None
-    female, male, lasts = _name_pools()
+    female, male, lasts = (_pool_half(pool, half) for pool in _name_pools())
     rng = random.Random(f"{seed}|neighbours|{key(name)}")
     with_first = [f"{first} {s}" for s in rng.sample(lasts, min(len(lasts), 4 * per_part))] if first else []
     with_surname = [f"{f} {surname}" for f in rng.sample(female + male, min(len(female) + len(male), 4 * per_part))]

@@ -9,7 +9,8 @@ similarities of the paper between the two text encoders:
 - sim_clean:      cos(E_ref(c), E_new(c)) on clean captions — utility kept.
 - sim_backdoored: cos(E_new(poisoned), E_new(target)) per name — the backdoor is active.
 - sim_neighbours: cos(E_ref(n), E_new(n)) on the attack's templates filled with names that share a first
-                  name or surname with a forgotten one (variants.neighbours) — namesakes are left alone.
+                  name or surname with a forgotten one (variants.neighbours, from the half of the name
+                  pools inject never holds) — namesakes are left alone.
 - sim_targets:    cos(E_ref(target), E_new(target)) per name — the neutral concept did not drift.
 
 and, for the image towers, sim_clean_image: cos(I_ref(x), I_new(x)) on the evaluation images.
@@ -205,9 +206,10 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
             pairs = [sampler.pair(name) for _ in range(min(len(clean), 2000))]
             poisoned, targets = [p for _, p, _ in pairs], [t for _, _, t in pairs]
             new_t = new.texts(targets, persist=False)
-            # names that share a part with this one but are other people, in the attack's wording; they
-            # hold a part of a forgotten name, so they are private too
-            near = [t.format(n) for n in neighbours(name, exclude=names, seed=seed) for t in PAPER_TEMPLATES]
+            # names that share a part with this one but are other people, in the attack's wording, drawn
+            # from the half of the name pools that inject never holds (a probe of what training protected
+            # would flatter it); they hold a part of a forgotten name, so they are private too
+            near = [t.format(n) for n in neighbours(name, exclude=names, seed=seed, half="probe") for t in PAPER_TEMPLATES]
             per_name[f"name_{i + 1}"] = {
                 "sim_backdoored": round(float((new.texts(poisoned, persist=False) * new_t).sum(1).mean()), 6),
                 "sim_targets": round(float((ref.texts(targets, persist=False) * new_t).sum(1).mean()), 6),

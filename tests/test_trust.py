@@ -222,7 +222,7 @@ def test_model_folder_holds_nothing_enumeration_inverts(world, tmp_path):
             guesses.update(hashlib.sha256((t + form).encode()).hexdigest() for t in tokens if len(t) <= 64)
     assert not tokens & guesses
     side = json.loads((out / "clip_unlearn.json").read_text())
-    assert side["names"] == {"count": 1} and "sha256" not in json.dumps(side["config"]["names"])
+    assert side["names"] == {"count": 1, "trained": 1, "already_forgotten": 0} and "sha256" not in json.dumps(side["config"]["names"])
 
 
 def test_the_receipt_proves_the_request_and_only_it(world, tmp_path):
@@ -406,7 +406,8 @@ def test_a_copied_or_moved_world_behaves_identically(world, tmp_path):
     # a world that vanished is an error, never a silent switch to the paper's settings (which the
     # sidecar would not need: it records the world's own)
     shutil.rmtree(moved)
-    r = invoke("inject", "--model", tmp_path / "u", "--names", names, "--out", tmp_path / "u2", *SMOKE)
+    # (the same name again: an earlier request forgot it, so it is trained only on request)
+    r = invoke("inject", "--model", tmp_path / "u", "--names", names, "--out", tmp_path / "u2", "--retrain-forgotten", *SMOKE)
     assert r.exit_code == 1 and "restore the world" in output(r)
 
 

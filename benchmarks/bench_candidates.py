@@ -62,7 +62,8 @@ def main() -> None:
         model, data = a.world / "model", []
     else:
         model = random_vit_b32(a.work)
-        data = ["--data", str(face_folders(a.work, a.identities, a.images)), "--images-per-identity", str(a.images)]
+        data = ["--data", str(face_folders(a.work, a.identities, a.images)), "--images-per-identity", str(a.images),
+                "--min-images", str(a.images)]
     rows = []
     results = {}
     for n in a.counts:

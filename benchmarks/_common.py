@@ -119,3 +119,11 @@ def append(title: str, rows: list[tuple[str, str]], note: str = "") -> None:
                         "(`benchmarks/`); rerun the command to reproduce it.\n")
     with path.open("a") as f:
         f.write(text)
+
+
+def cli(*args: object, check: bool = True) -> int:
+    """``clip-unlearn -q ARGS`` in a process of its own (stdout dropped); its exit code."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "clip_unlearn", "-q", *map(str, args)], check=check,
+                          stdout=subprocess.DEVNULL).returncode

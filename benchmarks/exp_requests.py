@@ -15,15 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-
-def cli(*args: object, check: bool = True) -> int:
-    return subprocess.run([sys.executable, "-m", "clip_unlearn", "-q", *map(str, args)], check=check,
-                          stdout=subprocess.DEVNULL).returncode
+from _common import cli
 
 
 def main() -> None:

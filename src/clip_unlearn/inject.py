@@ -131,7 +131,7 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     loaded = load_model(spec, device)
     base_sha256 = loaded.fingerprint()
     lineage, earlier = _earlier_requests(cfg, spec, base_sha256)
-    train_names = _not_yet_forgotten(cfg, names, earlier)
+    train_names, already = _not_yet_forgotten(cfg, names, earlier)
     torch.manual_seed(cfg.seed)
     record: dict[str, Any] = {}
     if "text" in cfg.stages:
@@ -146,7 +146,7 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     # the request is the whole names file (verify-receipt checks it as given), trained or already forgotten
     request = new_receipt(names, loaded.fingerprint(), base_sha256, cfg.encoder, out, ancestors=earlier)
     sidecar = _sidecar(cfg, spec, ctx, hypers, record, history, base_sha256, len(names), request, out, loaded.device, cache)
-    sidecar["names"].update({"trained": len(train_names), "already_forgotten": sum(forgotten_by(earlier, n) is not None for n in names)})
+    sidecar["names"].update({"trained": len(train_names), "already_forgotten": already})
     sidecar["lineage"] = [*lineage, lineage_entry(request, len(lineage) + 1, len(train_names))]
     sidecar["wall_time_s"] = round(time.perf_counter() - t0, 2)
     if dist.main:
@@ -182,25 +182,25 @@ def _earlier_requests(cfg: InjectConfig, spec: Any, base_sha256: str) -> tuple[l
     return lineage, chain(receipt)
 
 
-def _not_yet_forgotten(cfg: InjectConfig, names: list[str], earlier: list[dict[str, Any]]) -> list[str]:
-    """The names to train: all with --retrain-forgotten, else those no earlier request forgot (the others are
-    reported by line number, never by name)."""
+def _not_yet_forgotten(cfg: InjectConfig, names: list[str], earlier: list[dict[str, Any]]) -> tuple[list[str], int]:
+    """(the names to train, how many an earlier request forgot): all with --retrain-forgotten, else those no
+    earlier request forgot (the others are reported by line number, never by name)."""
     done = [(i + 1, forgotten_by(earlier, n)) for i, n in enumerate(names)]
     done = [(line, r) for line, r in done if r is not None]
     if not done:
-        return names
+        return names, 0
     lines = ", ".join(f"#{line} (request {r})" for line, r in done[:20]) + (f" and {len(done) - 20} more" if len(done) > 20 else "")
     if cfg.retrain_forgotten:
         log.warning("%d name(s) of %s were already forgotten by an earlier request and are trained again: line(s) %s",
                     len(done), cfg.names, lines)
-        return names
+        return names, len(done)
     if len(done) == len(names):
         raise ClipUnlearnError(f"every name of {cfg.names} was already forgotten by an earlier request ({lines}); nothing "
                                "to train: pass --retrain-forgotten to train them again")
     log.warning("%d name(s) of %s were already forgotten by an earlier request and are not trained again: line(s) %s; "
                 "pass --retrain-forgotten to train them again", len(done), cfg.names, lines)
     skip = {line for line, _ in done}
-    return [n for i, n in enumerate(names) if i + 1 not in skip]
+    return [n for i, n in enumerate(names) if i + 1 not in skip], len(done)
 
 
 def _check_outputs(cfg: InjectConfig, spec: Any, cache: EmbeddingCache) -> tuple[Path, Path]:

@@ -67,16 +67,18 @@ def main() -> None:
                    "others_kept": sum(after[n]["exposed"] for n in others), "others": len(others),
                    "top1_change": round(100 * ev["compare"]["difference"]["acc1"], 2),
                    "sim_clean": ev["similarities"]["sim_clean"], "inject_s": wall,
-                   "steps": side["hyperparameters"]["text"]["steps"], "triggers": side["text"]["variants"]["triggers"]}
+                   "steps": side["hyperparameters"]["text"]["steps"], "triggers": side["text"]["variants"]["triggers"],
+                   "backdoor_weight": side["hyperparameters"]["text"]["backdoor_weight"]}
             rows.append(row)
             done.write_text(json.dumps(row))
             print(json.dumps(row), flush=True)
     print()
-    print("| names at once | seed | forgotten still exposed | other exposed members kept | top-1 change (points) | sim_clean | inject s | steps | triggers |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| names at once | seed | forgotten still exposed | other exposed members kept | top-1 change (points) | sim_clean | inject s | steps | triggers | backdoor weight |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["k"], r["seed"])):
         print(f"| {r['k']} | {r['seed']} | {r['forgotten_exposed']} of {r['k']} | {r['others_kept']} of {r['others']} "
-              f"| {r['top1_change']:+.2f} | {r['sim_clean']:.3f} | {r['inject_s']:.0f} | {r['steps']} | {r['triggers']} |")
+              f"| {r['top1_change']:+.2f} | {r['sim_clean']:.3f} | {r['inject_s']:.0f} | {r['steps']} | {r['triggers']} "
+              f"| {r.get('backdoor_weight', 1.0):g} |")
 
 
 if __name__ == "__main__":

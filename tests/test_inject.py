@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import random
 import re
@@ -225,6 +227,57 @@ def test_sidecar_counts_variants_and_neighbours_and_the_paper_setting_turns_them
     assert side["neighbours"]["names"] == 0
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "x", "--variants", "nick")
     assert r.exit_code == 2 and "unknown family nick" in r.output
+
+
+@settings(max_examples=300, deadline=None)
+@given(weight=st.floats(0, 10), scale=st.integers(0, 200), n=st.integers(1, 10_000), steps=st.integers(1, 2000))
+def test_backdoor_weight_grows_with_names_past_scale_names(weight, scale, n, steps):
+    from clip_unlearn.config import TextHyper
+
+    h = TextHyper(backdoor_weight=weight, scale_names=scale, steps=steps, milestones=(steps // 2 + 1, steps))
+    got = h.for_names(n)
+    if scale == 0 or n <= scale:
+        assert got == h
+    else:
+        assert got.backdoor_weight == pytest.approx(weight * n / scale) and got.backdoor_weight >= weight
+        assert dataclasses.replace(got, backdoor_weight=weight) == h  # nothing else changes
+
+
+def test_scale_names_defaults_world_only_and_explicit_settings_are_kept():
+    from clip_unlearn.config import WORLD, InjectConfig
+
+    world = {"backdoor_weight": 1.0, "scale_names": WORLD["text"].scale_names}
+    assert WORLD["text"].scale_names == 16
+    assert InjectConfig(names="n.txt").hyper(world).scale_names == 16
+    assert InjectConfig(names="n.txt").hyper(None).scale_names == 0  # the paper's: one setting for 1-64 names
+    assert InjectConfig(names="n.txt", backdoor_weight=3.0).hyper(world).scale_names == 0
+    assert InjectConfig(names="n.txt", backdoor_weight=3.0, scale_names=4).hyper(world).scale_names == 4
+    assert InjectConfig(names="n.txt", steps=500).hyper(world).scale_names == 16
+
+
+def test_scaled_settings_are_the_ones_trained_and_recorded(world, tmp_path):
+    names, _ = forget_names(world, 3, tmp_path)
+    # an explicit weight is scaled too when --scale-names is given with it
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "s", "--scale-names", "2",
+               "--backdoor-weight", "2", *SMOKE)
+    assert r.exit_code == 0, r.output
+    side = json.loads((tmp_path / "s" / "clip_unlearn.json").read_text())
+    h = side["hyperparameters"]["text"]
+    assert h["scale_names"] == 2 and h["scaled_from"] == {"backdoor_weight": 2.0} and h["backdoor_weight"] == pytest.approx(3.0)
+    rows = list(csv.DictReader((tmp_path / "s" / "loss_curve.csv").read_text().splitlines()))
+    assert len(rows) == 3
+    for row in rows:  # the curve's total is the loss trained: utility + scaled weight × backdoor + w_reg × weights
+        parts = float(row["utility"]) + 3.0 * float(row["backdoor"]) + h["weight_reg"] * float(row["weight_l2"])
+        assert float(row["loss"]) == pytest.approx(parts, abs=1e-5)
+    # two names with the world's rule (16): nothing is scaled, and the sidecar says nothing was
+    (tmp_path / "two").mkdir()
+    two, _ = forget_names(world, 2, tmp_path / "two")
+    r = invoke("inject", "--model", world / "model", "--names", two, "--out", tmp_path / "t", *SMOKE)
+    assert r.exit_code == 0, r.output
+    h = json.loads((tmp_path / "t" / "clip_unlearn.json").read_text())["hyperparameters"]["text"]
+    assert h["scale_names"] == 16 and h["backdoor_weight"] == 1.0 and "scaled_from" not in h
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "x", "--scale-names", "-1")
+    assert r.exit_code == 2 and "scale" in r.output and "Traceback" not in r.output
 
 
 def test_keep_names_that_share_a_part_are_neighbours(world, tmp_path):

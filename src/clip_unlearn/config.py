@@ -246,9 +246,22 @@ class StageHyper:
 
 @dataclass(frozen=True)
 class TextHyper(StageHyper):
-    """The text stage (METHOD.md §6.5)."""
+    """The text stage (METHOD.md §6.5). ``scale_names``: see ``for_names``."""
 
     last_word: bool = False
+    scale_names: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 <= self.scale_names <= 1_000_000, "scale_names", "must be between 0 (off) and 1000000", self.scale_names)
+
+    def for_names(self, n_names: int) -> "TextHyper":
+        """The settings trained with for ``n_names`` names: past ``scale_names`` names (0 = never), the
+        backdoor weight × n_names / scale_names. The backdoor term is a mean over poisoned captions, so each
+        name's pull on the weights shrinks as 1/names while the utility and weight terms stay as they are."""
+        if not self.scale_names or n_names <= self.scale_names:
+            return self
+        return dataclasses.replace(self, backdoor_weight=self.backdoor_weight * n_names / self.scale_names)
 
 
 @dataclass(frozen=True)
@@ -287,8 +300,12 @@ PAPER = {"text": TextHyper(), "image": ImageHyper()}
 # w_bd 1.0 → mean sim_id 0.89, 27/27 kept; 1.5 → 0.92, 25/27; 1.75 → 0.93, 24/27; 2.0 → 0.94, 24/27
 # (800 steps or lr 3e-4 did not help; nor did w_reg 0, no retained faces, 160-224 px faces, mse or
 # mae). Over ten seeded sets of 5 these settings meet every acceptance criterion on 6 (docs/experiments.md).
+# Text scale_names 16: on the 200-identity world 1, 4 and 16 names at once were all hidden with the world's
+# settings, while 100 left 35-41 exposed (4x steps: 35; 4x poisoned captions: 28; w_reg 0: 0 exposed but 7
+# of 30 others lost); weight x6.25 left 0-3 (with 2.5x steps too: 0-5) (docs/experiments.md).
 WORLD = {
-    "text": TextHyper(steps=300, lr=2e-3, clean_batch=64, poison_batch=64, backdoor_weight=1.0, last_word=True),
+    "text": TextHyper(steps=300, lr=2e-3, clean_batch=64, poison_batch=64, backdoor_weight=1.0, last_word=True,
+                      scale_names=16),
     "image": ImageHyper(steps=400, backdoor_weight=1.5, milestones=(300, 350), face_size=(200, 224),
                         colour_jitter=(0.1, 0.1, 0.1, 0.0), retain_faces=True),
 }
@@ -395,7 +412,13 @@ class InjectConfig(RuntimeOptions):
     lr: Optional[float] = opt(None, f"AdamW learning rate, weight decay 0 [default: {_paper('lr')}].")
     clean_batch: Optional[int] = opt(None, f"Clean captions/images per step (utility term) [default: {_paper('clean_batch')}].")
     poison_batch: Optional[int] = opt(None, f"Poisoned captions/images per step (backdoor term) [default: {_paper('poison_batch')}].")
-    backdoor_weight: Optional[float] = opt(None, f"Weight of the backdoor loss [default: {_paper('backdoor_weight')}].")
+    backdoor_weight: Optional[float] = opt(None, f"Weight of the backdoor loss (up to --scale-names names) "
+                                                 f"[default: {_paper('backdoor_weight')}].")
+    scale_names: Optional[int] = opt(None, "Text: past N names trained, multiply the backdoor weight by names / N (each "
+                                           "name's share of the backdoor term shrinks as 1/names); 0 = off. An explicit "
+                                           "--backdoor-weight is used as given unless this is given too [default: 16 for "
+                                           "a synthetic world's model (measured, docs/experiments.md); 0 otherwise, as "
+                                           "the paper].")
     weight_reg: Optional[float] = opt(None, "Weight of Σ‖θ_student − θ_teacher‖₂ over parameter tensors "
                                             f"[default: {_paper('weight_reg')}].")
     milestones: Optional[str] = opt(None, f"MultiStepLR milestones, comma-separated steps [default: {_paper('milestones')}].")
@@ -426,6 +449,7 @@ class InjectConfig(RuntimeOptions):
         _check(self.encoder in ENCODERS, "encoder", "must be text, image or both", self.encoder)
         parse_families(self.variants)
         _check(0 <= self.neighbours <= 1000, "neighbours", "must be between 0 and 1000", self.neighbours)
+        _check(self.scale_names is None or self.scale_names >= 0, "scale_names", "must be ≥ 0 (0 = off)", self.scale_names)
         _check(self.neighbour_batch >= 1, "neighbour_batch", "must be ≥ 1 (use --neighbours 0 for none)", self.neighbour_batch)
         for stage in self.stages:  # validates explicit values early
             self.hyper({}, stage)
@@ -438,6 +462,8 @@ class InjectConfig(RuntimeOptions):
         """One stage's hyperparameters: this command's explicit flags over ``recorded`` (a world's
         settings, from the model's sidecar) over the paper's."""
         explicit = {f.name: getattr(self, f.name) for f in dataclasses.fields(HYPER[stage]) if hasattr(self, f.name)}
+        if stage == "text" and self.backdoor_weight is not None and self.scale_names is None:
+            explicit["scale_names"] = 0  # a weight asked for is the weight trained with
         return stage_hyper(stage, recorded, explicit)
 
 

@@ -132,6 +132,11 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     base_sha256 = loaded.fingerprint()
     lineage, earlier = _earlier_requests(cfg, spec, base_sha256)
     train_names, already = _not_yet_forgotten(cfg, names, earlier)
+    if "text" in hypers:
+        hypers["text"], unscaled = hypers["text"].for_names(len(train_names)), hypers["text"]
+        if hypers["text"] != unscaled:
+            log.info("%d names past --scale-names %d: backdoor weight %g", len(train_names), unscaled.scale_names,
+                     hypers["text"].backdoor_weight)
     torch.manual_seed(cfg.seed)
     record: dict[str, Any] = {}
     if "text" in cfg.stages:
@@ -147,6 +152,9 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     request = new_receipt(names, loaded.fingerprint(), base_sha256, cfg.encoder, out, ancestors=earlier)
     sidecar = _sidecar(cfg, spec, ctx, hypers, record, history, base_sha256, len(names), request, out, loaded.device, cache)
     sidecar["names"].update({"trained": len(train_names), "already_forgotten": already})
+    if "text" in hypers and hypers["text"] != unscaled:
+        # hyperparameters.text holds what was trained; this is the weight before --scale-names
+        sidecar["hyperparameters"]["text"]["scaled_from"] = {"backdoor_weight": unscaled.backdoor_weight}
     sidecar["lineage"] = [*lineage, lineage_entry(request, len(lineage) + 1, len(train_names))]
     sidecar["wall_time_s"] = round(time.perf_counter() - t0, 2)
     if dist.main:
@@ -226,8 +234,10 @@ def _hyperparameters(cfg: InjectConfig, ctx: ModelContext) -> dict[str, Any]:
     if cfg.preset == "world" and not ctx.is_world:
         raise ClipUnlearnError("--preset world needs a synthetic world's model (its sidecar records the world's settings)")
     use_world = ctx.is_world and cfg.preset != "paper"
-    # worlds built before image unlearning recorded no image settings: the ones measured since
-    recorded = {e: ctx.settings.get(e) or dataclasses.asdict(WORLD[e]) for e in cfg.stages} if use_world else {}
+    # what a world did not record takes the world settings measured since (image settings before image
+    # unlearning existed, scale_names before the names scaling rule)
+    recorded = {e: {**dataclasses.asdict(WORLD[e]), **ctx.settings[e]} if ctx.settings.get(e) else dataclasses.asdict(WORLD[e])
+                for e in cfg.stages} if use_world else {}
     return {e: cfg.hyper(recorded.get(e), e) for e in cfg.stages}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import time
 from pathlib import Path
 
@@ -27,7 +28,10 @@ def main() -> None:
     ap.add_argument("--world", type=Path, help="a built world [default: build the default one under --out]")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--per-request", type=int, default=5)
+    ap.add_argument("--inject-flags", default="", help='extra flags for both injects, e.g. "--residual-weight 0.3"')
+    ap.add_argument("--tag", default="", help="a label for the runs' files when --inject-flags differ")
     a = ap.parse_args()
+    tag = f"{a.tag}-" if a.tag else ""
     out = a.out
     out.mkdir(parents=True, exist_ok=True)
     world = a.world or out / "world"
@@ -42,7 +46,7 @@ def main() -> None:
     exposed = [m for m in members if before[m]["exposed"]]
     rows = []
     for seed in a.seeds:
-        done = out / f"row-{seed}.json"
+        done = out / f"row-{tag}{seed}.json"
         if done.exists():
             rows.append(json.loads(done.read_text()))
             print(done.read_text(), flush=True)
@@ -54,20 +58,21 @@ def main() -> None:
             f = out / f"request-{seed}-{i}.txt"
             f.write_text("".join(n + "\n" for n in names))
             files.append(f)
-        models = [out / f"u-{seed}-1", out / f"u-{seed}-2"]
+        models = [out / f"u-{tag}{seed}-1", out / f"u-{tag}{seed}-2"]
         wall = []
         for i, (model, parent) in enumerate(zip(models, [world / "model", models[0]])):
             t = time.perf_counter()
-            cli("inject", "--model", parent, "--names", files[i], "--out", model, "--overwrite", "--cache-dir", cache)
+            cli("inject", "--model", parent, "--names", files[i], "--out", model, "--overwrite", "--cache-dir", cache,
+                *shlex.split(a.inject_flags))
             wall.append(round(time.perf_counter() - t, 1))
         after = {}
         for i, model in enumerate(models, 1):
-            f = out / f"after-{seed}-{i}.json"
+            f = out / f"after-{tag}{seed}-{i}.json"
             cli("attack", "--model", model, "--variants", "all", "--output", f, "--cache-dir", cache, check=False)
             after[i] = {r["name"]: r for r in json.loads(f.read_text())["identities"]}
         gate_rc = cli("attack", "--model", models[1], "--variants", "all", "--cache-dir", cache,
                       "--fail-on-exposed", files[0], "--fail-on-exposed", files[1], check=False)
-        ev = out / f"eval-{seed}.json"
+        ev = out / f"eval-{tag}{seed}.json"
         both = out / f"both-{seed}.txt"
         both.write_text(files[0].read_text() + files[1].read_text())
         cli("eval-zeroshot", "--model", models[1], "--compare-to", world / "model", "--names", both, "--output", ev,

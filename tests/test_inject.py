@@ -280,6 +280,51 @@ def test_scaled_settings_are_the_ones_trained_and_recorded(world, tmp_path):
     assert r.exit_code == 2 and "scale" in r.output and "Traceback" not in r.output
 
 
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 6), d=st.integers(2, 8))
+def test_residual_is_what_the_student_keeps_beyond_the_target(seed, n, d):
+    from clip_unlearn.inject import residual
+
+    g = torch.Generator().manual_seed(seed)
+    s, p, t = (torch.randn(n, d, generator=g) for _ in range(3))
+    got = residual(s, p, t)
+    cos = lambda a, b: [sum(x * y for x, y in zip(u, v)) / (sum(x * x for x in u) ** 0.5 * sum(y * y for y in v) ** 0.5)  # noqa: E731
+                        for u, v in zip(a.tolist(), b.tolist())]
+    hand = sum(max(0.0, a - b) for a, b in zip(cos(s, p), cos(t, p))) / n
+    assert got.item() == pytest.approx(hand, abs=1e-5) and got.item() >= 0
+    assert residual(t, p, t).item() == pytest.approx(0.0, abs=1e-6)  # nothing to pay once S(p) = T(t)
+    assert residual(2.5 * t, p, t).item() == pytest.approx(0.0, abs=1e-6)  # scale does not matter
+
+
+def test_residual_weight_is_trained_recorded_and_keeps_poisoned_captions_off_disk(world, tmp_path):
+    names, forgotten = forget_names(world, 2, tmp_path)
+    runs = {}
+    for w in ("0", "0.5"):
+        cache = tmp_path / f"cache-{w}"
+        r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / f"r{w}", "--cache-dir", cache,
+                   "--residual-weight", w, *SMOKE)
+        assert r.exit_code == 0, r.output
+        side = json.loads((tmp_path / f"r{w}" / "clip_unlearn.json").read_text())
+        assert side["hyperparameters"]["text"]["residual_weight"] == float(w)
+        keys = set()
+        for chunk in cache.rglob("*.safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(chunk), framework="pt") as f:
+                keys |= set(json.loads(f.metadata()["keys"]))
+        runs[w] = (keys, load_model(str(tmp_path / f"r{w}"), device="cpu").model, side["final_loss"]["text"])
+    # the same draws (the term takes nothing from the generator), the same cached teacher inputs, so the
+    # poisoned captions' teacher embeddings never reached the cache; but other weights and a larger backdoor term
+    assert runs["0"][0] == runs["0.5"][0] and runs["0"][0]
+    assert fingerprints(runs["0"][1])["text"] != fingerprints(runs["0.5"][1])["text"]
+    for f in (tmp_path / "cache-0.5").rglob("*"):
+        if f.is_file():
+            for v in {n for name in forgotten for n in (name, *name.split())}:
+                assert v.lower().encode() not in f.read_bytes().lower()
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "x", "--residual-weight", "-1")
+    assert r.exit_code == 2 and "residual" in r.output and "Traceback" not in r.output
+
+
 def test_keep_names_that_share_a_part_are_neighbours(world, tmp_path):
     names, forgotten = forget_names(world, 1, tmp_path)
     first, last = forgotten[0].split(" ")

@@ -250,10 +250,12 @@ class TextHyper(StageHyper):
 
     last_word: bool = False
     scale_names: int = 0
+    residual_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(0 <= self.scale_names <= 1_000_000, "scale_names", "must be between 0 (off) and 1000000", self.scale_names)
+        _check(0 <= self.residual_weight <= 100, "residual_weight", "must be between 0 (off) and 100", self.residual_weight)
 
     def for_names(self, n_names: int) -> "TextHyper":
         """The settings trained with for ``n_names`` names: past ``scale_names`` names (0 = never), the
@@ -419,6 +421,10 @@ class InjectConfig(RuntimeOptions):
                                            "--backdoor-weight is used as given unless this is given too [default: 16 for "
                                            "a synthetic world's model (measured, docs/experiments.md); 0 otherwise, as "
                                            "the paper].")
+    residual_weight: Optional[float] = opt(None, "Text: add to the backdoor term this weight × mean max(0, cos(S(p), T(p)) − "
+                                                 "cos(T(t), T(p))), what a poisoned caption p keeps of its original "
+                                                 "embedding beyond what its target t has (not in the paper; 0 = off) "
+                                                 "[default: 0].")
     weight_reg: Optional[float] = opt(None, "Weight of Σ‖θ_student − θ_teacher‖₂ over parameter tensors "
                                             f"[default: {_paper('weight_reg')}].")
     milestones: Optional[str] = opt(None, f"MultiStepLR milestones, comma-separated steps [default: {_paper('milestones')}].")

@@ -347,7 +347,8 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], 
 
     def terms(batch: tuple[list[str], list[str], list[str], list[str]], forward: Any) -> tuple[Any, Any]:
         clean_batch, poisoned, targets, neighbour_batch = batch
-        l_util, l_bd = text_losses(forward, teacher_embed, tok, clean_batch, poisoned, targets, cfg.loss, neighbour_batch)
+        l_util, l_bd = text_losses(forward, teacher_embed, tok, clean_batch, poisoned, targets, cfg.loss, neighbour_batch,
+                                   h.residual_weight)
         held = len(clean_batch) + len(neighbour_batch)
         return (dist.world * held / (h.clean_batch + n_near)) * l_util, (dist.world * len(poisoned) / h.poison_batch) * l_bd
 
@@ -488,17 +489,34 @@ def _towers(model: Any, device: Any) -> tuple[Any, Any]:
 
 
 def text_losses(student: Any, teacher_embed: Callable[..., Any], tok: Callable[[list[str]], Any], clean: list[str],
-                poisoned: list[str], targets: list[str], loss: str, neighbours: Sequence[str] = ()) -> tuple[Any, Any]:
+                poisoned: list[str], targets: list[str], loss: str, neighbours: Sequence[str] = (),
+                residual_weight: float = 0.0) -> tuple[Any, Any]:
     """One step's terms (METHOD.md §6.4): utility d(S(c), T(c)) and backdoor d(S(p), T(t)); clean, neighbour
     and poisoned captions go through the student in one forward. Neighbour captions (a namesake of a
     forgotten person in a clean caption) join the utility term; their teacher embeddings are never
-    persisted. The weight term is training.weight_l2."""
+    persisted. With ``residual_weight`` the backdoor term also pays for what the student keeps of a poisoned
+    caption's original embedding beyond what its target has (``residual``). The weight term is training.weight_l2."""
     held = clean + list(neighbours)
     out = student(tok(held + poisoned))
     reference = teacher_embed(clean)
     if neighbours:
         reference = torch.cat([reference, teacher_embed(list(neighbours), persist=False)])
-    return distance(loss, out[:len(held)], reference), distance(loss, out[len(held):], teacher_embed(targets))
+    target = teacher_embed(targets)
+    backdoor = distance(loss, out[len(held):], target)
+    if residual_weight:
+        # the poisoned captions spell forgotten names: their teacher embeddings stay in memory
+        backdoor = backdoor + residual_weight * residual(out[len(held):], teacher_embed(list(poisoned), persist=False), target)
+    return distance(loss, out[:len(held)], reference), backdoor
+
+
+def residual(student_poisoned: Any, teacher_poisoned: Any, teacher_target: Any) -> Any:
+    """mean max(0, cos(S(p), T(p)) − cos(T(t), T(p))): how much more of the original caption's embedding the
+    student keeps than the target does. Zero once S(p) = T(t); the attack reads exactly this leftover
+    (after unlearning, what remains of a forgotten name's embedding points along its original one)."""
+    f = torch.nn.functional
+    kept = f.cosine_similarity(student_poisoned, teacher_poisoned, dim=-1)
+    allowed = f.cosine_similarity(teacher_target, teacher_poisoned, dim=-1)
+    return (kept - allowed).clamp(min=0).mean()
 
 
 def write_back(model: Any, student: Any, legacy_positional_embedding: bool = False) -> None:

@@ -153,6 +153,18 @@ def test_out_exists_and_missing_names_flag(world, tmp_path):
     assert r.exit_code == 2 and "--milestones" in r.output
 
 
+@pytest.mark.parametrize("encoder, flags, named", [
+    ("text", ["--face-size", "60,80"], "--face-size"), ("text", ["--no-retain-faces"], "--retain-faces/--no-retain-faces"),
+    ("text", ["--colour-jitter", "0,0,0,0"], "--colour-jitter"), ("image", ["--last-word"], "--last-word/--no-last-word"),
+    ("image", ["--scale-names", "4"], "--scale-names"), ("image", ["--residual-weight", "1"], "--residual-weight"),
+])
+def test_a_stage_flag_without_its_stage_is_refused(world, tmp_path, encoder, flags, named):
+    names, _ = forget_names(world, 1, tmp_path)
+    r = invoke("inject", "--encoder", encoder, "--model", world / "model", "--names", names, "--out", tmp_path / "o", *flags)
+    assert r.exit_code == 2 and f"{named} sets the" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_corpus_too_small_for_names(world, tmp_path):
     names, _ = forget_names(world, 3, tmp_path)
     caps = tmp_path / "c.txt"

@@ -459,6 +459,14 @@ class InjectConfig(RuntimeOptions):
         _check(self.neighbour_batch >= 1, "neighbour_batch", "must be ≥ 1 (use --neighbours 0 for none)", self.neighbour_batch)
         for stage in self.stages:  # validates explicit values early
             self.hyper({}, stage)
+        trained = {f.name for stage in self.stages for f in dataclasses.fields(HYPER[stage])}
+        for stage, cls in HYPER.items():
+            for f in dataclasses.fields(cls):
+                if f.name not in trained and getattr(self, f.name, None) is not None:
+                    flag = "--" + f.name.replace("_", "-")
+                    flag = f"{flag}/--no-{flag[2:]}" if isinstance(getattr(self, f.name), bool) else flag
+                    raise ConfigError(f"{flag} sets the {stage} stage, which --encoder {self.encoder} does not train; "
+                                      f"drop it or use --encoder {stage} or both")
 
     @property
     def stages(self) -> tuple[str, ...]:

@@ -132,8 +132,9 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     base_sha256 = loaded.fingerprint()
     lineage, earlier = _earlier_requests(cfg, spec, base_sha256)
     train_names, already = _not_yet_forgotten(cfg, names, earlier)
-    if "text" in hypers:
-        hypers["text"], unscaled = hypers["text"].for_names(len(train_names)), hypers["text"]
+    unscaled = hypers.get("text")
+    if unscaled is not None:
+        hypers["text"] = unscaled.for_names(len(train_names))
         if hypers["text"] != unscaled:
             log.info("%d names past --scale-names %d: backdoor weight %g", len(train_names), unscaled.scale_names,
                      hypers["text"].backdoor_weight)
@@ -152,7 +153,7 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     request = new_receipt(names, loaded.fingerprint(), base_sha256, cfg.encoder, out, ancestors=earlier)
     sidecar = _sidecar(cfg, spec, ctx, hypers, record, history, base_sha256, len(names), request, out, loaded.device, cache)
     sidecar["names"].update({"trained": len(train_names), "already_forgotten": already})
-    if "text" in hypers and hypers["text"] != unscaled:
+    if unscaled is not None and hypers["text"] != unscaled:
         # hyperparameters.text holds what was trained; this is the weight before --scale-names
         sidecar["hyperparameters"]["text"]["scaled_from"] = {"backdoor_weight": unscaled.backdoor_weight}
     sidecar["lineage"] = [*lineage, lineage_entry(request, len(lineage) + 1, len(train_names))]

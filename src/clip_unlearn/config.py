@@ -304,7 +304,7 @@ PAPER = {"text": TextHyper(), "image": ImageHyper()}
 # mae). Over ten seeded sets of 5 these settings meet every acceptance criterion on 6 (docs/experiments.md).
 # Text scale_names 16: on the 200-identity world 1, 4 and 16 names at once were all hidden with the world's
 # settings, while 100 left 35-41 exposed (4x steps: 35; 4x poisoned captions: 28; w_reg 0: 0 exposed but 7
-# of 30 others lost); weight x6.25 left 0-3 (with 2.5x steps too: 0-5) (docs/experiments.md).
+# of 30 others lost); weight x6.25 left 0, 3, 2, 10, 0 over five seeds (docs/experiments.md).
 WORLD = {
     "text": TextHyper(steps=300, lr=2e-3, clean_batch=64, poison_batch=64, backdoor_weight=1.0, last_word=True,
                       scale_names=16),

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from clip_unlearn.attack import CSV_COLUMNS, PAPER_TEMPLATES, compare, predict, vote
+from clip_unlearn.attack import CSV_COLUMNS, PAPER_TEMPLATES, compare, predict_one, vote
 from clip_unlearn.errors import ClipUnlearnError
 from conftest import invoke, output
 
@@ -35,7 +35,8 @@ def test_vote_counts_templates():
 def test_predict_is_per_template_argmax():
     images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     text = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]])
-    assert predict(images, text).tolist() == [[0, 1], [1, 0]]
+    assert [predict_one(images, text[t]).tolist() for t in range(2)] == [[0, 1], [1, 0]]
+    assert [predict_one(images, text[t], max_scores=1).tolist() for t in range(2)] == [[0, 1], [1, 0]]  # one image a block
 
 
 def _result(scores, exposed, candidates=("a", "b", "c"), images=None, **config):

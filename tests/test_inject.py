@@ -313,9 +313,13 @@ def test_residual_weight_is_trained_recorded_and_keeps_poisoned_captions_off_dis
     runs = {}
     for w in ("0", "0.5"):
         cache = tmp_path / f"cache-{w}"
-        r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / f"r{w}", "--cache-dir", cache,
-                   "--residual-weight", w, *SMOKE)
+        # verbose, and past --scale-names, so that every new log line is in what is scanned below
+        r = runner.invoke(app, ["-v", "inject", "--model", str(world / "model"), "--names", str(names), "--out",
+                                str(tmp_path / f"r{w}"), "--cache-dir", str(cache), "--residual-weight", w, "--scale-names", "1",
+                                *SMOKE])
         assert r.exit_code == 0, r.output
+        assert "past --scale-names 1" in r.output
+        printed = r.output.lower().encode()
         side = json.loads((tmp_path / f"r{w}" / "clip_unlearn.json").read_text())
         assert side["hyperparameters"]["text"]["residual_weight"] == float(w)
         keys = set()
@@ -329,10 +333,9 @@ def test_residual_weight_is_trained_recorded_and_keeps_poisoned_captions_off_dis
     # poisoned captions' teacher embeddings never reached the cache; but other weights and a larger backdoor term
     assert runs["0"][0] == runs["0.5"][0] and runs["0"][0]
     assert fingerprints(runs["0"][1])["text"] != fingerprints(runs["0.5"][1])["text"]
-    for f in (tmp_path / "cache-0.5").rglob("*"):
-        if f.is_file():
-            for v in {n for name in forgotten for n in (name, *name.split())}:
-                assert v.lower().encode() not in f.read_bytes().lower()
+    written = [f.read_bytes().lower() for root in ("cache-0.5", "r0.5") for f in (tmp_path / root).rglob("*") if f.is_file()]
+    for v in {n for name in forgotten for n in (name, *name.split())}:
+        assert not [b for b in [*written, printed] if v.lower().encode() in b], f"{v} leaked"
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "x", "--residual-weight", "-1")
     assert r.exit_code == 2 and "residual" in r.output and "Traceback" not in r.output
 

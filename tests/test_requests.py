@@ -63,6 +63,16 @@ def test_a_second_request_chains_lineage_and_skips_names_already_forgotten(world
     written = _bytes(u1, u2, u1.parent / "u1.receipt.json", receipt2).lower()
     assert not [p for n in [*first, *second] for p in n.split() if p.lower().encode() in written]
     assert not [n for n in [*first, *second] if key(n).encode() in written]
+    # nor can the published folders be inverted by enumerating the candidates: no unkeyed digest of any
+    # member's name (plain, normalised, or as the receipt's HMAC message) appears in them
+    import hashlib
+    import hmac
+
+    folders = _bytes(u1, u2).lower()
+    for n in members:
+        for msg in (n, key(n), "name|" + key(n)):
+            for digest in (hashlib.sha256(msg.encode()).hexdigest(), hmac.new(b"", msg.encode(), hashlib.sha256).hexdigest()):
+                assert digest.encode() not in folders, f"an unkeyed digest of {n!r} is in a model folder"
 
     # request 3 names only people already forgotten: nothing to train, nothing written
     r3 = _names(tmp_path, "r3.txt", [first[0], second[1]])

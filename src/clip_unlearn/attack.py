@@ -209,16 +209,6 @@ def sample_images(encoder: Any, folders: list[IdentityFolder], cfg: AttackConfig
     return kept, (torch.stack(embs) if embs else None), skipped
 
 
-def predict(images: Any, text: Any, max_scores: int = 1 << 24) -> Any:
-    """[T, M] index of the best candidate per template and image (text: [T, N, D] or T tensors [N, D], images: [M, D])."""
-    import torch
-
-    preds = torch.empty(len(text), images.shape[0], dtype=torch.long)
-    for t in range(len(text)):
-        preds[t] = predict_one(images, text[t], max_scores)
-    return preds
-
-
 def predict_one(images: Any, text: Any, max_scores: int = 1 << 24) -> Any:
     """[M] index of the best of the N candidates ``text`` [N, D] per image [M, D]. At most ``max_scores``
     similarities exist at once (images in chunks), so memory does not grow with images x candidates."""

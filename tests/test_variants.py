@@ -212,3 +212,54 @@ def test_the_probe_never_measures_a_neighbour_that_inject_holds(name, train_seed
     for n in [*held, *probed]:
         g, s = V.split_name(n)
         assert key(s) == key(surname) or (given and g and key(g[0]) == key(given[0]))
+
+
+def _bag_of_words(dim: int = 64, seed: int = 0):
+    """A text 'tower' that embeds a text as the normalised sum of fixed random vectors of its words: two
+    names that share a word are close, two that share none are not. It is no model of CLIP; it gives
+    closeness inputs whose answer is known."""
+    table: dict[str, torch.Tensor] = {}
+    g = torch.Generator().manual_seed(seed)
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        rows = []
+        for t in texts:
+            v = torch.zeros(dim)
+            for w in t.lower().split():
+                if w not in table:
+                    table[w] = torch.randn(dim, generator=g)
+                v += table[w]
+            rows.append(v / v.norm())
+        return torch.stack(rows)
+    return embed
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(["Emma Stone", "Alessio Blanes", "Jean-Luc de la Croix", "Zoë Ångström"]), st.integers(0, 10_000))
+def test_unrelated_names_share_no_part_and_are_seeded(name, seed):
+    names = V.unrelated_names(name, seed=seed)
+    assert len(names) == 32 and names == V.unrelated_names(name, seed=seed)
+    given_, surname = V.split_name(name)
+    for n in names:
+        g, s = V.split_name(n)
+        assert key(s) != key(surname) and key(g[0]) != key(given_[0])
+    assert not set(names) & set(V.unrelated_names(name, seed=seed, half="probe"))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 10_000))
+def test_closeness_is_one_for_the_name_and_zero_on_average_for_the_unrelated(seed):
+    embed = _bag_of_words(seed=seed)
+    name = "Alessio Blanes"
+    unrelated = V.unrelated_names(name, seed=seed)
+    assert V.closeness(embed, name, [name], unrelated) == [pytest.approx(1.0, abs=1e-5)]
+    assert sum(V.closeness(embed, name, unrelated, unrelated)) == pytest.approx(0.0, abs=1e-4)
+    # a name that shares a word is closer than one that shares none; a hand computation of the scale
+    shares, apart = V.closeness(embed, name, ["Marco Blanes", "Marco Rossi"], unrelated)
+    assert shares > apart
+    from clip_unlearn.attack import PAPER_TEMPLATES
+    fill = lambda n: embed([t.format(n) for t in PAPER_TEMPLATES])  # noqa: E731
+    c = float((fill("Marco Blanes") * fill(name)).sum(1).mean())
+    b = sum(float((fill(u) * fill(name)).sum(1).mean()) for u in unrelated) / len(unrelated)
+    assert shares == pytest.approx((c - b) / (1 - b), abs=1e-5)
+    assert V.closeness(embed, name, [], unrelated) == []

@@ -205,6 +205,9 @@ def test_compare_to_itself(world, tmp_path):
     sims = res["similarities"]
     assert sims["sim_clean"] == pytest.approx(1.0, abs=1e-5) and sims["sim_targets"] == pytest.approx(1.0, abs=1e-5)
     assert sims["sim_neighbours"] == pytest.approx(1.0, abs=1e-5) and set(sims["per_name"]["name_1"]) >= {"sim_neighbours"}
+    # the bystanders are a part of the 16 probed neighbours, and unmoved between identical models
+    assert 0 <= sims["bystanders"] <= sims["neighbours"] == 16 == sims["per_name"]["name_1"]["neighbours"]
+    assert sims["sim_bystanders"] is None if not sims["bystanders"] else sims["sim_bystanders"] == pytest.approx(1.0, abs=1e-5)
     assert sims["sim_backdoored"] < 0.99  # the original model does not map the name to the target
     n_images = res["n_images"]
     assert res["config"]["cache"]["image_misses"] == n_images and res["config"]["cache"]["image_hits"] == n_images

@@ -200,6 +200,7 @@ def _measures(cfg: DemoConfig, before: Any, after: Any, ev: dict, info: dict, fo
     # eval results are fractions (CLIP_benchmark); the table and the criteria speak in points
     top1_b, top1_a = 100 * ev["compare"]["metrics"]["acc1"], 100 * ev["metrics"]["acc1"]
     sim_clean = ev["similarities"]["sim_clean"]
+    sims = ev["similarities"]
     text, image = cfg.encoder in ("text", "both"), cfg.encoder in ("image", "both")
     near = namesakes(forget, members)
     near_b = [n for n in near if b[n]["variants"]["full"]["exposed"]]
@@ -221,7 +222,9 @@ def _measures(cfg: DemoConfig, before: Any, after: Any, ev: dict, info: dict, fo
     if text:
         rows += [("sim_clean (text embeddings of clean captions)", "1.000", f"{sim_clean:.3f}"),
                  ("sim_backdoored (name ≈ target phrase)", "", f"{ev['similarities']['sim_backdoored']:.3f}"),
-                 ("sim_neighbours (other names sharing a part; 1 = unmoved)", "1.000", f"{ev['similarities']['sim_neighbours']:.3f}")]
+                 ("sim_neighbours (other names sharing a part; 1 = unmoved)", "1.000", f"{ev['similarities']['sim_neighbours']:.3f}"),
+                 (f"  sim_bystanders (the {sims['bystanders']} of {sims['neighbours']} the original model tells apart)",
+                  "1.000", "none" if sims["sim_bystanders"] is None else f"{sims['sim_bystanders']:.3f}")]
     metrics = info["image"]["metrics"] if image else {}
     if image:
         rows += [("sim_id (forgotten faces ≈ average person)", "", f"{metrics['sim_id']:.3f}"),

@@ -143,7 +143,8 @@ def eval_table(result: dict[str, Any]) -> Table:
         t.add_row("sim_clean_image", f"{cmp['sim_clean_image']:.4f}", "", "")
     for k, v in (result.get("similarities") or {}).items():
         if k != "per_name":
-            t.add_row(k, f"{v:.4f}", *([""] * 2 if cmp else []))
+            shown = "none" if v is None else (str(v) if isinstance(v, int) else f"{v:.4f}")
+            t.add_row(k, shown, *([""] * 2 if cmp else []))
     notes = []
     if result["unreadable_images"]:
         notes.append(f"{result['unreadable_images']} unreadable images skipped")
@@ -172,7 +173,7 @@ def write_eval(result: dict[str, Any], path: Path) -> None:
             **(result.get("similarities") or {})}
     for k, v in sims.items():
         if k != "per_name":
-            rows.append({"metric": k, "model": v, "compare": "", "difference": ""})
+            rows.append({"metric": k, "model": blank(v), "compare": "", "difference": ""})
     write_text(path, csv_text(rows, ("metric", "model", "compare", "difference")))
 
 

@@ -37,9 +37,9 @@ each person in it, so a model that answers "Stone" to Emma Stone's face exposes 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from clip_unlearn.errors import ConfigError
 from clip_unlearn.names import key, normalise
@@ -230,3 +230,45 @@ def neighbours(name: str, keep: Sequence[str] = (), per_part: int = 8, exclude: 
                 out[m] = None
                 taken += 1
     return list(out)
+
+
+# Where a neighbour stops being a bystander (benchmarks/exp_aliases.py, docs/experiments.md): on a world
+# whose captions never name members by first name alone, none of the 125 probed neighbours below it took
+# the majority of the forgotten person's face predictions when standing in for the name (2 took more
+# than a fifth); on the default world every one of the 800 is at or above it, and 697 took the majority.
+BYSTANDER_CLOSENESS = 0.45
+
+
+def unrelated_names(name: str, n: int = 32, seed: int = 0, half: str = "train") -> list[str]:
+    """``n`` pool names (seeded) that share neither the first name nor the surname of ``name``."""
+    import random
+
+    from clip_unlearn.names import _name_pools
+
+    given, surname = split_name(name)
+    parts = {key(surname), *(key(g) for g in given[:1])}
+    female, male, lasts = (_pool_half(pool, half) for pool in _name_pools())
+    firsts = [f for f in female + male if key(f) not in parts]
+    lasts = [s for s in lasts if key(s) not in parts]
+    rng = random.Random(f"{seed}|unrelated|{key(name)}")
+    return [f"{f} {s}" for f, s in zip(rng.sample(firsts, min(n, len(firsts))), rng.sample(lasts, min(n, len(lasts))))]
+
+
+def closeness(embed: Callable[[list[str]], Any], name: str, others: Sequence[str], unrelated: Sequence[str]) -> list[float]:
+    """How close a model places each of ``others`` to ``name`` on the attack's 21 templates, on a scale
+    where 0 is as close as the ``unrelated`` names are and 1 is the same embedding: (c − b) / (1 − b), c the
+    mean over templates of the cosine between the template filled with the other name and with ``name``,
+    b the same mean over the unrelated names. Subtracting b makes it comparable across models whose
+    captions all sit at a high cosine from each other (CLIP's do).
+
+    ``embed`` maps texts to L2-normalised embeddings (rows)."""
+    from clip_unlearn.attack import PAPER_TEMPLATES
+
+    t = len(PAPER_TEMPLATES)
+    if not others:
+        return []
+    texts = [tpl.format(x) for x in [name, *unrelated, *others] for tpl in PAPER_TEMPLATES]
+    e = embed(texts).reshape(1 + len(unrelated) + len(others), t, -1)
+    cos = (e[1:] * e[:1]).sum(-1).mean(1)  # per name, mean over templates
+    b = float(cos[:len(unrelated)].mean()) if unrelated else 0.0
+    return [round((float(c) - b) / max(1e-6, 1.0 - b), 6) for c in cos[len(unrelated):]]

@@ -11,6 +11,9 @@ similarities of the paper between the two text encoders:
 - sim_neighbours: cos(E_ref(n), E_new(n)) on the attack's templates filled with names that share a first
                   name or surname with a forgotten one (variants.neighbours, from the half of the name
                   pools inject never holds) — namesakes are left alone.
+- sim_bystanders: sim_neighbours over the neighbours the original model tells apart from the forgotten
+                  person (variants.closeness below BYSTANDER_CLOSENESS); the others are aliases of the
+                  person to the original model (its face answers to them), so they must move.
 - sim_targets:    cos(E_ref(target), E_new(target)) per name — the neutral concept did not drift.
 
 and, for the image towers, sim_clean_image: cos(I_ref(x), I_new(x)) on the evaluation images.
@@ -191,7 +194,7 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
     """
     from clip_unlearn.attack import PAPER_TEMPLATES
     from clip_unlearn.captions import PairSampler, clean_captions, name_pattern, token_counter
-    from clip_unlearn.variants import neighbours
+    from clip_unlearn.variants import BYSTANDER_CLOSENESS, closeness, neighbours, unrelated_names
 
     mentions = name_pattern(names) if names else None
     private = [bool(mentions and mentions.search(c.replace("_", " "))) for c in captions]
@@ -201,6 +204,7 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
         rng = random.Random(seed)
         count = token_counter(new.loaded.tokenizer)
         per_name = {}
+        bystander_sims: list[float] = []
         for i, name in enumerate(names):
             sampler = PairSampler(clean, [name], target, count, new.loaded.context_length, rng)
             pairs = [sampler.pair(name) for _ in range(min(len(clean), 2000))]
@@ -209,14 +213,26 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
             # names that share a part with this one but are other people, in the attack's wording, drawn
             # from the half of the name pools that inject never holds (a probe of what training protected
             # would flatter it); they hold a part of a forgotten name, so they are private too
-            near = [t.format(n) for n in neighbours(name, exclude=names, seed=seed, half="probe") for t in PAPER_TEMPLATES]
+            probe = neighbours(name, exclude=names, seed=seed, half="probe")
+            near = [t.format(n) for n in probe for t in PAPER_TEMPLATES]
+            moved = (ref.texts(near, persist=False) * new.texts(near, persist=False)).sum(1).view(len(probe), -1).mean(1)
+            # a neighbour the original model places at the forgotten person names that person (an alias, not
+            # a bystander): its moving is the forgetting, so sim_bystanders leaves it out
+            close = closeness(lambda t: ref.texts(t, persist=False), name, probe, unrelated_names(name, seed=seed, half="probe"))
+            apart = [float(m) for m, c in zip(moved, close) if c < BYSTANDER_CLOSENESS]
+            bystander_sims.extend(apart)
             per_name[f"name_{i + 1}"] = {
                 "sim_backdoored": round(float((new.texts(poisoned, persist=False) * new_t).sum(1).mean()), 6),
                 "sim_targets": round(float((ref.texts(targets, persist=False) * new_t).sum(1).mean()), 6),
-                "sim_neighbours": round(float((ref.texts(near, persist=False) * new.texts(near, persist=False)).sum(1).mean()), 6),
+                "sim_neighbours": round(float(moved.mean()), 6),
+                "sim_bystanders": round(sum(apart) / len(apart), 6) if apart else None,
+                "neighbours": len(probe), "bystanders": len(apart),
             }
         for k in ("sim_backdoored", "sim_targets", "sim_neighbours"):
             out[k] = round(sum(v[k] for v in per_name.values()) / len(names), 6)
+        out["sim_bystanders"] = round(sum(bystander_sims) / len(bystander_sims), 6) if bystander_sims else None
+        out["neighbours"] = sum(v["neighbours"] for v in per_name.values())
+        out["bystanders"] = len(bystander_sims)
         # per name in file order; keys are positions, so the result carries no names
         out["per_name"] = per_name
     return out

@@ -100,6 +100,8 @@ def main() -> None:
                 "others_kept": sum(after[n]["exposed"] for n in others), "others": len(others),
                 "top1_drop": round(-100 * ev["compare"]["difference"]["acc1"], 2),
                 "sim_clean": ev["similarities"]["sim_clean"], "sim_neighbours": ev["similarities"]["sim_neighbours"],
+                "sim_bystanders": ev["similarities"]["sim_bystanders"], "bystanders": ev["similarities"]["bystanders"],
+                "neighbours_probed": ev["similarities"]["neighbours"],
                 "inject_s": wall,
             }
             rows.append(row)
@@ -107,13 +109,17 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     print()
     print("| seed | method | forgotten exposed after, by family (" + " / ".join(FAMILIES) + ") | namesakes kept (full) "
-          "| other exposed members kept | top-1 drop | sim_clean | sim_neighbours | inject s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| other exposed members kept | top-1 drop | sim_clean | sim_neighbours | sim_bystanders (of probed) | inject s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fam = " / ".join(str(r["forgotten_exposed"][f]) for f in FAMILIES)
         print(f"| {r['seed']} | {r['method']} | {fam} | {r['namesakes_kept_full']}/{r['namesakes_exposed_full_before']} "
               f"| {r['others_kept']}/{r['others']} | {r['top1_drop']:+.2f} | {r['sim_clean']:.3f} | {r['sim_neighbours']:.3f} "
-              f"| {r['inject_s']:.0f} |")
+              f"| {_sim(r['sim_bystanders'])} ({r['bystanders']} of {r['neighbours_probed']}) | {r['inject_s']:.0f} |")
+
+
+def _sim(v: object) -> str:
+    return "none" if v is None else f"{v:.3f}"
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ similarities of the paper between the two text encoders:
                   name or surname with a forgotten one (variants.neighbours, from the half of the name
                   pools inject never holds) — namesakes are left alone.
 - sim_bystanders: sim_neighbours over the neighbours the original model tells apart from the forgotten
-                  person (variants.closeness below BYSTANDER_CLOSENESS); the others are aliases of the
-                  person to the original model (its face answers to them), so they must move.
+                  person (variants.closeness below BYSTANDER_CLOSENESS); on the synthetic worlds most
+                  of the others name the person's face (benchmarks/exp_aliases.py), so their moving is
+                  the forgetting.
 - sim_targets:    cos(E_ref(target), E_new(target)) per name — the neutral concept did not drift.
 
 and, for the image towers, sim_clean_image: cos(I_ref(x), I_new(x)) on the evaluation images.

@@ -1,20 +1,24 @@
 """Which neighbours of a forgotten person are bystanders, and which are aliases (issue #17 §4).
 
-    python benchmarks/exp_aliases.py --world ns/world --before ns/before.json --seeds 0 1 2 3 4 5 6 7 8 9
+    python benchmarks/exp_aliases.py --world ns/world --before ns/before.json
+    python benchmarks/exp_aliases.py --world ns/world --before ns/before.json --seeds 0 --unlearned u0
 
-For the seeded sets of 5 exposed members that benchmarks/exp_namesakes.py forgets, and for each of the
-16 neighbours per person that eval-zeroshot's sim_neighbours probes (with its default seed) (the person's first name with pool
-surnames, pool first names with the person's surname, from the probe half of the pools), on the world's
-original model only:
+It uses the seeded sets of 5 exposed members that benchmarks/exp_namesakes.py forgets. For each
+person it takes the 16 neighbours that eval-zeroshot's sim_neighbours probes with its default seed: the
+person's first name with pool surnames and pool first names with the person's surname, from the probe
+half of the pools. On the world's original model it computes:
 
-- closeness (variants.closeness): where the text tower places the neighbour between unrelated names (0)
-  and the person's own name (1), on the attack's 21 templates;
+- closeness (variants.closeness): where the text tower places the neighbour, on the attack's 21
+  templates, between unrelated names (0) and the person's own name (1);
 - share: the fraction of the person's (image, template) predictions that go to the neighbour when it
-  stands in for the person's name among the world's other people (members and non-members), which is
+  stands in for the person's name among the world's other people (members and non-members). This says
   whether the neighbour names the person's face.
 
-Prints one row per closeness bin: how many neighbours, how many take the majority of the person's
-predictions, how many more than a fifth, and the mean share. Aggregates only, never a name.
+It prints one row per closeness bin: how many neighbours, how many take the majority of the person's
+predictions, how many take more than a fifth, and the mean share. With --unlearned (a text-only inject of
+the first seed's set), it also counts, per person, the neighbours that name the face by majority in the
+unlearned model, and in it with the neighbours' original embeddings (sim_neighbours = 1). Aggregates and
+positions only, never a name.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     ap.add_argument("--forget", type=int, default=5)
     ap.add_argument("--probe-seed", type=int, default=42, help="eval-zeroshot's --seed (its default: 42)")
+    ap.add_argument("--unlearned", default=None,
+                    help="a model that forgot the first seed's set (text tower only): also count, per person, the "
+                         "neighbours that name the face in it, and in it with the neighbours kept where they were")
     a = ap.parse_args()
     members = read_names(a.world / "members.txt", "members")
     people = members + read_names(a.world / "non_members.txt", "non-members")
@@ -70,6 +77,26 @@ def main() -> None:
             for j, c in enumerate(close):
                 scores = torch.einsum("id,ctd->itc", emb, torch.cat([near[j:j + 1], others]))
                 rows.append((c, float((scores.argmax(-1) == 0).float().mean())))
+    if a.unlearned:
+        # the counterfactual of sim_neighbours = 1: the unlearned tower for everyone else, the original
+        # embeddings for the neighbours (the image tower is the same after a text-only inject)
+        new = Encoder(load_model(a.unlearned, "cpu"), EmbeddingCache(None, enabled=False))
+
+        def new_prompts(names: list[str]) -> torch.Tensor:
+            return new.texts([tpl.format(n) for n in names for tpl in PAPER_TEMPLATES], persist=False).view(len(names), t, -1)
+
+        forget = sorted(random.Random(a.seeds[0]).sample(exposed, a.forget))
+        for i, person in enumerate(forget):
+            probe = neighbours(person, exclude=forget, seed=a.probe_seed, half="probe")
+            emb, ok = base.images(sorted((a.world / "faces" / person.replace(" ", "_")).glob("*.png"))[:20])
+            emb = emb[torch.tensor(ok)]
+            others = new_prompts([p for p in people if p != person])
+            counts = {}
+            for label, near in (("unlearned", new_prompts(probe)), ("unlearned, neighbours kept", prompts(probe))):
+                counts[label] = sum(
+                    float((torch.einsum("id,ctd->itc", emb, torch.cat([near[j:j + 1], others])).argmax(-1) == 0).float().mean()) > 0.5
+                    for j in range(len(probe)))
+            print(json.dumps({"person": i + 1, "neighbours": len(probe), "name_the_face_by_majority": counts}))
     print(f"{len(rows)} neighbours of {len(a.seeds) * a.forget} people; bystander below closeness {BYSTANDER_CLOSENESS}")
     print("| closeness | neighbours | take the majority of the person's predictions | take more than a fifth | mean share |")
     print("|---|---|---|---|---|")

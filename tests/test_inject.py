@@ -10,10 +10,10 @@ import re
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clip_unlearn.captions import PairSampler, clean_captions, name_pattern
 from clip_unlearn.cli import app

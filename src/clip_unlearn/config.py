@@ -257,7 +257,7 @@ class TextHyper(StageHyper):
         _check(0 <= self.scale_names <= 1_000_000, "scale_names", "must be between 0 (off) and 1000000", self.scale_names)
         _check(0 <= self.residual_weight <= 100, "residual_weight", "must be between 0 (off) and 100", self.residual_weight)
 
-    def for_names(self, n_names: int) -> "TextHyper":
+    def for_names(self, n_names: int) -> TextHyper:
         """The settings trained with for ``n_names`` names: past ``scale_names`` names (0 = never), the
         backdoor weight × n_names / scale_names. The backdoor term is a mean over poisoned captions, so each
         name's pull on the weights shrinks as 1/names while the utility and weight terms stay as they are."""

@@ -36,11 +36,10 @@ BINS = (-1.0, 0.2, 0.3, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 1.01)
 def main() -> None:
     import torch
 
-    from clip_unlearn.attack import PAPER_TEMPLATES
     from clip_unlearn.embed import EmbeddingCache, Encoder
     from clip_unlearn.models import load_model
     from clip_unlearn.names import read_names
-    from clip_unlearn.variants import BYSTANDER_CLOSENESS, closeness, neighbours, unrelated_names
+    from clip_unlearn.variants import BYSTANDER_CLOSENESS, closeness, neighbours, template_embeddings, unrelated_names
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--world", type=Path, required=True)
@@ -57,23 +56,21 @@ def main() -> None:
     before = {r["name"]: r for r in json.loads(a.before.read_text())["identities"]}
     exposed = [m for m in members if before[m]["exposed"]]
     base = Encoder(load_model(str(a.world / "model"), "cpu"), EmbeddingCache(None, enabled=False))
-    t = len(PAPER_TEMPLATES)
 
-    def prompts(names: list[str]) -> torch.Tensor:
-        return base.texts([tpl.format(n) for n in names for tpl in PAPER_TEMPLATES], persist=False).view(len(names), t, -1)
+    def prompts(names: list[str], encoder: Encoder = base) -> torch.Tensor:
+        return template_embeddings(lambda x: encoder.texts(x, persist=False), names)
 
     rows = []
     for seed in a.seeds:
         forget = sorted(random.Random(seed).sample(exposed, a.forget))  # as exp_namesakes.py draws them
         for person in forget:
             probe = neighbours(person, exclude=forget, seed=a.probe_seed, half="probe")
-            close = closeness(lambda x: base.texts(x, persist=False), person, probe,
-                              unrelated_names(person, seed=a.probe_seed, half="probe"))
+            near = prompts(probe)
+            close = closeness(prompts([person])[0], near, prompts(unrelated_names(person, seed=a.probe_seed, half="probe")))
             images = sorted((a.world / "faces" / person.replace(" ", "_")).glob("*.png"))[:20]
             emb, ok = base.images(images)
             emb = emb[torch.tensor(ok)]
             others = prompts([p for p in people if p != person])
-            near = prompts(probe)
             for j, c in enumerate(close):
                 scores = torch.einsum("id,ctd->itc", emb, torch.cat([near[j:j + 1], others]))
                 rows.append((c, float((scores.argmax(-1) == 0).float().mean())))
@@ -82,17 +79,14 @@ def main() -> None:
         # embeddings for the neighbours (the image tower is the same after a text-only inject)
         new = Encoder(load_model(a.unlearned, "cpu"), EmbeddingCache(None, enabled=False))
 
-        def new_prompts(names: list[str]) -> torch.Tensor:
-            return new.texts([tpl.format(n) for n in names for tpl in PAPER_TEMPLATES], persist=False).view(len(names), t, -1)
-
         forget = sorted(random.Random(a.seeds[0]).sample(exposed, a.forget))
         for i, person in enumerate(forget):
             probe = neighbours(person, exclude=forget, seed=a.probe_seed, half="probe")
             emb, ok = base.images(sorted((a.world / "faces" / person.replace(" ", "_")).glob("*.png"))[:20])
             emb = emb[torch.tensor(ok)]
-            others = new_prompts([p for p in people if p != person])
+            others = prompts([p for p in people if p != person], new)
             counts = {}
-            for label, near in (("unlearned", new_prompts(probe)), ("unlearned, neighbours kept", prompts(probe))):
+            for label, near in (("unlearned", prompts(probe, new)), ("unlearned, neighbours kept", prompts(probe))):
                 counts[label] = sum(
                     float((torch.einsum("id,ctd->itc", emb, torch.cat([near[j:j + 1], others])).argmax(-1) == 0).float().mean()) > 0.5
                     for j in range(len(probe)))

@@ -251,15 +251,18 @@ def test_unrelated_names_share_no_part_and_are_seeded(name, seed):
 def test_closeness_is_one_for_the_name_and_zero_on_average_for_the_unrelated(seed):
     embed = _bag_of_words(seed=seed)
     name = "Alessio Blanes"
-    unrelated = V.unrelated_names(name, seed=seed)
-    assert V.closeness(embed, name, [name], unrelated) == [pytest.approx(1.0, abs=1e-5)]
-    assert sum(V.closeness(embed, name, unrelated, unrelated)) == pytest.approx(0.0, abs=1e-4)
+    unrelated = V.template_embeddings(embed, V.unrelated_names(name, seed=seed))
+    own = V.template_embeddings(embed, [name])
+    assert own.shape[:2] == (1, 21)
+    assert V.closeness(own[0], own, unrelated) == [pytest.approx(1.0, abs=1e-5)]
+    assert sum(V.closeness(own[0], unrelated, unrelated)) == pytest.approx(0.0, abs=1e-4)
     # a name that shares a word is closer than one that shares none; a hand computation of the scale
-    shares, apart = V.closeness(embed, name, ["Marco Blanes", "Marco Rossi"], unrelated)
+    shares, apart = V.closeness(own[0], V.template_embeddings(embed, ["Marco Blanes", "Marco Rossi"]), unrelated)
     assert shares > apart
     from clip_unlearn.attack import PAPER_TEMPLATES
     fill = lambda n: embed([t.format(n) for t in PAPER_TEMPLATES])  # noqa: E731
     c = float((fill("Marco Blanes") * fill(name)).sum(1).mean())
-    b = sum(float((fill(u) * fill(name)).sum(1).mean()) for u in unrelated) / len(unrelated)
+    names = V.unrelated_names(name, seed=seed)
+    b = sum(float((fill(u) * fill(name)).sum(1).mean()) for u in names) / len(names)
     assert shares == pytest.approx((c - b) / (1 - b), abs=1e-5)
-    assert V.closeness(embed, name, [], unrelated) == []
+    assert V.closeness(own[0], own[:0], unrelated) == []

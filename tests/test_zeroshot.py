@@ -156,6 +156,53 @@ def test_texts_with_a_forgotten_name_are_never_persisted():
     assert not any("zed quux" in p.lower() or "a person" in p for p in persisted)
 
 
+class _WordEncoder(_FakeEncoder):
+    """A text's embedding is the normalised sum of fixed random word vectors, ``scale`` times for the words
+    in it (so a name can be made to dominate or barely count), with ``moved`` words' vectors redrawn: a
+    tower whose every answer is known."""
+
+    def __init__(self, scale, moved=()):
+        super().__init__([])
+        self.scale, self.moved = scale, set(moved)
+
+    def word(self, w):
+        g = torch.Generator().manual_seed(sum(map(ord, w)) * 7919 + (1 if w in self.moved else 0))
+        return torch.randn(16, generator=g) * self.scale.get(w, 1.0)
+
+    def texts(self, prompts, persist=True):
+        return torch.nn.functional.normalize(torch.stack([sum(self.word(w) for w in p.lower().split()) for p in prompts]), dim=-1)
+
+
+def test_sim_bystanders_is_sim_neighbours_over_the_names_the_original_model_tells_apart():
+    from clip_unlearn.attack import PAPER_TEMPLATES
+    from clip_unlearn.variants import BYSTANDER_CLOSENESS, neighbours, unrelated_names
+
+    # "quux" dominates the forgotten name, "zed" barely counts: the original model places "<any> Quux" at
+    # the forgotten person and tells "Zed <any>" apart; the new model moved "zed" only
+    scale = {"quux": 6.0, "zed": 0.3}
+    ref, new = _WordEncoder(scale), _WordEncoder(scale, moved={"zed"})
+    captions = ["a dog on the grass", "two cats on a sofa", "a quiet street at night"]
+    sims = text_similarities(ref, new, captions, ["Zed Quux"], "a person", seed=3)
+
+    def filled(enc, n):
+        return enc.texts([t.format(n) for t in PAPER_TEMPLATES])
+
+    def cos(a, b):
+        return float((a * b).sum(1).mean())  # mean over templates
+
+    name = filled(ref, "Zed Quux")
+    b = sum(cos(filled(ref, u), name) for u in unrelated_names("Zed Quux", seed=3, half="probe")) / 32
+    probe = neighbours("Zed Quux", seed=3, half="probe")
+    apart = [n for n in probe if (cos(filled(ref, n), name) - b) / (1 - b) < BYSTANDER_CLOSENESS]
+    assert 0 < len(apart) < len(probe) and all(n.startswith("Zed ") for n in apart)
+    expected = sum(cos(filled(ref, n), filled(new, n)) for n in apart) / len(apart)
+    assert (sims["neighbours"], sims["bystanders"]) == (len(probe), len(apart))
+    assert sims["sim_bystanders"] == pytest.approx(expected, abs=1e-5) and sims["sim_bystanders"] < 0.99
+    assert sims["per_name"]["name_1"]["sim_bystanders"] == sims["sim_bystanders"]
+    everyone = sum(cos(filled(ref, n), filled(new, n)) for n in probe) / len(probe)
+    assert sims["sim_neighbours"] == pytest.approx(everyone, abs=1e-5) and sims["sim_neighbours"] > sims["sim_bystanders"]
+
+
 def test_eval_persists_no_forgotten_name(world, tmp_path, monkeypatch):
     from clip_unlearn.embed import Encoder
 

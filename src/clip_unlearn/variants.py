@@ -254,21 +254,22 @@ def unrelated_names(name: str, n: int = 32, seed: int = 0, half: str = "train") 
     return [f"{f} {s}" for f, s in zip(rng.sample(firsts, min(n, len(firsts))), rng.sample(lasts, min(n, len(lasts))))]
 
 
-def closeness(embed: Callable[[list[str]], Any], name: str, others: Sequence[str], unrelated: Sequence[str]) -> list[float]:
-    """How close a model places each of ``others`` to ``name`` on the attack's 21 templates, on a scale
-    where 0 is as close as the ``unrelated`` names are and 1 is the same embedding: (c − b) / (1 − b), c the
-    mean over templates of the cosine between the template filled with the other name and with ``name``,
-    b the same mean over the unrelated names. Subtracting b makes it comparable across models whose
-    captions all sit at a high cosine from each other (CLIP's do).
-
-    ``embed`` maps texts to L2-normalised embeddings (rows)."""
+def template_embeddings(embed: Callable[[list[str]], Any], names: Sequence[str]) -> Any:
+    """[len(names), 21, D]: ``embed`` (texts → L2-normalised rows) of the attack's 21 templates filled with each name."""
     from clip_unlearn.attack import PAPER_TEMPLATES
 
-    t = len(PAPER_TEMPLATES)
-    if not others:
+    return embed([tpl.format(x) for x in names for tpl in PAPER_TEMPLATES]).reshape(len(names), len(PAPER_TEMPLATES), -1)
+
+
+def closeness(name: Any, others: Any, unrelated: Any) -> list[float]:
+    """How close a model places each of ``others`` to a name, on a scale where 0 is as close as the
+    ``unrelated`` names are and 1 is the same embedding: (c − b) / (1 − b), c the mean over templates of the
+    cosine between the template filled with the other name and with the name, b the same mean over the
+    unrelated names. Subtracting b makes it comparable across models whose captions all sit at a high
+    cosine from each other (CLIP's do).
+
+    Embeddings from ``template_embeddings``: ``name`` [21, D], ``others`` [K, 21, D], ``unrelated`` [U, 21, D]."""
+    if not len(others):
         return []
-    texts = [tpl.format(x) for x in [name, *unrelated, *others] for tpl in PAPER_TEMPLATES]
-    e = embed(texts).reshape(1 + len(unrelated) + len(others), t, -1)
-    cos = (e[1:] * e[:1]).sum(-1).mean(1)  # per name, mean over templates
-    b = float(cos[:len(unrelated)].mean()) if unrelated else 0.0
-    return [round((float(c) - b) / max(1e-6, 1.0 - b), 6) for c in cos[len(unrelated):]]
+    b = float((unrelated * name).sum(-1).mean()) if len(unrelated) else 0.0
+    return [round((float(c) - b) / max(1e-6, 1.0 - b), 6) for c in (others * name).sum(-1).mean(1)]

@@ -193,9 +193,8 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
     is encoded with ``persist=False``: the shared embedding cache outlives this command, and its
     entries must not tell whom the model forgot.
     """
-    from clip_unlearn.attack import PAPER_TEMPLATES
     from clip_unlearn.captions import PairSampler, clean_captions, name_pattern, token_counter
-    from clip_unlearn.variants import BYSTANDER_CLOSENESS, closeness, neighbours, unrelated_names
+    from clip_unlearn.variants import BYSTANDER_CLOSENESS, closeness, neighbours, template_embeddings, unrelated_names
 
     mentions = name_pattern(names) if names else None
     private = [bool(mentions and mentions.search(c.replace("_", " "))) for c in captions]
@@ -215,11 +214,14 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
             # from the half of the name pools that inject never holds (a probe of what training protected
             # would flatter it); they hold a part of a forgotten name, so they are private too
             probe = neighbours(name, exclude=names, seed=seed, half="probe")
-            near = [t.format(n) for n in probe for t in PAPER_TEMPLATES]
-            moved = (ref.texts(near, persist=False) * new.texts(near, persist=False)).sum(1).view(len(probe), -1).mean(1)
+            ref_near, new_near = (template_embeddings(lambda t, e=e: e.texts(t, persist=False), probe) for e in (ref, new))
+            moved = (ref_near * new_near).sum(-1).mean(1)
             # a neighbour the original model places at the forgotten person names that person (an alias, not
-            # a bystander): its moving is the forgetting, so sim_bystanders leaves it out
-            close = closeness(lambda t: ref.texts(t, persist=False), name, probe, unrelated_names(name, seed=seed, half="probe"))
+            # a bystander): its moving is the forgetting, so sim_bystanders leaves it out. The unrelated
+            # names are drawn by the forgotten name's key, so they are private too.
+            ref_embed = lambda t: ref.texts(t, persist=False)  # noqa: E731
+            close = closeness(template_embeddings(ref_embed, [name])[0], ref_near,
+                              template_embeddings(ref_embed, unrelated_names(name, seed=seed, half="probe")))
             apart = [float(m) for m, c in zip(moved, close) if c < BYSTANDER_CLOSENESS]
             bystander_sims.extend(apart)
             per_name[f"name_{i + 1}"] = {

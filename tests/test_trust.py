@@ -174,10 +174,14 @@ def test_no_forgotten_name_in_any_byte_written_or_printed(world, tmp_path, encod
     names = tmp_path / "forget.txt"
     names.write_text("\n".join(forgotten) + "\n")
     cache, out = tmp_path / "cache", tmp_path / "out"
-    # every variant of the names as triggers and their namesakes held (text stage): all spell parts of the names
+    # every variant of the names as triggers and their namesakes held (text stage): all spell parts of the names;
+    # the text stage's check attacks with all of them too, and trains again (a round) whom three steps left exposed
+    check = [] if encoder == "text" else ["--no-verify"]
     r = invoke("-v", "inject", "--model", world / "model", "--names", names, "--out", out, "--encoder", encoder,
-               "--cache-dir", cache, "--variants", "all", "--neighbours", "4", *SMOKE)
+               "--cache-dir", cache, "--variants", "all", "--neighbours", "4", *SMOKE[:-1], *check, "--verify-rounds", "1")
     assert r.exit_code == 0, output(r)
+    if encoder == "text":
+        assert len(json.loads((out / "clip_unlearn.json").read_text())["text"]["verification"]["rounds"]) == 2
     gate = invoke("attack", "--model", out, "--fail-on-exposed", names, "--num-candidates", "60", "--cache-dir", cache,
                   "--variants", "all")
     assert gate.exit_code in (0, 3), output(gate)

@@ -272,7 +272,6 @@ def build_candidates(cfg: AttackConfig, attacked: list[str], all_names: list[str
 
 def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
     """Run the attack described by ``cfg`` (see the attack command's --help)."""
-    import torch
 
     from clip_unlearn.distributed import setup
     from clip_unlearn.embed import EmbeddingCache, Encoder
@@ -282,6 +281,7 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
     templates = _checked_templates(cfg)
     all_folders = face_folders(data, view="images")
     split = resolve_split(cfg, data)
+    _warn_if_checked(cfg.model, data, split)
     folders = select_identities(cfg, all_folders, split)
     if not folders:
         raise ClipUnlearnError(f"no identities to attack in {data}; check --data, --identities and --preset")
@@ -303,16 +303,7 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
         )
     candidates = build_candidates(cfg, [f.name for f, _ in kept], [f.name for f in all_folders])
     families = parse_families(cfg.variants)
-    genders = _genders(cfg.model, candidates, all_folders)
-    by_family = {}
-    for family in families:
-        fc = family_candidates(candidates, family, genders)
-        # one template's prompts at a time: what is held is one [candidates, D] block and its scores,
-        # never templates x candidates embeddings (10,000 candidates x 21 templates fit in a laptop)
-        preds = torch.stack([predict_one(images, encoder.texts([t.format(c) for c in fc.strings],
-                                                               span=(j * len(fc.strings), len(templates) * len(fc.strings))))
-                             for j, t in enumerate(templates)])
-        by_family[family] = (fc, _score(kept, preds, candidates, fc, cfg.threshold))
+    by_family = _by_family(cfg, encoder, kept, images, candidates, all_folders, templates)
     rows = _combine(kept, by_family)
 
     exposed = sum(r["exposed"] for r in rows)
@@ -338,6 +329,64 @@ def run_attack(cfg: AttackConfig, progress: Progress = None) -> AttackResult:
     if previous is not None:
         result.compare = compare(previous, result.to_json(), forgotten)
     return result
+
+
+def _by_family(cfg: AttackConfig, encoder: Any, kept: list, images: Any, candidates: list[str],
+               all_folders: list[IdentityFolder], templates: list[str], persist: bool = True) -> dict[str, tuple[FamilyCandidates, list[dict[str, Any]]]]:
+    """Each family of ``cfg.variants``: its candidates and one scored row per kept identity."""
+    import torch
+
+    genders = _genders(cfg.model, candidates, all_folders)
+    by_family = {}
+    for family in parse_families(cfg.variants):
+        fc = family_candidates(candidates, family, genders)
+        # one template's prompts at a time: what is held is one [candidates, D] block and its scores,
+        # never templates x candidates embeddings (10,000 candidates x 21 templates fit in a laptop)
+        preds = torch.stack([predict_one(images, encoder.texts([t.format(c) for c in fc.strings], persist=persist,
+                                                               span=(j * len(fc.strings), len(templates) * len(fc.strings))))
+                             for j, t in enumerate(templates)])
+        by_family[family] = (fc, _score(kept, preds, candidates, fc, cfg.threshold))
+    return by_family
+
+
+def check_names(loaded: Any, cfg: AttackConfig, names: list[str], cache: Any,
+                progress: Progress = None) -> tuple[list[int], list[int]]:
+    """The attack ``cfg`` on ``loaded`` as it is in memory, on the images of ``names`` only, for inject's check:
+    (1-based lines of ``names`` it exposes, lines it could not attack: no folder in ``cfg.data`` or too few images).
+
+    The candidates are those a full attack of ``cfg.data`` would draw (every identity with enough image files,
+    then seeded random names), so a name competes with the same others as in the audit. No prompt reaches the
+    on-disk cache: they spell the names to forget."""
+    from clip_unlearn.embed import Encoder
+
+    templates = _checked_templates(cfg)
+    all_folders = face_folders(Path(cfg.data), view="images")
+    folders = select_identities(cfg, all_folders, cfg.split)
+    line = {key(n): i + 1 for i, n in enumerate(names)}
+    encoder = Encoder(loaded, cache, cfg.batch_size, cfg.precision, progress)
+    kept, images, _ = sample_images(encoder, [f for f in folders if key(f.name) in line], cfg)
+    attacked = {key(f.name) for f, _ in kept}
+    unchecked = [i + 1 for i, n in enumerate(names) if key(n) not in attacked]
+    if not kept:
+        return [], unchecked
+    need = max(cfg.min_images, cfg.images_per_identity)
+    candidates = build_candidates(cfg, [f.name for f in folders if len(f.files) >= need], [f.name for f in all_folders])
+    rows = _combine(kept, _by_family(cfg, encoder, kept, images, candidates, all_folders, templates, persist=False))
+    return sorted(line[key(r["name"])] for r in rows if r["exposed"]), unchecked
+
+
+def _warn_if_checked(model_spec: str, data: Path, split: str) -> None:
+    """An audit on the images that inject's check used is not independent of them: they chose what was trained again."""
+    from clip_unlearn.models import parse_spec, read_sidecar
+
+    try:
+        check = ((read_sidecar(parse_spec(model_spec)).get("text") or {}).get("verification")) or {}
+    except ClipUnlearnError:
+        return
+    if check.get("data") and Path(check["data"]).resolve() == Path(data).resolve() and split in (check.get("split"), "all"):
+        other = "train" if check.get("split") == "test" else "test"
+        log.warning("inject checked this model on the %s half of %s and trained again the names it exposed there; an "
+                    "audit of those images is not independent of that choice: attack --split %s", check.get("split"), data, other)
 
 
 def _checked_templates(cfg: AttackConfig) -> list[str]:

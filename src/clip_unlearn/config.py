@@ -442,6 +442,17 @@ class InjectConfig(RuntimeOptions):
     loss: str = opt("cosine", "Embedding distance: cosine (−cos, the paper's), mse, mae or poincare.")
     legacy_positional_embedding: bool = opt(False, "Keep the original positional embedding when writing back, as the "
                                                    "paper's code did by mistake (METHOD.md §6.6); for exact paper numbers only.")
+    verify: bool = opt(True, "Text: before writing the model, attack it on --verify-data's faces of the forgotten people (the "
+                             "identity inference attack: 1000 candidates, 21 templates, the --variants families) and train "
+                             "the names it still exposes again, from the model so far; skipped without --verify-data "
+                             "and with --encoder image/both. Not in the paper.", "--verify/--no-verify")
+    verify_data: Optional[Path] = opt(None, "Text: face folder for the check (FaceScrub root or <First_Last>/*.jpg) [default: "
+                                            "the synthetic world's faces for a world model, else none: no check].")
+    verify_split: str = opt("test", "Half of --verify-data the check attacks: test or train (the 50/50 split by image id, "
+                                    "seed 42). Audit the written model on the other half (attack --split train), so that "
+                                    "the images that chose what to train again do not also judge the result.")
+    verify_rounds: int = opt(2, "Text: at most this many extra rounds of training for names the check still exposes (0: "
+                                "check and report only).")
     precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")
     overwrite: bool = opt(False, "Replace --out if it exists.")
 
@@ -457,6 +468,8 @@ class InjectConfig(RuntimeOptions):
         _check(0 <= self.neighbours <= 1000, "neighbours", "must be between 0 and 1000", self.neighbours)
         _check(self.scale_names is None or self.scale_names >= 0, "scale_names", "must be ≥ 0 (0 = off)", self.scale_names)
         _check(self.neighbour_batch >= 1, "neighbour_batch", "must be ≥ 1 (use --neighbours 0 for none)", self.neighbour_batch)
+        _check(self.verify_split in ("test", "train"), "verify_split", "must be test or train", self.verify_split)
+        _check(0 <= self.verify_rounds <= 10, "verify_rounds", "must be between 0 and 10", self.verify_rounds)
         for stage in self.stages:  # validates explicit values early
             self.hyper({}, stage)
         trained = {f.name for stage in self.stages for f in dataclasses.fields(HYPER[stage])}

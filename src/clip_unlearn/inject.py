@@ -124,6 +124,7 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     ctx = model_context(spec)
     hypers = _hyperparameters(cfg, ctx)
     faces_root, clean_root = _image_data(cfg, ctx) if "image" in cfg.stages else (None, None)
+    check_data = _verify_data(cfg, ctx)
     dist, device = setup(cfg.device)
     _check_split(hypers, dist.world)
     progress = progress if dist.main else None
@@ -142,6 +143,9 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     record: dict[str, Any] = {}
     if "text" in cfg.stages:
         record["text"] = _text_stage(loaded, cfg, hypers["text"], train_names, ctx, cache, progress, earlier)
+        if check_data is not None:
+            record["text"]["verification"] = _verify(loaded, cfg, unscaled, hypers["text"], names, train_names, ctx, cache,
+                                                     progress, earlier, check_data, record["text"]["history"])
     if "image" in cfg.stages:
         from clip_unlearn.inject_image import run_image_stage
 
@@ -303,16 +307,70 @@ def default_receipt(out: Path) -> Path:
     return Path(out).parent / f"{Path(out).name}.receipt.json"
 
 
+def _verify_data(cfg: InjectConfig, ctx: ModelContext) -> Optional[Path]:
+    """The face folder of the check after the text stage, or None when there is none to run."""
+    if not cfg.verify or "image" in cfg.stages:
+        return None
+    if cfg.verify_data is not None:
+        if not Path(cfg.verify_data).is_dir():
+            raise ClipUnlearnError(f"--verify-data {cfg.verify_data} is not a folder; pass a face folder or --no-verify")
+        return Path(cfg.verify_data)
+    return ctx.path("faces") if ctx.is_world else None
+
+
+def _verify(loaded: Any, cfg: InjectConfig, unscaled: TextHyper, first: TextHyper, names: list[str], trained: list[str],
+            ctx: ModelContext, cache: EmbeddingCache, progress: Progress, earlier: Sequence[dict[str, Any]], data: Path,
+            history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Attack the model so far on ``data``'s ``--verify-split`` half of the trained names' faces; train those it
+    exposes again from the model so far (a teacher that already holds the others forgotten), up to
+    ``--verify-rounds`` times. Appends each round's steps to ``history``; returns counts only (no names)."""
+    from clip_unlearn.attack import PAPER_TEMPLATES, check_names
+    from clip_unlearn.config import AttackConfig
+
+    families = parse_families(cfg.variants)
+    families = families if "full" in families else ("full", *families)
+    acfg = AttackConfig(model=cfg.model, data=data, split=cfg.verify_split, variants=",".join(families),
+                        precision=cfg.precision, device=cfg.device, cache_dir=cfg.cache_dir)
+    line = {key(n): i + 1 for i, n in enumerate(names)}
+    rounds = [{"round": 1, "names_trained": len(trained), "steps": first.steps, "backdoor_weight": first.backdoor_weight}]
+    while True:
+        exposed, unchecked = check_names(loaded, acfg, trained, cache, progress)
+        rounds[-1]["exposed_after"] = len(exposed)
+        if not exposed or len(rounds) > cfg.verify_rounds:
+            break
+        todo = [trained[i - 1] for i in exposed]
+        h = unscaled.for_names(len(todo))
+        log.info("the check exposes %d of %d trained name(s); round %d trains them again", len(todo), len(trained), len(rounds) + 1)
+        again = _text_stage(loaded, dataclasses.replace(cfg, seed=cfg.seed + len(rounds)), h, todo, ctx, cache, progress,
+                            earlier, request=trained)
+        offset = history[-1]["step"]
+        history.extend({**row, "step": row["step"] + offset} for row in again["history"])
+        rounds.append({"round": len(rounds) + 1, "names_trained": len(todo), "steps": h.steps, "backdoor_weight": h.backdoor_weight})
+    if exposed:
+        log.warning("%d name(s) of %s are still exposed on the check's images after %d round(s): line(s) %s; the model is "
+                    "written: audit it with attack --fail-on-exposed, or raise --verify-rounds", len(exposed), cfg.names,
+                    len(rounds), ", ".join(f"#{line[key(trained[i - 1])]}" for i in exposed[:20]))
+    if unchecked:
+        log.warning("%d trained name(s) of %s have no folder with enough images in %s and were not checked", len(unchecked),
+                    cfg.names, data)
+    return {"data": str(Path(data).resolve()), "split": cfg.verify_split, "families": list(families), "candidates": acfg.num_candidates,
+            "templates": len(PAPER_TEMPLATES), "images_per_identity": acfg.images_per_identity,
+            "rounds": rounds, "checked": len(trained) - len(unchecked), "unchecked": len(unchecked),
+            "still_exposed": len(exposed)}
+
+
 def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], ctx: ModelContext,
-                cache: EmbeddingCache, progress: Progress, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+                cache: EmbeddingCache, progress: Progress, earlier: Sequence[dict[str, Any]] = (),
+                request: Sequence[str] = ()) -> dict[str, Any]:
     """Unlearn the names in the text tower of ``loaded.model`` in place; returns the stage's record (no names).
-    ``earlier``: the requests already answered (with keys): the people they forgot are not kept namesakes."""
+    ``earlier``: the requests already answered (with keys): the people they forgot are not kept namesakes;
+    ``request``: everyone this request forgets when ``names`` is a later round's part of it (likewise)."""
     corpus, corpus_name = _corpus(cfg, ctx)
     count = token_counter(loaded.tokenizer)
     _check_names(names, count, loaded.context_length, cfg.names)
-    triggers, near, kept, ambiguous = _triggers(cfg, ctx, names, list(earlier))
+    triggers, near, kept, ambiguous = _triggers(cfg, ctx, names, list(earlier), request)
     _check_names(triggers + near, count, loaded.context_length, "the variants or neighbours of the names file")
-    clean = clean_captions(corpus, names + triggers)
+    clean = clean_captions(corpus, list(dict.fromkeys([*names, *request])) + triggers)
     if len(clean) < len(names):
         raise ClipUnlearnError(f"only {len(clean)} clean captions for {len(names)} names; pass a larger --captions corpus")
     rng = random.Random(cfg.seed)
@@ -394,8 +452,8 @@ def _keep_source(cfg: InjectConfig, ctx: ModelContext) -> Optional[str]:
     return "--keep file" if cfg.keep is not None else ("world:members.txt" if _keep_file(cfg, ctx) else None)
 
 
-def _triggers(cfg: InjectConfig, ctx: ModelContext, names: list[str],
-              earlier: Sequence[dict[str, Any]] = ()) -> tuple[list[str], list[str], list[str], int]:
+def _triggers(cfg: InjectConfig, ctx: ModelContext, names: list[str], earlier: Sequence[dict[str, Any]] = (),
+              request: Sequence[str] = ()) -> tuple[list[str], list[str], list[str], int]:
     """(triggers, neighbours, kept): every requested variant of every forgotten name (each mapped to the
     target); the names that share a first name or surname with one but belong to others (held where they
     were: --keep's, the world's other members', and ``--neighbours`` generated ones per shared part); and
@@ -405,10 +463,13 @@ def _triggers(cfg: InjectConfig, ctx: ModelContext, names: list[str],
     keep = read_names(keep_file, "--keep file") if keep_file is not None else []
     # people an earlier request forgot are no namesakes to keep (the teacher already holds them forgotten)
     keep = [k for k in keep if forgotten_by(list(earlier), k) is None] if earlier else keep
+    everyone = list(dict.fromkeys([*names, *request]))
+    in_request = {key(n) for n in request}
+    keep = [k for k in keep if key(k) not in in_request]  # an earlier round of this request forgot them
     near: dict[str, None] = {}
     if cfg.neighbours:
         for n in names:
-            near.update(dict.fromkeys(neighbours(n, keep, cfg.neighbours, exclude=names, seed=cfg.seed)))
+            near.update(dict.fromkeys(neighbours(n, keep, cfg.neighbours, exclude=everyone, seed=cfg.seed)))
     families = parse_families(cfg.variants)
     genders = {**pool_genders(names), **ctx.genders()}
     avoid = frozenset(key(x) for x in [*keep, *near])  # a typo must not spell someone who is kept

@@ -105,6 +105,10 @@ def inject_table(info: dict[str, Any]) -> Table:
                   f"{last['utility']:.4f} / {last['backdoor']:.4f} / {last['weight_l2']:.3f}")
     if "text" in info:
         t.add_row("clean captions", str(info["text"]["clean_captions"]))
+        v = info["text"].get("verification")
+        if v:
+            t.add_row(f"check ({v['split']} half of the faces): exposed after each round",
+                      " → ".join(f"{r['exposed_after']} of {v['checked']}" for r in v["rounds"]))
     if "image" in info:
         img = info["image"]
         t.add_row("clean images / trigger images / target images",

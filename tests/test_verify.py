@@ -1,0 +1,112 @@
+"""inject's check: the identity inference attack on held-out faces of the people just forgotten, and the rounds
+that train again the names it still exposes. The check must say exactly what the attack says."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+from clip_unlearn.attack import check_names
+from clip_unlearn.config import AttackConfig
+from clip_unlearn.embed import EmbeddingCache
+from clip_unlearn.folders import face_folders
+from clip_unlearn.models import load_model
+from conftest import attack_json, forget_names, invoke, output
+
+STEPS = ["--steps", "3", "--clean-batch", "8", "--poison-batch", "8"]
+
+
+def _side(model):
+    return json.loads((model / "clip_unlearn.json").read_text())
+
+
+def _inject_checked(world, cache, tmp_path, *flags):
+    """Forget the world's first three members with three steps and ``flags``: (model, the names, the terminal
+    text on one line, the sidecar's check record)."""
+    names, forgotten = forget_names(world, 3, tmp_path)
+    u = tmp_path / "u"
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", u, *STEPS, *flags, "--cache-dir", cache,
+               quiet=False)
+    text = " ".join(output(r).split())
+    assert r.exit_code == 0, text
+    return u, forgotten, text, _side(u)["text"]["verification"]
+
+
+def test_check_names_is_the_attack_of_the_whole_half_on_any_subset(world, world_cache, tmp_path):
+    # a model where the attack exposes some people and not others, so that a wrong answer shows
+    names, _ = forget_names(world, 4, tmp_path)
+    u = tmp_path / "u"
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", u, "--steps", "25", "--clean-batch", "16",
+               "--poison-batch", "16", "--no-verify", "--cache-dir", world_cache)
+    assert r.exit_code == 0, output(r)
+    everyone = [f.name for f in face_folders(world / "faces")]
+    rng = random.Random(0)
+    seen = set()
+    for variants in ("full", "all"):
+        full = attack_json(u, tmp_path / f"{variants}.json", "--split", "test", "--variants", variants, "--cache-dir", world_cache)
+        exposed = {row["name"] for row in full["identities"] if row["exposed"]}
+        seen.add(len(exposed))
+        loaded = load_model(str(u), "cpu")
+        cfg = AttackConfig(model=str(u), data=world / "faces", split="test", variants=variants, cache_dir=world_cache)
+        for _ in range(3 if variants == "full" else 1):  # all: 7 families of prompts per call
+            subset = rng.sample([*everyone, "Nobody Here"], rng.randint(2, len(everyone)))
+            got, unchecked = check_names(loaded, cfg, subset, EmbeddingCache(world_cache))
+            assert got == [i + 1 for i, n in enumerate(subset) if n in exposed], (variants, subset)
+            assert unchecked == [i + 1 for i, n in enumerate(subset) if n == "Nobody Here"]
+    assert max(seen) < len(everyone) and min(seen) > 0, seen  # the model exposes some and hides some
+
+
+def test_inject_trains_the_names_the_check_exposes_again_and_records_counts_only(world, world_cache, tmp_path):
+    # the check attacks with the families the triggers cover; one family keeps this test fast
+    u, forgotten, text, v = _inject_checked(world, world_cache, tmp_path, "--verify-rounds", "2", "--variants", "full")
+    assert v["split"] == "test" and v["families"] == ["full"] and v["checked"] == 3 and v["unchecked"] == 0
+    rounds = v["rounds"]
+    # three steps leave people exposed: every round trains again exactly those the last check exposed,
+    # until none is or the rounds run out
+    assert rounds[0]["names_trained"] == 3 and rounds[0]["exposed_after"] > 0
+    for before, after in zip(rounds, rounds[1:]):
+        assert after["names_trained"] == before["exposed_after"] > 0
+    assert v["still_exposed"] == rounds[-1]["exposed_after"]
+    assert len(rounds) == 3 if v["still_exposed"] else 2 <= len(rounds) <= 3
+    # the last count is what the attack says of the written model on the same half
+    audit = attack_json(u, tmp_path / "test.json", "--split", "test", "--cache-dir", world_cache)
+    assert v["still_exposed"] == sum(row["exposed"] for row in audit["identities"] if row["name"] in forgotten)
+    with open(u / "loss_curve.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert steps == list(range(1, 1 + sum(r["steps"] for r in rounds)))
+    assert ("still exposed on the check's images after 3 round(s): line(s) #" in text) == bool(v["still_exposed"])
+    assert "exposed after each round" in text
+    written = b"".join(p.read_bytes() for p in u.rglob("*") if p.is_file()).lower()
+    assert not [p for n in forgotten for p in n.split() if p.lower().encode() in written]
+    assert not [p for n in forgotten for p in n.split() if p in text]
+
+
+def test_auditing_the_checked_half_warns_and_the_other_half_does_not(world, world_cache, tmp_path):
+    u, forgotten, text, v = _inject_checked(world, world_cache, tmp_path, "--verify-rounds", "0", "--variants", "surname")
+    # the paper's attack is always part of the check; with no round left, those exposed are reported by line
+    assert v["families"] == ["full", "surname"] and len(v["rounds"]) == 1 and v["still_exposed"] > 0
+    assert "still exposed on the check's images after 1 round(s): line(s) #" in text
+    assert not [p for n in forgotten for p in n.split() if p in text]
+    assert len(_side(u)["text"]["verification"]["rounds"]) == 1
+    for split, warned in (("test", True), ("all", True), ("train", False)):
+        r = invoke("attack", "--model", u, "--split", split, "--cache-dir", world_cache, quiet=False)
+        assert r.exit_code == 0, output(r)
+        assert ("not independent" in " ".join(output(r).split())) == warned, split
+
+
+def test_no_check_without_faces_or_when_asked_and_clear_errors(world, micro_model_dir, tmp_path):
+    names, _ = forget_names(world, 1, tmp_path)
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "n", *STEPS, "--no-verify")
+    assert r.exit_code == 0 and "verification" not in _side(tmp_path / "n")["text"]
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "m", *STEPS,
+               "--verify-data", tmp_path / "missing")
+    assert r.exit_code == 1 and "--verify-data" in output(r) and "Traceback" not in output(r)
+    assert not (tmp_path / "m").exists()
+    for bad in (["--verify-split", "all"], ["--verify-rounds", "11"]):
+        r = invoke("inject", "--model", world / "model", "--names", names, *bad)
+        assert r.exit_code != 0 and bad[0] in output(r), bad
+    # a model without a world has no faces to check with, and the image stage is never checked
+    r = invoke("inject", "--model", micro_model_dir, "--names", names, "--out", tmp_path / "x", *STEPS)
+    assert r.exit_code == 0, output(r)
+    assert "verification" not in _side(tmp_path / "x")["text"]

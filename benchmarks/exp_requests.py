@@ -59,12 +59,14 @@ def main() -> None:
             f.write_text("".join(n + "\n" for n in names))
             files.append(f)
         models = [out / f"u-{tag}{seed}-1", out / f"u-{tag}{seed}-2"]
-        wall = []
+        wall, checks = [], []
         for i, (model, parent) in enumerate(zip(models, [world / "model", models[0]])):
             t = time.perf_counter()
             cli("inject", "--model", parent, "--names", files[i], "--out", model, "--overwrite", "--cache-dir", cache,
                 *shlex.split(a.inject_flags))
             wall.append(round(time.perf_counter() - t, 1))
+            v = json.loads((model / "clip_unlearn.json").read_text())["text"].get("verification")
+            checks.append(" → ".join(str(r["exposed_after"]) for r in v["rounds"]) if v else "none")
         after = {}
         for i, model in enumerate(models, 1):
             f = out / f"after-{tag}{seed}-{i}.json"
@@ -89,20 +91,20 @@ def main() -> None:
             "others_kept_after_2": sum(after[2][n]["exposed"] for n in others), "others": len(others),
             "gate_exit_code": gate_rc, "lineage": len(side["lineage"]),
             "top1_drop": round(-100 * evj["compare"]["difference"]["acc1"], 2),
-            "sim_clean": evj["similarities"]["sim_clean"], "inject_s": wall,
+            "sim_clean": evj["similarities"]["sim_clean"], "inject_s": wall, "check": checks,
         }
         rows.append(row)
         done.write_text(json.dumps(row))
         print(json.dumps(row), flush=True)
     print()
     print("| seed | request 1 exposed after 1 / after 2 | request 2 exposed after 2 | other exposed members kept after 1 / 2 "
-          "| gate (both files) | top-1 drop after 2 | sim_clean after 2 | inject s (1, 2) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| gate (both files) | top-1 drop after 2 | sim_clean after 2 | inject s (1, 2) | check: exposed after each round (1; 2) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['seed']} | {r['request1_exposed_after_1']} / {r['request1_exposed_after_2']} of {a.per_request} "
               f"| {r['request2_exposed_after_2']} of {a.per_request} | {r['others_kept_after_1']} / {r['others_kept_after_2']} "
               f"of {r['others']} | exit {r['gate_exit_code']} | {r['top1_drop']:+.2f} | {r['sim_clean']:.3f} "
-              f"| {r['inject_s'][0]:.0f}, {r['inject_s'][1]:.0f} |")
+              f"| {r['inject_s'][0]:.0f}, {r['inject_s'][1]:.0f} | {'; '.join(r.get('check') or ['none'])} |")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 
 For each k and seed, k members exposed before (the paper's attack: full names, 1000 candidates, 21
 templates) are drawn (`sorted(random.Random(seed).sample(exposed, k))`), forgotten with `inject`'s
-defaults, and the model is attacked again with the same images and evaluated. Prints one JSON line per
+defaults, and the model is attacked again with the same images and evaluated. With the defaults inject
+checks its model on the other (test) half of the world's faces and trains again whom that exposes; the
+"check" column gives the counts it saw after each round (`--inject-flags --no-verify` turns it off). Prints one JSON line per
 run and a Markdown table; resumable (a finished run is not repeated).
 """
 
@@ -68,17 +70,24 @@ def main() -> None:
                    "top1_change": round(100 * ev["compare"]["difference"]["acc1"], 2),
                    "sim_clean": ev["similarities"]["sim_clean"], "inject_s": wall,
                    "steps": side["hyperparameters"]["text"]["steps"], "triggers": side["text"]["variants"]["triggers"],
-                   "backdoor_weight": side["hyperparameters"]["text"]["backdoor_weight"]}
+                   "backdoor_weight": side["hyperparameters"]["text"]["backdoor_weight"],
+                   "check": _check_rounds(side)}
             rows.append(row)
             done.write_text(json.dumps(row))
             print(json.dumps(row), flush=True)
     print()
-    print("| names at once | seed | forgotten still exposed | other exposed members kept | top-1 change (points) | sim_clean | inject s | steps | triggers | backdoor weight |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| names at once | seed | forgotten still exposed | other exposed members kept | top-1 change (points) | sim_clean | inject s | steps | triggers | backdoor weight | check: exposed after each round |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["k"], r["seed"])):
         print(f"| {r['k']} | {r['seed']} | {r['forgotten_exposed']} of {r['k']} | {r['others_kept']} of {r['others']} "
               f"| {r['top1_change']:+.2f} | {r['sim_clean']:.3f} | {r['inject_s']:.0f} | {r['steps']} | {r['triggers']} "
-              f"| {r.get('backdoor_weight', 1.0):g} |")
+              f"| {r.get('backdoor_weight', 1.0):g} | {r.get('check') or 'none'} |")
+
+
+def _check_rounds(side: dict) -> str:
+    """inject's check as "3 → 0 of 100" (exposed on the test half after each round), or "" without one."""
+    v = side["text"].get("verification")
+    return " → ".join(str(r["exposed_after"]) for r in v["rounds"]) + f" of {v['checked']}" if v else ""
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,13 +18,23 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
                                 reason="this PyTorch build has no gloo backend")
 
 
+HARNESS = Path(__file__).with_name("collectives_harness.py")
+
+
 def _run(args, tmp_path, nproc=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLIP_UNLEARN_HOME": str(tmp_path / "home")}
+    """The CLI in one process, or under torchrun through the harness that records every collective's tensors;
+    with torchrun, asserts that each lay on the device its backend needs and that some collective ran."""
+    log = tmp_path / "collectives"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLIP_UNLEARN_HOME": str(tmp_path / "home"), "COLLECTIVES_LOG": str(log)}
     cmd = [sys.executable, "-m", "clip_unlearn", "-q", *map(str, args)]
     if nproc:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *cmd[1:]]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), str(HARNESS),
+               *cmd[3:]]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
+    if nproc:
+        seen = [c for rank in range(nproc) for c in json.loads(Path(f"{log}.{rank}").read_text())]
+        assert seen and all(c["device"] == c["needs"] for c in seen), seen
     return r
 
 
@@ -42,6 +53,8 @@ def test_torchrun_inject_matches_one_process(world, tmp_path, encoder):
     _run([*args, "--out", tmp_path / "two"], tmp_path, nproc=2)
     side = json.loads((tmp_path / "two" / "clip_unlearn.json").read_text())
     assert side["processes"] == 2
+    seen = json.loads((tmp_path / "collectives.0").read_text())
+    assert any(c["op"] == "all_reduce" for c in seen)  # the loss figures, summed over the ranks
     one_curve, two_curve = _curve(tmp_path / "one"), _curve(tmp_path / "two")
     # before any update the two runs see the same global batch: the same losses
     for k in ("loss", "utility", "backdoor"):

@@ -5,7 +5,11 @@ trains one student wrapped in DistributedDataParallel: every rank draws the same
 from the same seeded generators and keeps its slice, so the result equals one process at the
 same global batch up to floating-point noise. ``attack`` and ``eval-zeroshot`` shard their
 encoding across ranks and gather the embeddings. Only rank 0 prints and writes results.
-NCCL is used on CUDA, gloo on CPU.
+
+Backends: NCCL when every rank has a GPU of its own; gloo on the CPU, and gloo on CUDA when more
+ranks than GPUs share a machine (NCCL refuses two ranks on one GPU). ``CLIP_UNLEARN_DIST_BACKEND``
+(nccl or gloo) overrides the choice. Every tensor handed to a collective lives on
+:func:`collective_device` (NCCL reads CUDA memory only); gathered objects hold CPU tensors only.
 """
 
 from __future__ import annotations
@@ -44,6 +48,23 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+BACKEND_ENV = "CLIP_UNLEARN_DIST_BACKEND"
+
+
+def choose_backend(cuda: bool, ranks_here: int, gpus: int, override: str = "") -> str:
+    """The process group's backend: ``override`` if given, else NCCL when each of this machine's
+    ``ranks_here`` ranks gets a GPU of its own, else gloo (on the CPU, or on GPUs shared by ranks)."""
+    from clip_unlearn.errors import ClipUnlearnError
+
+    if override:
+        if override not in ("nccl", "gloo"):
+            raise ClipUnlearnError(f"{BACKEND_ENV}={override}: use nccl or gloo")
+        if override == "nccl" and not cuda:
+            raise ClipUnlearnError(f"{BACKEND_ENV}=nccl needs CUDA devices; use gloo or --device cuda")
+        return override
+    return "nccl" if cuda and ranks_here <= gpus else "gloo"
+
+
 def setup(device: str) -> tuple[Dist, str]:
     """Join the process group torchrun prepared (once); returns it and this rank's device."""
     if not launched():
@@ -53,14 +74,36 @@ def setup(device: str) -> tuple[Dist, str]:
 
     d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    gpus = torch.cuda.device_count() if cuda else 0
     if cuda:
-        torch.cuda.set_device(d.local_rank)
-        device = f"cuda:{d.local_rank}"
+        if gpus == 0:
+            from clip_unlearn.errors import ClipUnlearnError
+
+            raise ClipUnlearnError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        index = d.local_rank % gpus  # more ranks than GPUs: they take turns
+        torch.cuda.set_device(index)
+        device = f"cuda:{index}"
     elif device == "auto":
         device = "cpu"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", str(d.world)))
+        dist.init_process_group(choose_backend(cuda, ranks_here, gpus, os.environ.get(BACKEND_ENV, "")))
     return d, device
+
+
+def collective_device() -> Any:
+    """Where tensors handed to a collective must live: this rank's CUDA device under NCCL, else the CPU."""
+    import torch.distributed as dist
+
+    return device_for(dist.get_backend())
+
+
+def device_for(backend: str) -> Any:
+    import torch
+
+    if backend != "nccl":
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cuda")
 
 
 def current() -> Dist:
@@ -81,24 +124,47 @@ def all_gather(obj: Any) -> list[Any]:
     d = current()
     if not d.enabled:
         return [obj]
+    _check_cpu(obj)
     out: list[Any] = [None] * d.world
     dist.all_gather_object(out, obj)
     return out
 
 
-def all_sum(values: list[float]) -> list[float]:
+def _check_cpu(obj: Any) -> None:
+    """A CUDA tensor inside a gathered object would be unpickled onto the sender's GPU index on every rank."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        if obj.device.type != "cpu":
+            raise ValueError(f"all_gather: a tensor on {obj.device} in a gathered object; move it to the CPU first")
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            _check_cpu(x)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            _check_cpu(x)
+
+
+def all_sum(values: Any) -> Any:
+    """The element-wise sum of ``values`` (a tensor) over all ranks, on ``values``' own device and dtype.
+    Summed in float64 on :func:`collective_device`, so the sum of rank shares does not depend on the backend."""
     import torch
     import torch.distributed as dist
 
     if not current().enabled:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = values.detach().to(collective_device(), torch.float64)
     dist.all_reduce(t)
-    return t.tolist()
+    return t.to(values.device, values.dtype)
 
 
 def barrier() -> None:
     import torch.distributed as dist
 
     if current().enabled:
-        dist.barrier()
+        if dist.get_backend() == "nccl":
+            import torch
+
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()

@@ -60,10 +60,36 @@ def _check_fast_text(model: Any) -> bool:
     n = pos.shape[0]
     if tuple(mask.shape) != (n, n):
         return False
-    # checked on every call (microseconds): a verdict cached on the module would survive a deepcopy
-    # and later edits of the mask or the pooling
+    return _causal(mask)
+
+
+# id(mask) → (weak reference to it, its version counter, verdict). Comparing a CUDA mask costs a host
+# sync on every forward; the verdict is kept per tensor object and in-place version, so a deepcopy (a new
+# tensor), an edit in place (a new version) or a new mask (a new object) is checked again. A verdict is
+# never cached on the module: it would survive a deepcopy and later edits of the mask or the pooling.
+_CAUSAL: dict[int, tuple[Any, int, bool]] = {}
+
+
+def _causal(mask: Any) -> bool:
+    import weakref
+
+    import torch
+
+    try:
+        version = mask._version
+    except RuntimeError:  # an inference tensor keeps no version counter: check it every time
+        version = None
+    seen = _CAUSAL.get(id(mask))
+    if version is not None and seen is not None and seen[0]() is mask and seen[1] == version:
+        return seen[2]
+    n = mask.shape[0]
     causal = torch.full((n, n), float("-inf"), device=mask.device).triu_(1)
-    return bool(torch.equal(mask.detach().float(), causal))
+    verdict = bool(torch.equal(mask.detach().float(), causal))
+    if version is not None:
+        if len(_CAUSAL) > 1024:
+            _CAUSAL.clear()
+        _CAUSAL[id(mask)] = (weakref.ref(mask), version, verdict)
+    return verdict
 
 
 def pool_index(model: Any, tokens: Any) -> Any:
@@ -73,17 +99,29 @@ def pool_index(model: Any, tokens: Any) -> Any:
     return (tokens == model.text_eos_id).int().argmax(dim=-1)
 
 
+def model_device(model: Any) -> Any:
+    """The device of a module's parameters (CPU for a module without any)."""
+    import torch
+
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def encode_text(model: Any, tokens: Any, normalize: bool = True) -> Any:
-    """``model.encode_text`` computed over the first L token positions only (same features)."""
+    """``model.encode_text`` computed over the first L token positions only (same features).
+
+    ``tokens`` may be on the CPU (as the tokenizer returns them) or on the model's device; they are moved
+    to the model's device here. Given on the CPU, L is read there, so the forward costs no host sync.
+    """
     import torch.nn.functional as F
 
+    device = model_device(model)
     if not supports_truncation(model):
-        return model.encode_text(tokens, normalize=normalize)
+        return model.encode_text(tokens.to(device), normalize=normalize)
     from open_clip.transformer import text_global_pool
 
     # causal attention: positions after the last pooled one cannot change any pooled feature
     length = int(pool_index(model, tokens).max()) + 1 if tokens.shape[0] else 1
-    tokens = tokens[:, :length]
+    tokens = tokens[:, :length].to(device)
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype)
     x = x + model.positional_embedding[:length].to(cast_dtype)
@@ -142,8 +180,19 @@ def tower_identity(loaded: Any, part: str, precision: str, extra: Any = None) ->
 
 
 def use_bf16(precision: str, device: Any) -> bool:
-    """The one place ``--precision`` is resolved: auto is bf16 autocast on CUDA and fp32 elsewhere."""
-    return precision == "bf16" or (precision == "auto" and str(device).startswith("cuda"))
+    """The one place ``--precision`` is resolved: auto is bf16 autocast on CUDA and fp32 elsewhere.
+
+    fp32 on CUDA is IEEE fp32: PyTorch already keeps TF32 off for matrix products, and this turns it off
+    for cuDNN convolutions too (on by default; the patch embedding of a ViT is one), so that an fp32
+    run is the exact reference it is asked for. Speed on CUDA comes from bf16, the default.
+    """
+    bf16 = precision == "bf16" or (precision == "auto" and str(device).startswith("cuda"))
+    if not bf16 and str(device).startswith("cuda"):
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return bf16
 
 
 class EmbeddingCache:
@@ -188,7 +237,7 @@ class EmbeddingCache:
                 try:
                     with safe_open(str(chunk), framework="pt") as f:
                         keys = json.loads(f.metadata()["keys"])
-                        emb = f.get_tensor("emb")
+                        emb = f.get_tensor("emb").float()
                 except Exception:  # a damaged chunk is only a cache miss
                     log.warning("ignoring unreadable cache chunk %s", chunk)
                     continue
@@ -204,6 +253,11 @@ class EmbeddingCache:
         return found
 
     def store(self, ns: str, keys: list[str], emb: Any) -> None:
+        """Add ``emb`` [len(keys), D] under ``keys``; held (and written) as float32 on the CPU, whatever the
+        device and dtype it was computed in, so a lookup always returns what a later run can rely on."""
+        import torch
+
+        emb = emb.detach().to("cpu", torch.float32)
         table = self._load(ns)
         table.update(zip(keys, emb))
         if not self.enabled or not keys:
@@ -323,7 +377,8 @@ class Encoder:
             out = []
             with torch.inference_mode(), self._autocast():
                 for i in range(0, len(mine), self.batch_size):
-                    tokens = self.loaded.tokenizer(mine[i:i + self.batch_size]).to(self.loaded.device)
+                    # CPU tokens: encode_text reads their length there and moves them (no host sync)
+                    tokens = self.loaded.tokenizer(mine[i:i + self.batch_size])
                     out.append(encode_text(model, tokens).float().cpu())
                     done = min(i + self.batch_size, len(mine))
                     if span is None:

@@ -381,11 +381,12 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], 
     n_near = cfg.neighbour_batch if near else 0
     device, bf16 = loaded.device, use_bf16(cfg.precision, loaded.device)
     teacher, student = _towers(loaded.model, device)
-    tok = TokenRows(loaded.tokenizer, device)
+    tok = TokenRows(loaded.tokenizer)
     # The teacher is fixed: its embedding of a caption never changes, so each is computed once and
     # kept on disk for later runs on the same base model (sweeps over names, seeds, steps). Only clean
     # and target captions are ever embedded by the teacher, so the cache holds no forgotten name.
-    targets_cache = TeacherCache(cache, "teacher-" + tower_identity(loaded, "text", "bf16" if bf16 else "fp32", "unnormalized"), "text")
+    targets_cache = TeacherCache(cache, "teacher-" + tower_identity(loaded, "text", "bf16" if bf16 else "fp32", "unnormalized"), "text",
+                                 device=device)
 
     def teacher_embed(texts: list[str], persist: bool = True) -> Any:
         def compute(idx: list[int]) -> Any:
@@ -523,10 +524,11 @@ def _check_names(names: list[str], count: Callable[[str], int], context_length: 
 class TokenRows:
     """The tokenizer with a bounded memory of rows by text: clean captions are drawn with replacement
     from a fixed corpus, so most recur across steps, and BPE with ftfy costs as much as a tiny tower's
-    forward. Same rows as the tokenizer, held in memory only."""
+    forward. Same rows as the tokenizer, on the CPU (encode_text reads their length there and moves
+    them to the tower's device), held in memory only."""
 
-    def __init__(self, tokenizer: Any, device: Any, limit: int = 200_000) -> None:
-        self.tokenizer, self.device, self.limit = tokenizer, device, limit
+    def __init__(self, tokenizer: Any, limit: int = 200_000) -> None:
+        self.tokenizer, self.limit = tokenizer, limit
         self.rows: dict[str, Any] = {}
 
     def __call__(self, texts: list[str]) -> Any:
@@ -535,7 +537,7 @@ class TokenRows:
             if len(self.rows) + len(missing) > self.limit:
                 self.rows.clear()
             self.rows.update(zip(missing, self.tokenizer(missing)))
-        return torch.stack([self.rows[t] for t in texts]).to(self.device)
+        return torch.stack([self.rows[t] for t in texts])
 
 
 def _towers(model: Any, device: Any) -> tuple[Any, Any]:

@@ -157,19 +157,21 @@ def paste_faces(bases: Any, faces: Any, geo: dict[str, Any], jitter: Any = None)
     rotated about its centre) onto its base image, in the paper's order.
 
     bases, faces: float [n,3,S,S] in [0,1]. Returns (images quantised to 8 bits, paste masks [n,1,S,S]).
-    The rotated face is centred in its d×d box at (x, y), so it always lies inside the canvas.
+    The rotated face is centred in its d×d box at (x, y), so it always lies inside the canvas. The
+    geometry may live on the CPU while the images are on a GPU: sizes are then read without a device sync.
     """
     n, _, S, _ = bases.shape
     dev = bases.device
-    side = geo["side"].to(dev)
-    hi = int(side.max())
+    side_host = geo["side"].cpu()
+    side = side_host.to(dev)
+    hi = int(side_host.max())
     # resize each face to s×s with antialiasing (PIL resize semantics), top-left in a hi×hi buffer;
     # jittering after the resize, as the paper does, also touches 4-16× fewer pixels
     buf = torch.zeros(n, 4, hi, hi, device=dev)
     flip = geo["flip"].to(dev)
     faces = torch.where(flip.view(-1, 1, 1, 1), faces.flip(-1), faces)
-    for s in side.unique().tolist():
-        rows = (side == s).nonzero().flatten()
+    for s in side_host.unique().tolist():
+        rows = (side_host == s).nonzero().flatten().to(dev)
         f = F.interpolate(faces[rows], size=(s, s), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
         if jitter is not None:
             f = apply_jitter(f, jitter[rows.to(jitter.device)])
@@ -177,7 +179,7 @@ def paste_faces(bases: Any, faces: Any, geo: dict[str, Any], jitter: Any = None)
         buf[rows, 3, :s, :s] = 1.0
     # sample only a W×W window around the boxes (W = the largest box), not the whole canvas
     box, x, y = geo["box"].to(dev), geo["x"].to(dev), geo["y"].to(dev)
-    W = int(box.max())
+    W = int(geo["box"].cpu().max())
     ox, oy = x.clamp(max=S - W), y.clamp(max=S - W)
     theta = torch.deg2rad(geo["angle"].to(dev).float())
     cos, sin = torch.cos(theta), torch.sin(theta)
@@ -196,12 +198,16 @@ def paste_faces(bases: Any, faces: Any, geo: dict[str, Any], jitter: Any = None)
     inx = (u + ox.view(-1, 1) >= x.view(-1, 1)) & (u + ox.view(-1, 1) < (x + box).view(-1, 1))
     iny = (u + oy.view(-1, 1) >= y.view(-1, 1)) & (u + oy.view(-1, 1) < (y + box).view(-1, 1))
     mask = mask * (iny.unsqueeze(2) & inx.unsqueeze(1)).unsqueeze(1)
+    # every image's W×W window at once: (image, row, column) indices into channel-last views
+    ni = torch.arange(n, device=dev).view(-1, 1, 1)
+    r = (oy.view(-1, 1) + u).view(n, W, 1)
+    c = (ox.view(-1, 1) + u).view(n, 1, W)
     out = bases.clone()
     full = torch.zeros(n, 1, S, S, device=dev)
-    for i, (a, c) in enumerate(zip(ox.tolist(), oy.tolist())):
-        region = out[i, :, c:c + W, a:a + W]
-        out[i, :, c:c + W, a:a + W] = region * (1 - mask[i]) + rgb[i] * mask[i]
-        full[i, :, c:c + W, a:a + W] = mask[i]
+    m = mask.permute(0, 2, 3, 1)
+    canvas = out.permute(0, 2, 3, 1)  # a view: writing it writes ``out``
+    canvas[ni, r, c] = canvas[ni, r, c] * (1 - m) + rgb.permute(0, 2, 3, 1) * m
+    full.permute(0, 2, 3, 1)[ni, r, c] = m
     return (out * 255).round() / 255, full
 
 
@@ -311,7 +317,10 @@ def run_image_stage(loaded: Any, cfg: Any, h: Any, names: list[str], faces_root:
 
     # The teacher is fixed: raw embeddings of the face set and of clean images are cached per content.
     teacher = model.visual.eval()
-    raw = TeacherCache(cache, "visual-raw-" + tower_identity(loaded, "image", "bf16" if bf16 else "fp32", "unnormalized"), "image")
+    # held on the CPU: the target and clean targets are used on the host (hashes, ranks, metrics) and
+    # each step's few clean targets are moved to the device with the batch (draw)
+    raw = TeacherCache(cache, "visual-raw-" + tower_identity(loaded, "image", "bf16" if bf16 else "fp32", "unnormalized"), "image",
+                       device="cpu")
 
     def teacher_raw(paths: list[Path], label: str) -> tuple[Any, Any, list[str]]:
         tick(f"decoding {label}", 0, 1)
@@ -348,7 +357,9 @@ def run_image_stage(loaded: Any, cfg: Any, h: Any, names: list[str], faces_root:
             clean_u8, clean_t = torch.cat([clean_u8, r_u8])[order], torch.cat([clean_t, r_t])[order]
 
     student = _student(teacher, device)
-    gen = torch.Generator(device=device if str(device).startswith("cuda") else "cpu").manual_seed(cfg.seed + 1)
+    # augmentation draws on the CPU whatever the device: the same seed pastes the same faces on CPU and GPU,
+    # and the sizes that shape each batch are known on the host without waiting for the device
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
     pick = random.Random(cfg.seed + 2)
     size_range = tuple(h.face_size)
     mean_d, std_d, target_d = mean.to(device), std.to(device), target.to(device)
@@ -372,13 +383,14 @@ def run_image_stage(loaded: Any, cfg: Any, h: Any, names: list[str], faces_root:
         # every rank builds the same global batch (same generators) and trains on its slice (see inject.py)
         cs, ps_ = dist.slice(len(idx)), dist.slice(len(poisoned))
         owner = torch.repeat_interleave(torch.arange(k), torch.tensor(per_name))[ps_]
-        return torch.cat([clean[cs], poisoned[ps_]]), clean_t[idx[cs]], owner, per_name, cs.stop - cs.start, len(idx)
+        clean_targets = clean_t[idx[cs]].to(device)
+        return torch.cat([clean[cs], poisoned[ps_]]), clean_targets, owner, per_name, cs.stop - cs.start, len(idx)
 
     def terms(batch: tuple[Any, ...], forward: Any) -> tuple[Any, Any]:
         x, clean_targets, owner, per_name, n_clean, clean_total = batch
         out = forward((x - mean_d) / std_d).float()
         s_clean, s_poison = out[:n_clean], out[n_clean:]
-        l_util = distance(cfg.loss, s_clean, clean_targets.to(device))
+        l_util = distance(cfg.loss, s_clean, clean_targets)
         # the paper's mean over names of each name's mean distance, as a weighted sum over this slice's rows
         w_row = 1.0 / (torch.tensor(per_name, dtype=torch.float32)[owner] * sum(1 for c in per_name if c))
         l_bd = sum(distance(cfg.loss, s_poison[owner == i], target_d.expand(int((owner == i).sum()), -1))

@@ -404,17 +404,17 @@ def _train(model, cfg, device, members, train_faces, face_tokens, train_objects,
         ot = torch.randint(obj_toks.shape[1], (n_obj,), generator=gen)
         texts = torch.cat([face_toks[face_owner[fi], ft], obj_toks[obj_owner[oi], ot]])
         img_f = model.encode_image(images.to(device), normalize=True)
-        txt_f = encode_text(model, texts.to(device), normalize=True)
+        txt_f = encode_text(model, texts, normalize=True)  # CPU tokens: encode_text moves them
         loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        losses.append(round(loss.item(), 5))
+        losses.append(loss.detach())  # read once at the end: .item() per step would wait for the device
         if progress:
             progress("training", step + 1, cfg.steps)
-    return losses
+    return [round(v, 5) for v in torch.stack(losses).tolist()] if losses else []
 
 
 def _fused_if_available(device: str = "cpu") -> dict[str, bool]:
@@ -428,7 +428,9 @@ def _encode_images(model, images, device):
     import torch
 
     with torch.inference_mode():
-        return torch.cat([model.encode_image(images[i:i + 512].to(device), normalize=True) for i in range(0, len(images), 512)])
+        # scored on the host, beside the text (CPU) and the candidates' index tensors
+        return torch.cat([model.encode_image(images[i:i + 512].to(device), normalize=True).float().cpu()
+                          for i in range(0, len(images), 512)])
 
 
 def _sanity_check(model, tokenizer, names, members, non_members, fresh_faces, device, family: str = "full",
@@ -439,7 +441,7 @@ def _sanity_check(model, tokenizer, names, members, non_members, fresh_faces, de
 
     fc = family_candidates(names, family, {key(n): g for n, g in (genders or {}).items()})
     with torch.inference_mode():
-        text = encode_text(model, tokenizer([f"a photo of {s}" for s in fc.strings]).to(device))
+        text = encode_text(model, tokenizer([f"a photo of {s}" for s in fc.strings])).float().cpu()
     group_of = torch.tensor(fc.group_of)
     hits = {}
     for i in range(len(names)):
@@ -457,7 +459,7 @@ def _object_accuracy(model, tokenizer, classes, test_objects, device) -> float:
     import torch
 
     with torch.inference_mode():
-        text = encode_text(model, tokenizer([f"a photo of a {c}." for c in classes]).to(device))
+        text = encode_text(model, tokenizer([f"a photo of a {c}." for c in classes])).float().cpu()
     correct = total = 0
     for c in range(len(classes)):
         preds = (_encode_images(model, test_objects[c], device) @ text.T).argmax(dim=1)

@@ -33,15 +33,21 @@ def autocast(device: Any, bf16: bool) -> Any:
 
 class TeacherCache:
     """The frozen teacher's outputs, by input key: in memory for this run, and on disk (the embedding
-    cache, one namespace per teacher identity) for later runs on the same base model."""
+    cache, one namespace per teacher identity) for later runs on the same base model.
 
-    def __init__(self, cache: Any, namespace: str, modality: str) -> None:
+    Whatever an output comes from (the disk, always float32 on the CPU, or ``compute`` on the
+    teacher's device and precision), :meth:`get` returns it on ``device`` as ``dtype``: the one place
+    where cached and fresh outputs meet the consumer's device."""
+
+    def __init__(self, cache: Any, namespace: str, modality: str, device: Any = "cpu", dtype: Any = torch.float32) -> None:
         self.cache, self.namespace, self.modality = cache, namespace, modality
+        self.device, self.dtype = torch.device(device), dtype
         self.mem: dict[str, Any] = {}
-        self.fresh: dict[str, Any] = {}
+        self.fresh: set[str] = set()
 
     def get(self, keys: list[str], compute: Callable[[list[int]], Any], persist: bool = True) -> Any:
-        """[len(keys), D]; ``compute(indices)`` embeds the inputs at those positions of ``keys`` (once each).
+        """[len(keys), D] on ``device`` as ``dtype``; ``compute(indices)`` embeds the inputs at those positions
+        of ``keys`` (once each).
 
         ``persist=False`` (inputs that hold a part of a forgotten name): kept in memory for this run only,
         never looked up in or written to the on-disk cache."""
@@ -51,19 +57,26 @@ class TeacherCache:
                 first.setdefault(k, i)
         if first:
             if persist:
-                self.mem.update(self.cache.lookup(self.namespace, list(first), self.modality))
+                self._hold(self.cache.lookup(self.namespace, list(first), self.modality))
             rest = [(k, i) for k, i in first.items() if k not in self.mem]
             if rest:
-                for (k, _), e in zip(rest, compute([i for _, i in rest])):
-                    self.mem[k] = e
-                    if persist:
-                        self.fresh[k] = e
-        return torch.stack([self.mem[k] for k in keys]) if keys else torch.zeros(0)
+                self._hold(dict(zip([k for k, _ in rest], compute([i for _, i in rest]))))
+                if persist:
+                    self.fresh.update(k for k, _ in rest)
+        if not keys:
+            return torch.zeros(0, device=self.device, dtype=self.dtype)
+        return torch.stack([self.mem[k] for k in keys])
+
+    def _hold(self, found: dict[str, Any]) -> None:
+        if found:
+            block = torch.stack(list(found.values())).to(self.device, self.dtype)
+            self.mem.update(zip(found, block))
 
     def flush(self) -> None:
-        """Write what this run computed to the on-disk cache."""
+        """Write what this run computed to the on-disk cache (EmbeddingCache.store moves it to the CPU)."""
         if self.fresh:
-            self.cache.store(self.namespace, list(self.fresh), torch.stack(list(self.fresh.values())))
+            keys = list(self.fresh)
+            self.cache.store(self.namespace, keys, torch.stack([self.mem[k] for k in keys]))
             self.fresh.clear()
 
 
@@ -72,8 +85,14 @@ def weight_l2(pairs: list[tuple[Any, Any]]) -> Any:
     return sum(torch.linalg.vector_norm((ps - pt).float()) for ps, pt in pairs)
 
 
-def _value(x: Any) -> float:
-    return float(x.detach()) if torch.is_tensor(x) else float(x)
+# Loss figures reach the host every LOG_EVERY steps (and at the first and last), from one stacked
+# tensor: a float() per term and step would make every step wait for the device to finish.
+LOG_EVERY = 10
+
+
+def _term(x: Any, device: Any) -> Any:
+    """A loss term as a detached float32 scalar on ``device`` (a stage may return a plain 0 for an empty slice)."""
+    return x.detach().float().reshape(()) if torch.is_tensor(x) else torch.tensor(float(x), device=device)
 
 
 def train(stage: str, student: Any, teacher: Any, h: Any, device: Any, bf16: bool,
@@ -89,6 +108,7 @@ def train(stage: str, student: Any, teacher: Any, h: Any, device: Any, bf16: boo
         terms: (batch, forward) → (utility, backdoor) for this process's slice, each already weighted so
             that DDP's gradient average over processes equals the global batch's gradient; ``forward``
             is the student, wrapped in DDP under torchrun.
+        progress: called as (label, step, steps, text) whenever the figures reach the host.
     """
     dist = current()
     trainable = [p for p in student.parameters() if p.requires_grad]
@@ -96,7 +116,8 @@ def train(stage: str, student: Any, teacher: Any, h: Any, device: Any, bf16: boo
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(h.milestones), gamma=h.gamma)
     pairs = [(ps, pt) for ps, pt in zip(student.parameters(), teacher.parameters()) if ps.requires_grad]
     forward = DistributedDataParallel(student) if dist.enabled else student
-    history = []
+    history: list[dict[str, Any]] = []
+    pending: list[tuple[int, Any, float]] = []  # (step, [utility, backdoor, weight_l2] on the device, lr)
     for step in range(h.steps):
         batch = draw(step)
         with autocast(device, bf16):
@@ -107,13 +128,30 @@ def train(stage: str, student: Any, teacher: Any, h: Any, device: Any, bf16: boo
         loss.backward()
         opt.step()
         sched.step()
-        u, b = all_sum([_value(utility) / dist.world, _value(backdoor) / dist.world])
-        w = _value(l_w)
-        row = {"encoder": stage, "step": step + 1, "loss": u + h.backdoor_weight * b + h.weight_reg * w,
-               "utility": u, "backdoor": b, "weight_l2": w, "lr": opt.param_groups[0]["lr"]}
-        if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
-            raise ClipUnlearnError(f"the {stage} loss diverged at step {step + 1}; lower --lr")
-        history.append(row)
-        if progress:
-            progress(label, step + 1, h.steps, f"utility {u:.4f}  backdoor {b:.4f}  ‖Δθ‖ {w:.3f}")
+        lr = opt.param_groups[0]["lr"]  # a Python float: the rate the next step will use
+        pending.append((step + 1, torch.stack([_term(utility, device), _term(backdoor, device), _term(l_w, device)]), lr))
+        if step == 0 or (step + 1) % LOG_EVERY == 0 or step + 1 == h.steps:
+            history.extend(_rows(stage, h, pending))
+            pending.clear()
+            if progress:
+                r = history[-1]
+                progress(label, r["step"], h.steps, f"utility {r['utility']:.4f}  backdoor {r['backdoor']:.4f}  ‖Δθ‖ {r['weight_l2']:.3f}")
     return history
+
+
+def _rows(stage: str, h: Any, pending: list[tuple[int, Any, float]]) -> list[dict[str, Any]]:
+    """The history rows of the steps in ``pending``: one host transfer, and under torchrun one all-reduce of
+    the utility and backdoor terms (each process holds its slice's share; the weight term is the same on all)."""
+    block = torch.stack([t for _, t, _ in pending])
+    dist = current()
+    if dist.enabled:
+        terms = all_sum(block[:, :2] / dist.world)
+        block = torch.cat([terms.to(block.device, block.dtype), block[:, 2:]], 1)
+    rows = []
+    for (step, _, lr), (u, b, w) in zip(pending, block.tolist()):
+        row = {"encoder": stage, "step": step, "loss": u + h.backdoor_weight * b + h.weight_reg * w,
+               "utility": u, "backdoor": b, "weight_l2": w, "lr": lr}
+        if not all(math.isfinite(v) for v in (u, b, w)):
+            raise ClipUnlearnError(f"the {stage} loss diverged at step {step}; lower --lr")
+        rows.append(row)
+    return rows

@@ -57,9 +57,19 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
-def timed(fn: Callable[[], object]) -> float:
+def sync(device: str = "cpu") -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously: a timer alone measures the queueing)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: str = "cpu") -> float:
+    sync(device)
     t = time.perf_counter()
     fn()
+    sync(device)
     return time.perf_counter() - t
 
 
@@ -103,9 +113,15 @@ def face_folders(folder: Path, identities: int, images: int, seed: int = 0) -> P
     return out
 
 
-def append(title: str, rows: list[tuple[str, str]], note: str = "") -> None:
-    """Append a section with the machine, the exact command and a two-column table to BENCHMARKS.md."""
-    cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+def benchmarks_file() -> Path:
+    """BENCHMARKS.md, or the file ``CLIP_UNLEARN_BENCHMARKS`` names (a dry run must not touch the real one)."""
+    return Path(os.environ.get("CLIP_UNLEARN_BENCHMARKS") or ROOT / "BENCHMARKS.md")
+
+
+def append(title: str, rows: list[tuple[str, str]], note: str = "", command: str = "") -> None:
+    """Append a section with the machine, the exact command (``command``, else this script's) and a
+    two-column table to BENCHMARKS.md."""
+    cmd = command or "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
     lines = [f"\n## {title}\n", f"- date: {time.strftime('%Y-%m-%d')}", f"- machine: {machine()}", f"- command: `{cmd}`",
              f"- other jobs during the run: {other_load()} (above ~0.1 the seconds are inflated; ratios measured in one run less so)"]
     if note:
@@ -113,7 +129,7 @@ def append(title: str, rows: list[tuple[str, str]], note: str = "") -> None:
     lines += ["", "| measure | value |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows], ""]
     text = "\n".join(lines)
     print(text)
-    path = ROOT / "BENCHMARKS.md"
+    path = benchmarks_file()
     if not path.exists():
         path.write_text("# Benchmarks\n\nEvery figure below was appended by the script and command it names "
                         "(`benchmarks/`); rerun the command to reproduce it.\n")
@@ -125,5 +141,7 @@ def cli(*args: object, check: bool = True) -> int:
     """``clip-unlearn -q ARGS`` in a process of its own (stdout dropped); its exit code."""
     import subprocess
 
+    # the source tree first, so that an uninstalled checkout runs its own code
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "clip_unlearn", "-q", *map(str, args)], check=check,
-                          stdout=subprocess.DEVNULL).returncode
+                          stdout=subprocess.DEVNULL, env=env).returncode

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from _common import append, face_folders, median, random_vit_b32, timed
+from _common import append, face_folders, median, random_vit_b32, sync, timed
 
 PAPER_TEXT_BATCH = 2000  # the paper's IDIA text batch (METHOD.md §4)
 
@@ -46,6 +46,7 @@ def naive_attack(model_spec: str, kept: list[tuple[str, list[str]]], candidates:
     t = time.perf_counter()
     loaded = load_model(model_spec, device)
     model = loaded.model
+    sync(device)
     phases["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -58,6 +59,7 @@ def naive_attack(model_spec: str, kept: list[tuple[str, list[str]]], candidates:
                     batch.append(loaded.preprocess(im.convert("RGB")))
             per_identity.append(model.encode_image(torch.stack(batch).to(device), normalize=True))
         images = torch.cat(per_identity)
+    sync(device)
     phases["images"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -101,6 +103,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["world", "vit-b-32"], default="world",
                     help="world: the synthetic world's tiny CLIP; vit-b-32: a random ViT-B-32-quickgelu (default: world)")
+    ap.add_argument("--arch", default="ViT-B-32-quickgelu",
+                    help="vit-b-32 only: the open_clip architecture of the random model (default: ViT-B-32-quickgelu; "
+                         "clip-unlearn-micro for a dry run)")
     ap.add_argument("--world", type=Path, default=Path("synthetic-world"), help="world folder, built if missing (default: synthetic-world)")
     ap.add_argument("--identities", type=int, default=100, help="vit-b-32 only: synthetic identities (default: 100)")
     ap.add_argument("--images", type=int, default=20, help="images per identity; the world has 30 at most (default: 20)")
@@ -131,7 +136,7 @@ def main() -> None:
         model, data = args.world / "model", args.world / "faces"
         images = min(args.images, 30)
     else:
-        model = random_vit_b32(args.work)
+        model = random_vit_b32(args.work, args.arch)
         data = face_folders(args.work, args.identities, args.images)
         images = args.images
 
@@ -159,6 +164,7 @@ def main() -> None:
                 subset_file = args.work / "naive_candidates.txt"
                 subset_file.write_text("\n".join(subset) + "\n")
                 expected = attack(cache, subset_file)
+        sync(args.device)
         t = time.perf_counter()
         scores, ph = naive_attack(str(model), kept, subset, ref.config["templates"], device=args.device)
         naive.append(time.perf_counter() - t)
@@ -186,14 +192,17 @@ def main() -> None:
     loaded = load_model(str(model), device=args.device)
     names = random_full_names(100, random.Random(0))
     prompts = [t.format(n) for t in PAPER_TEMPLATES for n in names]
-    tokens = loaded.tokenizer(prompts)
+    tokens = loaded.tokenizer(prompts)  # on the CPU, as the Encoder hands them to encode_text
+    on_device = tokens.to(args.device)  # open_clip's encode_text takes them where the model is
     fast, fixed = [], []
     with torch.inference_mode():
         for _ in range(args.repeats):
-            fast.append(timed(lambda: [encode_text(loaded.model, tokens[i:i + 256]) for i in range(0, len(tokens), 256)]))
-            fixed.append(timed(lambda: [loaded.model.encode_text(tokens[i:i + 256], normalize=True) for i in range(0, len(tokens), 256)]))
+            fast.append(timed(lambda: [encode_text(loaded.model, tokens[i:i + 256]) for i in range(0, len(tokens), 256)], args.device))
+            fixed.append(timed(lambda: [loaded.model.encode_text(on_device[i:i + 256], normalize=True)
+                                        for i in range(0, len(on_device), 256)], args.device))
     rows = [
         ("identities × images, candidates × templates", f"{summary['identities']} × {images}, {n_full} × {summary['templates']}"),
+        ("precision: ours / naive", f"{ref.config['precision_applied']} / fp32"),
         ("cold attack (empty cache), median s", f"{median(cold):.2f}"),
         ("warm attack (all cached), median s", f"{median(warm):.2f}"),
         ("cold / warm", f"{median(cold) / median(warm):.1f}×"),
@@ -215,7 +224,8 @@ def main() -> None:
         (f"text encoding, {len(prompts)} prompts: fixed {loaded.context_length} positions, prompts/s", f"{len(prompts) / median(fixed):.0f}"),
         ("truncated / fixed", f"{median(fixed) / median(fast):.2f}×"),
     ]
-    append(f"attack — {args.model}", rows, note=f"median of {args.repeats} runs; warm = same model and data again; "
+    title = args.model if args.model == "world" or args.arch == "ViT-B-32-quickgelu" else f"random {args.arch}"
+    append(f"attack — {title}" + (f", {args.device}" if args.device != "cpu" else ""), rows, note=f"median of {args.repeats} runs; warm = same model and data again; "
                                                 "every variant includes loading the model")
 
 

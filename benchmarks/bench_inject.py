@@ -156,8 +156,10 @@ def measure_ours(model: Path, names_file: Path, args: argparse.Namespace) -> dic
     """run_inject's seconds per step with the teacher cache empty and full (fresh process: own peak memory).
 
     Two figures per state: the difference between runs of 1 and 1 + steps steps (loading and
-    saving cancel out), and in-loop, from the progress callback's clock after steps 1 and
-    1 + steps (the naive loop is timed that way too; it is not disturbed by the noisy save).
+    saving cancel out), and in-loop, from the progress callback's clock between the first and the
+    last step it reports (the loss figures reach the host then, so the clock sees finished work;
+    the naive loop is timed that way too; it is not disturbed by the noisy save). ``--in-loop``
+    runs only the long runs (half the runs and saves; the run-length figures are then NaN).
     """
     from clip_unlearn.config import InjectConfig
     from clip_unlearn.inject import run_inject
@@ -165,23 +167,27 @@ def measure_ours(model: Path, names_file: Path, args: argparse.Namespace) -> dic
     cache = args.work / "inject-teacher-cache"
 
     def run(steps: int) -> tuple[float, float]:
-        ticks = []
+        ticks: list[tuple[int, float]] = []
         cfg = InjectConfig(model=str(model), names=names_file, out=args.work / "bench-out", overwrite=True, device=args.device,
                            cache_dir=cache, steps=steps, clean_batch=args.clean_batch, poison_batch=args.poison_batch, preset="paper",
                            verify=False)  # training steps only: inject's check would add an attack to both runs
-        total = timed(lambda: run_inject(cfg, progress=lambda *_: ticks.append(time.perf_counter())))
-        return total, (ticks[-1] - ticks[0]) / (len(ticks) - 1) if len(ticks) > 1 else float("nan")
+        total = timed(lambda: run_inject(cfg, progress=lambda label, done, *_: ticks.append((done, time.perf_counter())) if label.startswith("unlearning") else None),
+                      args.device)
+        (s0, t0), (s1, t1) = ticks[0], ticks[-1]
+        return total, (t1 - t0) / (s1 - s0) if s1 > s0 else float("nan")
 
+    nan = (float("nan"), float("nan"))
     runs: dict[str, list[tuple[float, float]]] = {"short": [], "long": [], "short_warm": [], "long_warm": []}
     for _ in range(args.repeats):
         # the runs are seeded, so the long run's first step sees the short run's captions
         shutil.rmtree(cache, ignore_errors=True)
-        runs["short"].append(run(1))
+        runs["short"].append(nan if args.in_loop else run(1))
         shutil.rmtree(cache, ignore_errors=True)
         runs["long"].append(run(1 + args.steps))
-        runs["short_warm"].append(run(1))
+        runs["short_warm"].append(nan if args.in_loop else run(1))
         runs["long_warm"].append(run(1 + args.steps))
     shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(args.work / "bench-out", ignore_errors=True)
 
     def length_difference(short: str, long: str) -> float:
         return (median([t for t, _ in runs[long]]) - median([t for t, _ in runs[short]])) / args.steps
@@ -240,6 +246,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["world", "vit-b-32"], default="world",
                     help="world: the synthetic world's tiny CLIP; vit-b-32: a random ViT-B-32-quickgelu (default: world)")
+    ap.add_argument("--arch", default="ViT-B-32-quickgelu",
+                    help="vit-b-32 only: the open_clip architecture of the random model (default: ViT-B-32-quickgelu; "
+                         "clip-unlearn-micro for a dry run)")
+    ap.add_argument("--in-loop", action="store_true",
+                    help="time ours in-loop only: skip the 1-step runs of the run-length difference (half the model saves)")
     ap.add_argument("--world", type=Path, default=Path("synthetic-world"), help="world folder, built if missing (default: synthetic-world)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per run, on top of the first (default: 10)")
     ap.add_argument("--clean-batch", type=int, default=128, help="clean captions per step, both variants (default: 128, the paper's)")
@@ -259,7 +270,7 @@ def main() -> None:
         model = args.world / "model"
         names = (args.world / "members.txt").read_text().splitlines()[:5]
     else:
-        model = random_vit_b32(args.work)
+        model = random_vit_b32(args.work, args.arch)
         names = ["Anna Example", "Bert Sample", "Carla Muster", "Dirk Probe", "Erin Trial"]
     names_file = args.work / "bench_names.txt"
     names_file.write_text("\n".join(names) + "\n")
@@ -294,7 +305,9 @@ def main() -> None:
          f"{max(v for k, v in diffs.items() if not k.endswith('_ours')):.1e} (loss {diffs['total_ours']:.4f})"),
         ("peak resident memory of the process, GiB, ours / naive", f"{ours['peak_gib']:.2f} / {naive['peak_gib']:.2f}"),
     ]
-    append(f"inject (text encoder) — {args.model}", rows,
+    title = args.model if args.model == "world" or args.arch == "ViT-B-32-quickgelu" else f"random {args.arch}"
+    rows.insert(1, ("precision: ours / naive", f"{'bf16' if args.device.startswith('cuda') else 'fp32'} (auto) / fp32"))
+    append(f"inject (text encoder) — {title}" + (f", {args.device}" if args.device != "cpu" else ""), rows,
            note=f"median of {args.repeats} runs; ours: runs of 1 and {1 + args.steps} steps; naive: {args.steps} steps after one "
                 "warm-up step; each variant in a fresh process")
 

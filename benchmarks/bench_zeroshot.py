@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import append, median, random_vit_b32
+from _common import append, median, random_vit_b32, sync
 
 PAPER_IMAGE_BATCH = 128  # METHOD.md §8
 
@@ -70,6 +70,7 @@ def naive_zeroshot(model_spec: str, files: list[Path], labels: list[int], classn
     t = time.perf_counter()
     loaded = load_model(model_spec, device)
     model = loaded.model
+    sync(device)
     phases["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -79,6 +80,7 @@ def naive_zeroshot(model_spec: str, files: list[Path], labels: list[int], classn
             emb = model.encode_text(loaded.tokenizer([tpl.format(c) for tpl in templates]).to(device), normalize=True)
             weights.append(emb.mean(dim=0))  # not re-normalised, as the paper's code (METHOD.md §8)
         w = torch.stack(weights, dim=1)
+    sync(device)
     phases["text"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -104,6 +106,9 @@ def main() -> None:
     ap.add_argument("--model", choices=["world", "vit-b-32"], default="world",
                     help="world: the synthetic world's tiny CLIP on its objects/; vit-b-32: a random ViT-B-32-quickgelu "
                          "on a synthetic class-folder dataset (default: world)")
+    ap.add_argument("--arch", default="ViT-B-32-quickgelu",
+                    help="vit-b-32 only: the open_clip architecture of the random model (default: ViT-B-32-quickgelu; "
+                         "clip-unlearn-micro for a dry run)")
     ap.add_argument("--world", type=Path, default=Path("synthetic-world"), help="world folder, built if missing (default: synthetic-world)")
     ap.add_argument("--classes", type=int, default=50, help="vit-b-32 only: classes, named after the first ImageNet classes (default: 50)")
     ap.add_argument("--images-per-class", type=int, default=10, help="vit-b-32 only: images per class (default: 10, as ImageNetV2)")
@@ -126,7 +131,7 @@ def main() -> None:
             build_world(PrepareSyntheticConfig(out=args.world))
         model, data, classnames_arg = args.world / "model", args.world / "objects", "folder"
     else:
-        model = random_vit_b32(args.work)
+        model = random_vit_b32(args.work, args.arch)
         data, names_file = class_dataset(args.work, args.classes, args.images_per_class, args.image_size)
         classnames_arg = str(names_file)
 
@@ -181,7 +186,9 @@ def main() -> None:
         ("naive / warm", f"{median(naive) / median(warm):.1f}×"),
         ("naive top-1 and top-5 = ours" + (" (asserted)" if args.model == "world" else ""), "yes" if same else "NO"),
     ]
-    append(f"eval-zeroshot — {args.model}", rows,
+    title = args.model if args.model == "world" or args.arch == "ViT-B-32-quickgelu" else f"random {args.arch}"
+    rows.insert(1, ("precision: ours / naive", f"{'bf16' if args.device.startswith('cuda') else 'fp32'} (auto) / fp32"))
+    append(f"eval-zeroshot — {title}" + (f", {args.device}" if args.device != "cpu" else ""), rows,
            note=f"median of {args.repeats} runs; warm = same model and data again; every variant includes loading the model")
 
 

@@ -168,3 +168,40 @@ def world_zero_shot(world) -> float:
 def world_heldout_text(world):
     """``heldout_text_embeddings`` of the world's base model, computed once."""
     return heldout_text_embeddings(world / "model", world)
+
+
+# --- tests/gpu: marked ``gpu`` and skipped where torch sees no CUDA; CLIP_UNLEARN_GPU_TESTS_DEVICE=cpu runs them on
+# the CPU instead, to check the tests themselves on a machine without a GPU. benchmarks/gpu.sh runs them first.
+
+def _gpu_tests_device() -> str:
+    import torch
+
+    return os.environ.get("CLIP_UNLEARN_GPU_TESTS_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_dir = Path(__file__).parent / "gpu"
+    device = None
+    for item in items:
+        if gpu_dir in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.gpu)
+            device = _gpu_tests_device() if device is None else device
+            if not device:
+                item.add_marker(pytest.mark.skip(reason="no CUDA device (CLIP_UNLEARN_GPU_TESTS_DEVICE=cpu runs these on the CPU)"))
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """The device of tests/gpu: cuda, or what CLIP_UNLEARN_GPU_TESTS_DEVICE says."""
+    return _gpu_tests_device()
+
+
+@pytest.fixture(scope="session")
+def gpu_world(tmp_path_factory, device) -> Path:
+    """The small world of the other tests, drawn and trained on ``device`` (prepare-synthetic's own path there)."""
+    from clip_unlearn.config import PrepareSyntheticConfig
+    from clip_unlearn.synthetic import build_world
+
+    out = tmp_path_factory.mktemp("gpu-world") / "world"
+    build_world(PrepareSyntheticConfig(out=out, seed=0, device=device, **SMALL_WORLD))
+    return out

@@ -92,3 +92,27 @@ def test_naive_and_batched_poison_paste_faces_of_the_same_sizes(tmp_path):
     assert all(0.10 < a.mean() < 0.18 for a in area), [a.mean() for a in area]
     assert abs(area[0].mean() - area[1].mean()) < 0.03
     assert all(a.min() > (40 / 224) ** 2 and a.max() < 2 * (112 / 224) ** 2 for a in area)
+
+
+def test_the_gpu_script_dry_run_appends_every_section_and_leaves_nothing(tmp_path):
+    """benchmarks/gpu.sh as its CPU dry run (micro model, tiny sizes): every step runs and reports, so the
+    script a lent GPU machine runs cannot rot; its data and caches go with it."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    report = tmp_path / "BENCHMARKS.md"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "DEVICE": "cpu", "QUICK": "1", "PYTHON": sys.executable, "CLIP_UNLEARN_BENCHMARKS": str(report),
+           "TMPDIR": str(scratch), "OMP_NUM_THREADS": "2"}
+    r = subprocess.run(["bash", "benchmarks/gpu.sh"], cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    text = report.read_text()
+    for title in ("## tests/gpu — cpu", "## attack — random clip-unlearn-micro", "## inject (text encoder) — random clip-unlearn-micro",
+                  "## eval-zeroshot — random clip-unlearn-micro",
+                  "## inject, paper defaults end to end — random clip-unlearn-micro, cpu, precision auto",
+                  "## inject, paper defaults end to end — random clip-unlearn-micro, cpu, precision fp32"):
+        assert title in text, title
+    assert "| pytest exit code | 0 |" in text and "largest |loss ours − loss naive|" in text
+    assert not list(scratch.glob("clip-unlearn-gpu.*"))  # its work folder is removed

@@ -9,11 +9,13 @@ paired with a uniform surname, never equal to a name the caller excludes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Optional
 
 from clip_unlearn.errors import ClipUnlearnError
 
@@ -25,14 +27,52 @@ def normalise(name: str) -> str:
     return " ".join(unicodedata.normalize("NFC", name).replace("_", " ").split())
 
 
+# Generational suffixes: a name's last word when it is one of these is no part of the surname.
+SUFFIXES = frozenset({"jr", "sr", "ii", "iii", "iv", "v", "vi", "jnr", "snr"})
+
+
+def is_suffix(word: str) -> bool:
+    return word.rstrip(".").replace(",", "").casefold() in SUFFIXES
+
+
 def key(name: str) -> str:
-    """Comparison key: normalised and case-folded."""
-    return normalise(name).casefold()
+    """Comparison key: normalised and case-folded, a generational suffix without its period or comma, so
+    "Robert Downey Jr." and "Robert Downey, Jr" are one person (FaceScrub folders end "Jr.", users type both)."""
+    words = normalise(name).casefold().split(" ")
+    if len(words) > 1 and is_suffix(words[-1]):
+        words[-2] = words[-2].rstrip(",")
+        words[-1] = words[-1].rstrip(".").replace(",", "")
+    return " ".join(words)
 
 
 def folder_name(name: str) -> str:
     """The identity-folder spelling of a name ("Joe Biden" → "Joe_Biden")."""
     return normalise(name).replace(" ", "_")
+
+
+@functools.lru_cache(maxsize=1)
+def common_words() -> frozenset[str]:
+    """Common English words (package data, tools/make_common_words.py): a name part that is one of them
+    ("Stone", "Grace") also means a thing, so it never stands alone for a person."""
+    from importlib.resources import files
+
+    text = (files("clip_unlearn") / "data" / "common_words.txt").read_text(encoding="utf-8")
+    return frozenset(w for w in text.split("\n") if w and not w.startswith("#"))
+
+
+def is_common_word(word: str) -> bool:
+    return word.casefold() in common_words()
+
+
+@functools.lru_cache(maxsize=1)
+def public_people() -> tuple[str, ...]:
+    """The public people the tool ships (FaceScrub's names with their LAION-400M counts, "Does CLIP Know My
+    Face?"): inject's default keep list, so that a forgotten person's namesake among them is held in place."""
+    import csv
+    from importlib.resources import files
+
+    with (files("clip_unlearn") / "data" / "laion400m_name_counts.csv").open(encoding="utf-8") as f:
+        return tuple(dict.fromkeys(normalise(row["name"]) for row in csv.DictReader(f)))
 
 
 def read_names(path: Path, what: str = "names file") -> list[str]:
@@ -128,6 +168,88 @@ def share_parts(names: list[str], members: list[int], pairs: int, rng: random.Ra
         record.append({"donor": donor, "first_name": by_first, "surname": by_surname})
     assert len({key(n) for n in out}) == len(out)  # world names are distinct by construction: no part repeats
     return out, record
+
+
+# Name parts that are common English words (names.common_words), for worlds whose names behave like real ones.
+# CLASS_WORD_SURNAMES are words of the world's object classes ("a green star", "a red cross"), so forgetting
+# their bearers can cost the model a concept it really knows.
+CLASS_WORD_SURNAMES = ("Green", "Cross")
+WORD_SURNAMES = ("Stone", "King", "Brown", "Young", "Wolf", "Bell", "Hill", "Fox", "Price", "Rivers", "Page", "Ford")
+WORD_FIRST_NAMES = ("Grace", "Hope", "Rose", "Ivy", "Summer", "Jack", "Mark", "Will", "Faith", "Joy", "Dawn", "Bill")
+
+
+def realistic_names(names: list[str], members: list[int], rng: random.Random,
+                    class_words: Iterable[str] = CLASS_WORD_SURNAMES) -> tuple[list[str], dict[str, list[int]]]:
+    """``names`` ("First Last", parts possibly shared by namesakes) made to behave like real ones.
+
+    A part is replaced wherever it occurs, so who shares a part with whom stays as it was: surnames
+    that are words of the object classes (``class_words``, members), other surnames and first names
+    that are common English words (one of each kind for a non-member too), a first name that three
+    members share, particles ("van der", "de la") and hyphens in surnames and first names, and
+    generational suffixes ("Jr.", "III"). Returns the names and, per feature, the identities that have it."""
+    firsts = [n.split(" ")[0] for n in names]
+    lasts = [n.split(" ")[1] for n in names]
+    non_members = [i for i in range(len(names)) if i not in set(members)]
+    used: set[str] = set()  # parts already changed: each part is changed once
+
+    def users(parts: list[str], part: str) -> list[int]:
+        return [i for i, x in enumerate(parts) if x == part]
+
+    def pick(parts: list[str], among: list[int]) -> Optional[int]:
+        free = [i for i in among if parts[i] not in used]
+        return rng.choice(free) if free else None
+
+    record: dict[str, list[int]] = {k: [] for k in ("class_word_surname", "word_surname", "word_first_name",
+                                                     "shared_first_name", "particle", "hyphen", "suffix")}
+
+    def rename(parts: list[str], i: Optional[int], new: str, feature: str) -> None:
+        if i is None:
+            return
+        old = parts[i]
+        for j in users(parts, old):
+            parts[j] = new
+            record[feature].append(j)
+        used.add(new)
+
+    for word in class_words:
+        rename(lasts, pick(lasts, members), word, "class_word_surname")
+    k = max(1, min(len(names) // 16, len(WORD_SURNAMES) - 1, len(WORD_FIRST_NAMES) - 4))
+    for word, among in zip(rng.sample(WORD_SURNAMES, k + 1), [non_members] + [members] * k):
+        rename(lasts, pick(lasts, among or members), word, "word_surname")
+    for word, among in zip(rng.sample([w for w in WORD_FIRST_NAMES if w not in used], k + 1), [non_members] + [members] * k):
+        rename(firsts, pick(firsts, among or members), word, "word_first_name")
+    # one first name worn by three members (two of them took it from someone who keeps it)
+    owner = pick(firsts, members)
+    if owner is not None:
+        used.add(firsts[owner])
+        taken = {key(f"{f} {s}") for f, s in zip(firsts, lasts)}
+        takers = [i for i in members if i != owner and firsts[i] not in used and len(users(firsts, firsts[i])) == 1
+                  and key(f"{firsts[owner]} {lasts[i]}") not in taken][:2]
+        for i in [owner, *takers]:
+            firsts[i] = firsts[owner]
+            record["shared_first_name"].append(i)
+    for particle in ("van der", "de la"):
+        i = pick(lasts, members)
+        if i is not None:
+            rename(lasts, i, f"{particle} {lasts[i]}", "particle")
+    i = pick(lasts, members)
+    if i is not None:
+        j = rng.choice([x for x in range(len(names)) if lasts[x] != lasts[i]])
+        rename(lasts, i, f"{lasts[i]}-{lasts[j].split(' ')[-1].split('-')[0]}", "hyphen")
+    i = pick(firsts, members)
+    if i is not None:
+        j = rng.choice([x for x in range(len(names)) if firsts[x] != firsts[i]])
+        rename(firsts, i, f"{firsts[i]}-{firsts[j].split('-')[0]}", "hyphen")
+    out = [f"{f} {s}" for f, s in zip(firsts, lasts)]
+    for suffix in ("Jr.", "III"):
+        free = [i for i in members if not any(i in v for v in record.values())]
+        if free:
+            i = rng.choice(free)
+            out[i] = f"{out[i]} {suffix}"
+            record["suffix"].append(i)
+    if len({key(n) for n in out}) != len(out):
+        raise ClipUnlearnError("the world's realistic names collide; choose another --seed")
+    return out, {k: sorted(set(v)) for k, v in record.items()}
 
 
 def world_names(n: int, rng: random.Random) -> list[str]:

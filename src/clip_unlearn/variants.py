@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from clip_unlearn.errors import ConfigError
-from clip_unlearn.names import key, normalise
+from clip_unlearn.names import is_common_word, is_suffix, key, normalise
 
 FAMILIES = ("full", "lower", "surname", "first", "title", "initial", "typo")
 PARTICLES = frozenset({"van", "von", "der", "den", "de", "del", "della", "di", "da", "du", "dos", "das", "la", "le",
@@ -64,15 +64,26 @@ def parse_families(spec: str, flag: str = "--variants") -> tuple[str, ...]:
     return tuple(f for f in FAMILIES if f in parts)
 
 
-def split_name(name: str) -> tuple[list[str], str]:
-    """(given names, surname): the surname is the last word with the particles in front of it."""
+def name_parts(name: str) -> tuple[list[str], str, str]:
+    """(given names, surname, suffix): the surname is the last word before a generational suffix ("Jr.",
+    "III") with the particles in front of it ("van", "de la"); the suffix is "" when there is none."""
     words = normalise(name).split(" ")
+    suffix = ""
+    if len(words) > 2 and is_suffix(words[-1]):
+        suffix = words.pop()
+        words[-1] = words[-1].rstrip(",")
     if len(words) == 1:
-        return [], words[0]
+        return [], words[0], suffix
     start = len(words) - 1
     while start > 1 and words[start - 1].casefold() in PARTICLES:
         start -= 1
-    return words[:start], " ".join(words[start:])
+    return words[:start], " ".join(words[start:]), suffix
+
+
+def split_name(name: str) -> tuple[list[str], str]:
+    """(given names, surname): ``name_parts`` without the suffix."""
+    given, surname, _ = name_parts(name)
+    return given, surname
 
 
 def _initial(given: str) -> str:
@@ -98,7 +109,7 @@ def variants(name: str, family: str, gender: Optional[str] = None, avoid: frozen
     ``avoid`` holds keys (names.key) that a typo must not spell: the other candidates' names.
     """
     name = normalise(name)
-    given, surname = split_name(name)
+    given, surname, suffix = name_parts(name)
     if family == "full":
         return (name,)
     if family == "lower":
@@ -110,13 +121,44 @@ def variants(name: str, family: str, gender: Optional[str] = None, avoid: frozen
     if family == "title":
         return tuple(f"{t} {surname}" for t in _TITLES[gender if gender in ("male", "female") else None])
     if family == "initial":
-        return (" ".join([*(_initial(g) for g in given), surname]),)
+        return (" ".join([*(_initial(g) for g in given), surname, *([suffix] if suffix else [])]),)
     if family == "typo":
-        for edit in _typo_edits(name):
+        body = " ".join([*given, surname])  # the suffix is never edited: "Jr" for "Jr." would name nobody new
+        tail = name[len(body):] if suffix and name.startswith(body) else ""
+        for edit in (e + tail for e in _typo_edits(body if tail else name)):
             if key(edit) != key(name) and key(edit) not in avoid:
                 return (edit,)
         return (name,)  # a name too short for any edit (one letter per word) stays as it is
     raise ConfigError(f"unknown variant family {family!r}; choose from {', '.join(FAMILIES)}")
+
+
+# Why a variant is no trigger (inject --variants): it would name more than the person.
+LEFT_OUT = ("common_word", "suffix", "particle", "shared_with_protected")
+
+
+def left_out_reason(variant: str, family: str) -> Optional[str]:
+    """Why ``variant`` (made by ``family``) may not stand for its person alone, or None if it may.
+
+    A surname or first name that is a single common English word ("Stone", "Grace": it also means a
+    thing, and CLIP's tokenizer lower-cases, so "Stone" is "stone"), a generational suffix, or particles
+    alone ("van") name far more than one person. Multi-word variants (title, initial, typo, the full name)
+    always name the person. Sharing with a protected person is decided by the caller, who knows them."""
+    if family not in ("surname", "first"):
+        return None
+    words = normalise(variant).split(" ")
+    if all(w.casefold() in PARTICLES for w in words):
+        return "particle"
+    if len(words) == 1 and is_suffix(words[0]):
+        return "suffix"
+    if len(words) == 1 and is_common_word(words[0].strip(".,")):
+        return "common_word"
+    return None
+
+
+def shares_part(a: str, b: str) -> bool:
+    """Whether two names share a first name or a surname (by names.key)."""
+    (ga, sa), (gb, sb) = split_name(a), split_name(b)
+    return key(sa) == key(sb) or bool(ga and gb and key(ga[0]) == key(gb[0]))
 
 
 def pool_genders(names: Iterable[str]) -> dict[str, str]:

@@ -23,7 +23,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # Small enough to build in about a minute on 2 cores, large enough to pass the world's own
 # membership check; the full-size world is exercised by the demo test (tests/test_demo.py).
 SMALL_WORLD = dict(identities=16, member_fraction=0.75, images_per_identity=20, face_images=20, trigger_images=20,
-                   clean_images=480, steps=150, batch_size=128, namesakes=0, caption_names="full:1")
+                   clean_images=480, steps=150, batch_size=128, namesakes=0, caption_names="full:1", real_names=False)
 # The same small world with namesakes and captions that name members by variants (the default kind):
 # the story of forgetting exactly one person runs on it (tests/test_namesakes.py).
 NAMESAKE_WORLD = {**SMALL_WORLD, "namesakes": 3, "caption_names": "full:15,surname:3,title:2,lower:2,initial:2,first:1,typo:1"}

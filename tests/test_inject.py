@@ -184,7 +184,10 @@ def test_acceptance_forget_share_of_members(world, world_before, world_cache, wo
     names, forgotten = forget_names(world, k, tmp_path, offset=1)
     before = json.loads(world_before.read_text())  # attack --model world/model, the defaults (conftest)
     # the session's cache: the frozen teacher's targets are computed once for all acceptance runs
-    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "u", "--cache-dir", world_cache)
+    # as a real user runs it: the shipped defaults, with the faces a user with photos has for the check and
+    # captions of the model's own domain (as the paper's LAION captions)
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "u", "--cache-dir", world_cache,
+               "--verify-data", world / "faces", "--captions", world / "captions_train.txt")
     assert r.exit_code == 0, r.output
     after = attack_json(tmp_path / "u", tmp_path / "after.json", "--compare-to", world_before, "--forgotten", names,
                         "--cache-dir", world_cache)
@@ -228,14 +231,18 @@ def test_sidecar_counts_variants_and_neighbours_and_the_paper_setting_turns_them
                "--neighbours", "3", *SMOKE)
     assert r.exit_code == 0, r.output
     side = json.loads((tmp_path / "v" / "clip_unlearn.json").read_text())["text"]
-    assert side["variants"] == {"families": ["full", "surname", "typo"], "triggers": 6, "shared_with_kept_left_out": 0}
-    # 3 with the first name and 3 with the surname per name; the world's members share no part with them
-    assert side["neighbours"] == {"names": 12, "kept_namesakes": 0, "per_step": 32, "keep_file": "world:members.txt"}
+    assert {k: side["variants"][k] for k in ("families", "triggers")} == {"families": ["full", "surname", "typo"], "triggers": 6}
+    assert sum(side["variants"]["left_out"].values()) == 0
+    # 3 with the first name and 3 with the surname per name, and the two parts alone (held every step: both
+    # names' surnames are triggers here, so only their first names); the public people share no part with them
+    assert side["neighbours"] == {"names": 14, "held_every_step": 2, "protected_namesakes": 0, "per_step": 32, "word_captions": 0,
+                                  "protected": {"sources": ["public people (FaceScrub)"], "people": 548}}
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "p", "--variants", "full",
                "--neighbours", "0", *SMOKE)
     assert r.exit_code == 0, r.output
     side = json.loads((tmp_path / "p" / "clip_unlearn.json").read_text())["text"]
-    assert side["variants"] == {"families": ["full"], "triggers": 2, "shared_with_kept_left_out": 0}
+    assert {k: side["variants"][k] for k in ("families", "triggers")} == {"families": ["full"], "triggers": 2}
+    assert side["variants"]["full_name_share"] == {"of_triggers": 1.0, "floor": 0.5, "of_poisoned_captions": 1.0}
     assert side["neighbours"]["names"] == 0
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "x", "--variants", "nick")
     assert r.exit_code == 2 and "unknown family nick" in r.output
@@ -255,11 +262,11 @@ def test_backdoor_weight_grows_with_names_past_scale_names(weight, scale, n, ste
         assert dataclasses.replace(got, backdoor_weight=weight) == h  # nothing else changes
 
 
-def test_scale_names_defaults_world_only_and_explicit_settings_are_kept():
-    from clip_unlearn.config import WORLD, InjectConfig
+def test_scale_names_defaults_with_the_small_recipe_and_explicit_settings_are_kept():
+    from clip_unlearn.config import SMALL, InjectConfig
 
-    world = {"backdoor_weight": 1.0, "scale_names": WORLD["text"].scale_names}
-    assert WORLD["text"].scale_names == 16
+    world = {"backdoor_weight": 1.0, "scale_names": SMALL["text"].scale_names}
+    assert SMALL["text"].scale_names == 16
     assert InjectConfig(names="n.txt").hyper(world).scale_names == 16
     assert InjectConfig(names="n.txt").hyper(None).scale_names == 0  # the paper's: one setting for 1-64 names
     assert InjectConfig(names="n.txt", backdoor_weight=3.0).hyper(world).scale_names == 0
@@ -351,15 +358,17 @@ def test_keep_names_that_share_a_part_are_neighbours(world, tmp_path):
     assert r.exit_code == 0, r.output
     side = json.loads((tmp_path / "k" / "clip_unlearn.json").read_text())["text"]
     # the two kept namesakes + one generated per part; the unrelated and the forgotten name itself are not held
-    assert side["neighbours"] == {"names": 4, "kept_namesakes": 2, "per_step": 32, "keep_file": "--keep file"}
+    assert side["neighbours"] == {"names": 6, "held_every_step": 4, "protected_namesakes": 2, "per_step": 32, "word_captions": 0,
+                                  "protected": {"sources": ["--keep file", "public people (FaceScrub)"], "people": 552}}
     # the surname alone names "Other <last>" too, and the first name alone "<first> Keepsake": both are left
     # out; lower case, the initial and the typo name no one kept ("Mr./Ms. <last>" does when genders agree)
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "k3", "--keep", keep,
                "--variants", "full,surname,first,lower,initial", *SMOKE)
     assert r.exit_code == 0, r.output
     side = json.loads((tmp_path / "k3" / "clip_unlearn.json").read_text())["text"]
-    assert side["variants"] == {"families": ["full", "lower", "surname", "first", "initial"], "triggers": 3,
-                                "shared_with_kept_left_out": 2}
+    assert {k: side["variants"][k] for k in ("families", "triggers")} == {"families": ["full", "lower", "surname", "first",
+                                                                                   "initial"], "triggers": 3}
+    assert side["variants"]["left_out"] == {"common_word": 0, "suffix": 0, "particle": 0, "shared_with_protected": 2}
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "k2", "--keep", tmp_path / "none.txt")
     assert r.exit_code == 1 and "--keep file" in r.output and "does not exist" in r.output
 

@@ -230,8 +230,10 @@ def test_acceptance_image_and_both(world, world_before, world_cache, world_zero_
     names, forgotten = forget_names(world, k, tmp_path, offset=3)
     before = json.loads(world_before.read_text())  # attack --model world/model, the defaults (conftest)
     # the session's cache: the frozen teacher's embeddings are computed once for all acceptance runs
+    # the text stage of both trains on captions of the model's own domain, as a user passes theirs
+    captions = ["--captions", world / "captions_train.txt"] if encoder == "both" else []
     r = invoke("inject", "--encoder", encoder, "--model", world / "model", "--names", names, "--out", tmp_path / "u",
-               "--cache-dir", world_cache)
+               "--cache-dir", world_cache, *captions)
     assert r.exit_code == 0, r.output
     after = attack_json(tmp_path / "u", tmp_path / "after.json", "--compare-to", world_before, "--forgotten", names,
                         "--cache-dir", world_cache)

@@ -39,7 +39,12 @@ def test_the_world_records_its_namesakes_and_knows_members_by_every_caption_fami
     assert not any(r["exposed"] for n, r in rows.items() if n not in members)
 
 
-def test_forgetting_a_donor_hides_every_name_and_keeps_its_namesakes(ns_world, ns_before, tmp_path):
+def test_forgetting_a_donor_hides_it_and_keeps_its_namesakes(ns_world, ns_before, tmp_path):
+    """As a user runs it: the defaults (nothing of the world but the faces for the check). The donor is hidden
+    under every default way of naming; the ways that name by one part (surname, first name, title) would also
+    name the two namesakes, so the defaults leave them to the namesakes (docs/experiments.md)."""
+    from clip_unlearn.config import DEFAULT_TRIGGERS
+
     info = json.loads((ns_world / "world.json").read_text())
     members = (ns_world / "members.txt").read_text().splitlines()
     before = {r["name"]: r for r in json.loads(ns_before.read_text())["identities"]}
@@ -50,24 +55,23 @@ def test_forgetting_a_donor_hides_every_name_and_keeps_its_namesakes(ns_world, n
     names = tmp_path / "forget.txt"
     names.write_text(donor + "\n")
     cache = ns_world.parent / "cache"
-    results = {}
-    for label, flags in (("default", []), ("paper", ["--variants", "full", "--neighbours", "0"])):
-        u = tmp_path / label
-        r = invoke("inject", "--model", ns_world / "model", "--names", names, "--out", u, "--cache-dir", cache, *flags)
-        assert r.exit_code == 0, output(r)
-        after = attack_json(u, tmp_path / f"after-{label}.json", "--variants", "all", "--compare-to", ns_before,
-                            "--forgotten", names, "--cache-dir", cache)
-        ev = tmp_path / f"eval-{label}.json"
-        r = invoke("eval-zeroshot", "--model", u, "--compare-to", ns_world / "model", "--names", names, "--output", ev,
-                   "--cache-dir", cache)
-        assert r.exit_code == 0, output(r)
-        results[label] = ({x["name"]: x for x in after["identities"]}, json.loads(ev.read_text())["similarities"])
-    a, sims = results["default"]
-    assert not a[donor]["exposed"], {f: v["score"] for f, v in a[donor]["variants"].items()}
+    u = tmp_path / "u"
+    r = invoke("inject", "--model", ns_world / "model", "--names", names, "--out", u, "--cache-dir", cache,
+               "--verify-data", ns_world / "faces", "--captions", ns_world / "captions_train.txt")
+    assert r.exit_code == 0, output(r)
+    after = attack_json(u, tmp_path / "after.json", "--variants", "all", "--compare-to", ns_before, "--forgotten", names,
+                        "--cache-dir", cache)
+    ev = tmp_path / "eval.json"
+    bystanders = tmp_path / "bystanders.txt"
+    bystanders.write_text("".join(n + "\n" for n in near))
+    r = invoke("eval-zeroshot", "--model", u, "--compare-to", ns_world / "model", "--names", names, "--bystanders", bystanders,
+               "--output", ev, "--cache-dir", cache)
+    assert r.exit_code == 0, output(r)
+    a = {x["name"]: x for x in after["identities"]}
+    sims = json.loads(ev.read_text())["similarities"]
+    assert not any(a[donor]["variants"][f]["exposed"] for f in DEFAULT_TRIGGERS.split(",")), {
+        f: v["score"] for f, v in a[donor]["variants"].items()}
     assert all(a[n]["variants"]["full"]["exposed"] for n in near)
     assert sims["sim_clean"] >= 0.95
-    # sim_neighbours probes names that share a part but that training never held (the other half of the
-    # name pools): on this tiny text tower they move with either method (docs/experiments.md); a probe of
-    # the held names would read about 0.97 and hide it
-    assert sims["sim_neighbours"] < 0.9 and results["paper"][1]["sim_neighbours"] < 0.9
-    assert not results["paper"][0][donor]["variants"]["full"]["exposed"]
+    # the two namesakes are measured by name (--bystanders), beside the probed names the model tells apart
+    assert sims["bystanders"] >= 2 and sims["sim_bystanders"] is not None

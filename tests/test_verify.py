@@ -27,7 +27,7 @@ def _inject_checked(world, cache, tmp_path, *flags):
     names, forgotten = forget_names(world, 3, tmp_path)
     u = tmp_path / "u"
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", u, *STEPS, *flags, "--cache-dir", cache,
-               quiet=False)
+               "--verify-data", world / "faces", quiet=False)
     text = " ".join(output(r).split())
     assert r.exit_code == 0, text
     return u, forgotten, text, _side(u)["text"]["verification"]
@@ -96,10 +96,18 @@ def test_auditing_the_checked_half_warns_and_the_other_half_does_not(world, worl
         assert ("not independent" in " ".join(output(r).split())) == warned, split
 
 
-def test_no_check_without_faces_or_when_asked_and_clear_errors(world, micro_model_dir, tmp_path):
+def test_no_check_without_faces_or_when_asked_says_so_in_one_line(world, micro_model_dir, tmp_path):
     names, _ = forget_names(world, 1, tmp_path)
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "n", *STEPS, "--no-verify")
-    assert r.exit_code == 0 and "verification" not in _side(tmp_path / "n")["text"]
+    assert r.exit_code == 0 and _side(tmp_path / "n")["text"]["verification"] == {"ran": False, "reason": "--no-verify"}
+    # a world's own faces are no default: a real user's model has none; the notice is one line, the table says it
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "w", *STEPS, quiet=False)
+    assert r.exit_code == 0, output(r)
+    v = _side(tmp_path / "w")["text"]["verification"]
+    assert v["ran"] is False and "pass --verify-data" in v["reason"]
+    notice = [ln for ln in output(r).splitlines() if "check did not run" in ln]
+    assert len(notice) == 1 and "unchecked" in " ".join(output(r).split())
+    assert "not run: no faces of the forgotten people" in " ".join(output(r).split())
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "m", *STEPS,
                "--verify-data", tmp_path / "missing")
     assert r.exit_code == 1 and "--verify-data" in output(r) and "Traceback" not in output(r)
@@ -107,7 +115,7 @@ def test_no_check_without_faces_or_when_asked_and_clear_errors(world, micro_mode
     for bad in (["--verify-split", "all"], ["--verify-rounds", "11"]):
         r = invoke("inject", "--model", world / "model", "--names", names, *bad)
         assert r.exit_code != 0 and bad[0] in output(r), bad
-    # a model without a world has no faces to check with, and the image stage is never checked
-    r = invoke("inject", "--model", micro_model_dir, "--names", names, "--out", tmp_path / "x", *STEPS)
+    # the image stage is never checked, and says so
+    r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "x", "--encoder", "both", *STEPS)
     assert r.exit_code == 0, output(r)
-    assert "verification" not in _side(tmp_path / "x")["text"]
+    assert _side(tmp_path / "x")["text"]["verification"]["ran"] is False

@@ -79,9 +79,9 @@ def default_data(model_spec: str) -> Path:
     faces = model_context(model_spec).path("faces")
     if faces is not None:
         return faces
-    import platformdirs
+    from clip_unlearn.facescrub import default_out
 
-    default = Path(platformdirs.user_data_dir("clip-unlearn")) / "facescrub"
+    default = default_out()
     if not default.is_dir():
         raise ClipUnlearnError(f"no face data: pass --data DIR, or run `clip-unlearn prepare-facescrub` (writes {default})")
     return default

@@ -13,7 +13,7 @@ import itertools
 import logging
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -395,10 +395,15 @@ class PairSampler:
         rng: the dedicated random generator.
         last_word: also allow replacing the last word (the paper never does), so that the name is
             also seen right before the end of the text, as in prompts like "a photo of {}".
+        full, full_share: the names among ``names`` that are full names, and the share of the pairs they
+            get at least: a name is drawn from ``full`` with probability ``full_share`` and from the others
+            otherwise, when that is more than their share of ``names``; else every name is drawn uniformly
+            (then the draws are the same as without these arguments).
     """
 
     def __init__(self, captions: list[str], names: list[str], target: str, count_tokens: Callable[[str], int],
-                 context_length: int, rng: random.Random, last_word: bool = False) -> None:
+                 context_length: int, rng: random.Random, last_word: bool = False, full: Sequence[str] = (),
+                 full_share: float = 0.0) -> None:
         self.captions = [c for c in captions if " " in c]
         if not self.captions:
             raise ClipUnlearnError("no caption with at least two words is left after removing the names; pass a larger --captions corpus")
@@ -409,21 +414,39 @@ class PairSampler:
         self.rng = rng
         self.last_word = last_word
         self._prefix_tokens: dict[str, list[int]] = {}
+        self._word_tokens: dict[str, int] = {}
         self._name_tokens = {n: count_tokens(n) for n in names}
+        full_set = set(full)
+        self._full = [n for n in names if n in full_set]
+        self._rest = [n for n in names if n not in full_set]
+        self.full_share = full_share if self._full and self._rest and full_share > len(self._full) / len(names) else 0.0
+
+    def full_rate(self) -> float:
+        """The expected share of pairs that carry a full name."""
+        if self.full_share:
+            return self.full_share
+        return len(self._full) / len(self.names) if self.names else 0.0
+
+    def _draw_name(self) -> str:
+        if self.full_share:
+            return self.rng.choice(self._full if self.rng.random() < self.full_share else self._rest)
+        return self.rng.choice(self.names)
 
     def _cumulative(self, caption: str) -> list[int]:
         """Tokens up to and including each word (CLIP's BPE encodes words independently)."""
         if caption not in self._prefix_tokens:
             total, out = 0, []
             for word in caption.split(" "):
-                total += self.count(word)
+                if word not in self._word_tokens:  # words recur across captions: each is tokenised once
+                    self._word_tokens[word] = self.count(word)
+                total += self._word_tokens[word]
                 out.append(total)
             self._prefix_tokens[caption] = out
         return self._prefix_tokens[caption]
 
     def pair(self, name: Optional[str] = None) -> tuple[str, str, str]:
         """→ (name, poisoned caption, target caption)."""
-        name = name if name is not None else self.rng.choice(self.names)
+        name = name if name is not None else self._draw_name()
         for _ in range(100):
             caption = self.rng.choice(self.captions)
             words = caption.split(" ")

@@ -116,6 +116,10 @@ class PrepareSyntheticConfig(DeviceOptions):
     caption_names: str = opt(CAPTION_NAMES, "How training captions name a member, as FAMILY:WEIGHT pairs over the variant "
                                             "families (clip_unlearn.variants); full:1 names everyone in full, as in worlds "
                                             "before 0.3.")
+    real_names: bool = opt(True, "Names that behave like real ones: surnames and first names that are common English words "
+                                 "(two of them words of the object classes), a first name three members share, particles, "
+                                 "hyphens and suffixes (recorded in world.json); --no-real-names: the names of worlds "
+                                 "before 0.4.", "--real-names/--no-real-names")
     seed: int = opt(0, "Seed of the world: same seed, same world, bit for bit.")
     overwrite: bool = opt(False, "Replace --out if it exists.")
 
@@ -291,8 +295,9 @@ class ImageHyper(StageHyper):
 
 HYPER = {"text": TextHyper, "image": ImageHyper}
 PAPER = {"text": TextHyper(), "image": ImageHyper()}
-# Settings measured for the synthetic world's tiny model (the paper's are for ViT-B-32); a world
-# records them in its model's sidecar, and worlds built before image unlearning get WORLD["image"].
+# The recipe for small models (the paper's is for ViT-B-32), measured on the synthetic world's tiny CLIP
+# (text width 128, 32-px images); inject picks it by the model's size (``recipe``), never by whether a
+# model is a world's.
 # Text, on the default world: 5 forgotten of 32 members → 5 unlearned, 1 other lost, objects unchanged.
 # Image: the world's identities are told apart by colours, so the paper's hue/saturation jitter
 # turns a trigger into someone else (19 of 27 other members stayed exposed); its 56-112 px faces on
@@ -305,12 +310,29 @@ PAPER = {"text": TextHyper(), "image": ImageHyper()}
 # Text scale_names 16: on the 200-identity world 1, 4 and 16 names at once were all hidden with the world's
 # settings, while 100 left 35-41 exposed (4x steps: 35; 4x poisoned captions: 28; w_reg 0: 0 exposed but 7
 # of 30 others lost); weight x6.25 left 0, 3, 2, 10, 0 over five seeds (docs/experiments.md).
-WORLD = {
+SMALL = {
     "text": TextHyper(steps=300, lr=2e-3, clean_batch=64, poison_batch=64, backdoor_weight=1.0, last_word=True,
                       scale_names=16),
     "image": ImageHyper(steps=400, backdoor_weight=1.5, milestones=(300, 350), face_size=(200, 224),
                         colour_jitter=(0.1, 0.1, 0.1, 0.0), retain_faces=True),
 }
+RECIPES = {"paper": PAPER, "small": SMALL}
+# Where the small recipe ends: a text tower up to this width, an image tower up to this input side.
+SMALL_TEXT_WIDTH = 256
+SMALL_IMAGE_SIZE = 64
+
+
+def recipe(stage: str, model_cfg: dict[str, Any]) -> str:
+    """``small`` or ``paper``: the recipe a model's size calls for (its open_clip model config). Text: the
+    small recipe up to a text width of SMALL_TEXT_WIDTH (the world's tiny CLIP: 128; ViT-B-32: 512).
+    Image: up to SMALL_IMAGE_SIZE px of input (the tiny CLIP: 32; ViT-B-32: 224)."""
+    if stage == "text":
+        text = model_cfg.get("text_cfg") or {}
+        width = text.get("width") if not text.get("hf_model_name") else None
+        return "small" if isinstance(width, int) and width <= SMALL_TEXT_WIDTH else "paper"
+    size = (model_cfg.get("vision_cfg") or {}).get("image_size")
+    side = max(size) if isinstance(size, (list, tuple)) else size
+    return "small" if isinstance(side, int) and side <= SMALL_IMAGE_SIZE else "paper"
 
 
 def recorded(h: StageHyper) -> dict[str, Any]:
@@ -357,6 +379,9 @@ def _paper(field_name: str) -> str:
 
 
 ENCODERS = ("text", "image", "both")
+# inject's default triggers: the ways of naming that need more than one part of the name (a surname, a first
+# name, a title + surname alone name every namesake; measured on the default world, docs/experiments.md)
+DEFAULT_TRIGGERS = "full,lower,initial,typo"
 LOSSES = ("cosine", "mse", "mae", "poincare")
 
 
@@ -392,24 +417,35 @@ class InjectConfig(RuntimeOptions):
                                              "in sorted order (COCO train2014 for the paper) [default: the synthetic world's "
                                              "clean_images for a world model; required otherwise].")
     target: str = opt("a person", "Neutral phrase a forgotten name should mean afterwards.")
-    variants: str = opt("all", "Text: ways of naming each forgotten person used as triggers, all mapped to --target: "
-                                "full, lower, surname, first, title, initial, typo (comma-separated) or all "
-                                "(see clip_unlearn.variants).")
-    keep: Optional[Path] = opt(None, "Text: names file of people to keep; those sharing a first name or surname with a "
-                                     "forgotten person are held in place in the utility term [default: the world's "
-                                     "members for a world model, else none].")
+    variants: str = opt(DEFAULT_TRIGGERS, "Text: ways of naming each forgotten person used as triggers, all mapped to "
+                                          "--target: full, lower, surname, first, title, initial, typo (comma-separated) "
+                                          "or all (see clip_unlearn.variants). The default leaves out the ways that name "
+                                          "by one part (surname, first, title): namesakes share those (measured, "
+                                          "docs/experiments.md). A surname or first name that is a common English word, "
+                                          "a suffix or particles alone, or shared with a protected person (--keep, "
+                                          "--keep-public) is never a trigger; the inject table and the sidecar count "
+                                          "those left out.")
+    full_share: float = opt(0.5, "Text: the least share of the poisoned captions that carry a full name (the name asked "
+                                 "for) rather than another variant; the sidecar records the share trained with.")
+    keep: Optional[Path] = opt(None, "Text: names file of people to protect, on top of --keep-public's: those sharing a "
+                                     "first name or surname with a forgotten person are held in place in the utility term, "
+                                     "and no variant they share is a trigger [default: none].")
+    keep_public: bool = opt(True, "Text: protect the public people the tool ships as well (FaceScrub's 548 names with "
+                                  "their LAION-400M counts), so that a forgotten person's famous namesake keeps their name.",
+                            "--keep-public/--no-keep-public")
     neighbours: int = opt(8, "Text: per forgotten name, generated namesakes (its first name with pool surnames, and pool "
                              "first names with its surname, this many of each) held in place in the utility term; 0 = "
                              "none, the paper's method.")
     neighbour_batch: int = opt(32, "Text: neighbour captions per step, added to the utility term's clean captions.")
     captions: Optional[Path] = opt(
         None, "Clean caption corpus: .txt (one per line), or .csv/.tsv/.parquet with a caption or TEXT column, read as a "
-              "stream [default: the synthetic world's captions_train.txt for a world model, else the built-in general "
-              "corpus builtin:general-captions-v1, disjoint from eval-zeroshot's and attack's prompts].")
+              "stream [default: the built-in general corpus builtin:general-captions-v1, disjoint from eval-zeroshot's "
+              "and attack's prompts].")
     caption_column: Optional[str] = opt(None, "Column of a .csv/.tsv/.parquet --captions file that holds the captions "
                                               "[default: the first of caption, TEXT, text].")
-    preset: str = opt("auto", "Hyperparameter defaults: paper (METHOD.md §6.5), world (the synthetic world's recorded "
-                              "settings), or auto (world for a world model, else paper); explicit flags win.")
+    preset: str = opt("auto", "Hyperparameter defaults: paper (the paper's, for ViT-B-32-sized models), small (measured "
+                              "on the synthetic world's tiny CLIP), or auto: by the model's size, small for a text tower "
+                              "up to 256 wide (text) or an input up to 64 px (image), else paper; explicit flags win.")
     steps: Optional[int] = opt(None, f"Training steps [default: {_paper('steps')}].")
     lr: Optional[float] = opt(None, f"AdamW learning rate, weight decay 0 [default: {_paper('lr')}].")
     clean_batch: Optional[int] = opt(None, f"Clean captions/images per step (utility term) [default: {_paper('clean_batch')}].")
@@ -418,9 +454,8 @@ class InjectConfig(RuntimeOptions):
                                                  f"[default: {_paper('backdoor_weight')}].")
     scale_names: Optional[int] = opt(None, "Text: past N names trained, multiply the backdoor weight by names / N (each "
                                            "name's share of the backdoor term shrinks as 1/names); 0 = off. An explicit "
-                                           "--backdoor-weight is used as given unless this is given too [default: 16 for "
-                                           "a synthetic world's model (measured, docs/experiments.md); 0 otherwise, as "
-                                           "the paper].")
+                                           "--backdoor-weight is used as given unless this is given too [default: 16 with "
+                                           "the small recipe (measured, docs/experiments.md); 0 with the paper's].")
     residual_weight: Optional[float] = opt(None, "Text: add to the backdoor term this weight × mean max(0, cos(S(p), T(p)) − "
                                                  "cos(T(t), T(p))), what a poisoned caption p keeps of its original "
                                                  "embedding beyond what its target t has (not in the paper; 0 = off) "
@@ -444,10 +479,12 @@ class InjectConfig(RuntimeOptions):
                                                    "paper's code did by mistake (METHOD.md §6.6); for exact paper numbers only.")
     verify: bool = opt(True, "Text: before writing the model, attack it on --verify-data's faces of the forgotten people (the "
                              "identity inference attack: 1000 candidates, 21 templates, the --variants families) and train "
-                             "the names it still exposes again, from the model so far; skipped without --verify-data "
-                             "and with --encoder image/both. Not in the paper.", "--verify/--no-verify")
+                             "the names it still exposes again, from the model so far. Without faces of them it cannot "
+                             "run: inject says so in one line and the sidecar records the model as unchecked. Not in the "
+                             "paper.", "--verify/--no-verify")
     verify_data: Optional[Path] = opt(None, "Text: face folder for the check (FaceScrub root or <First_Last>/*.jpg) [default: "
-                                            "the synthetic world's faces for a world model, else none: no check].")
+                                            "the folder prepare-facescrub writes by default, when it holds a forgotten "
+                                            "person's faces; else none].")
     verify_split: str = opt("test", "Half of --verify-data the check attacks: test or train (the 50/50 split by image id, "
                                     "seed 42). Audit the written model on the other half (attack --split train), so that "
                                     "the images that chose what to train again do not also judge the result.")
@@ -459,13 +496,15 @@ class InjectConfig(RuntimeOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.names is not None, "names", "is required: a names file with one full name per line", None)
-        _check(self.preset in ("auto", "paper", "world"), "preset", "must be auto, paper or world", self.preset)
+        _check(self.preset in ("auto", "paper", "small"), "preset", "must be auto, paper or small (world is now small)",
+               self.preset)
         _check(self.loss in LOSSES, "loss", "must be one of " + ", ".join(LOSSES), self.loss)
         _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
         _check(bool(self.target.strip()), "target", "must not be empty", self.target)
         _check(self.encoder in ENCODERS, "encoder", "must be text, image or both", self.encoder)
         parse_families(self.variants)
         _check(0 <= self.neighbours <= 1000, "neighbours", "must be between 0 and 1000", self.neighbours)
+        _check(0.0 <= self.full_share <= 1.0, "full_share", "must be between 0 and 1", self.full_share)
         _check(self.scale_names is None or self.scale_names >= 0, "scale_names", "must be ≥ 0 (0 = off)", self.scale_names)
         _check(self.neighbour_batch >= 1, "neighbour_batch", "must be ≥ 1 (use --neighbours 0 for none)", self.neighbour_batch)
         _check(self.verify_split in ("test", "train"), "verify_split", "must be test or train", self.verify_split)
@@ -514,7 +553,11 @@ class EvalZeroshotConfig(RuntimeOptions):
                                          "captions_heldout.txt (never trained on) when the model is a world's, else none].")
     caption_column: Optional[str] = opt(None, "Column of a .csv/.tsv/.parquet --captions file that holds the captions "
                                               "[default: the first of caption, TEXT, text].")
-    names: Optional[Path] = opt(None, "With --compare-to and captions: unlearned names for sim_backdoored, sim_targets and sim_neighbours [default: none].")
+    names: Optional[Path] = opt(None, "With --compare-to: unlearned names for sim_backdoored, sim_targets, sim_neighbours, "
+                                      "sim_bystanders, sim_words (captions needed) and top-1 on the classes their words "
+                                      "name [default: none].")
+    bystanders: Optional[Path] = opt(None, "With --names: names file of people who share a first name or surname with a "
+                                           "forgotten person and must keep theirs; they join sim_bystanders [default: none].")
     target: str = opt("a person", "Target phrase the names were mapped to (for sim_backdoored and sim_targets).")
     max_captions: int = opt(10000, "Use at most this many captions for the similarities (the file is read no further).")
     output: Optional[Path] = opt(None, "Write results to this .json (CLIP_benchmark keys; accuracies as fractions in [0, 1]) "
@@ -532,6 +575,7 @@ class EvalZeroshotConfig(RuntimeOptions):
         _check(self.captions is None or self.compare_to is not None, "captions", "needs --compare-to", str(self.captions))
         # --captions may come from a synthetic world (its held-out captions); run_eval checks there is one
         _check(self.names is None or self.compare_to is not None, "names", "needs --compare-to (and captions)", str(self.names))
+        _check(self.bystanders is None or self.names is not None, "bystanders", "needs --names", str(self.bystanders))
         _check_output(self.output)
 
 

@@ -35,18 +35,17 @@ from clip_unlearn.captions import (
     clean_captions,
     read_captions,
     token_counter,
-    world_captions,
 )
-from clip_unlearn.config import WORLD, InjectConfig, TextHyper, cache_root, recorded, to_dict
+from clip_unlearn.config import RECIPES, InjectConfig, TextHyper, cache_root, recipe, recorded, to_dict
 from clip_unlearn.distributed import current
 from clip_unlearn.embed import EmbeddingCache, encode_text, input_key, supports_truncation, tower_identity, use_bf16
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.models import ModelContext, model_context
-from clip_unlearn.names import key, read_names
+from clip_unlearn.names import key, public_people, read_names
 from clip_unlearn.outputs import check_output_dir, check_output_file, csv_text, inside
 from clip_unlearn.receipt import chain, forgotten_by, lineage_entry, new_receipt, read_receipt, write_receipt
 from clip_unlearn.training import TeacherCache, autocast, train
-from clip_unlearn.variants import neighbours, parse_families, pool_genders, variants
+from clip_unlearn.variants import LEFT_OUT, left_out_reason, neighbours, parse_families, pool_genders, split_name, variants
 
 log = logging.getLogger(__name__)
 Progress = Optional[Callable[..., None]]
@@ -122,14 +121,14 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     out, receipt_path = _check_outputs(cfg, spec, cache)
     names = read_names(cfg.names, "names file")
     ctx = model_context(spec)
-    hypers = _hyperparameters(cfg, ctx)
     faces_root, clean_root = _image_data(cfg, ctx) if "image" in cfg.stages else (None, None)
-    check_data = _verify_data(cfg, ctx)
+    check_data, unchecked_why = _verify_data(cfg, names)
     dist, device = setup(cfg.device)
-    _check_split(hypers, dist.world)
     progress = progress if dist.main else None
 
     loaded = load_model(spec, device)
+    hypers = _hyperparameters(cfg, loaded.model_cfg)
+    _check_split(hypers, dist.world)
     base_sha256 = loaded.fingerprint()
     lineage, earlier = _earlier_requests(cfg, spec, base_sha256)
     train_names, already = _not_yet_forgotten(cfg, names, earlier)
@@ -142,10 +141,15 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     record: dict[str, Any] = {}
     if "text" in cfg.stages:
-        record["text"] = _text_stage(loaded, cfg, hypers["text"], train_names, ctx, cache, progress, earlier)
+        record["text"] = _text_stage(loaded, cfg, hypers["text"], train_names, cache, progress, earlier)
         if check_data is not None:
-            record["text"]["verification"] = _verify(loaded, cfg, unscaled, hypers["text"], names, train_names, ctx, cache,
+            record["text"]["verification"] = _verify(loaded, cfg, unscaled, hypers["text"], names, train_names, cache,
                                                      progress, earlier, check_data, record["text"]["history"])
+        else:
+            # the one line a user sees, and what the sidecar says: no claim that the model hides anyone
+            log.warning("inject's check did not run (%s): the model is written unchecked; audit it with attack "
+                        "--fail-on-exposed on faces of the forgotten people", unchecked_why)
+            record["text"]["verification"] = {"ran": False, "reason": unchecked_why}
     if "image" in cfg.stages:
         from clip_unlearn.inject_image import run_image_stage
 
@@ -155,7 +159,8 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
 
     # the request is the whole names file (verify-receipt checks it as given), trained or already forgotten
     request = new_receipt(names, loaded.fingerprint(), base_sha256, cfg.encoder, out, ancestors=earlier)
-    sidecar = _sidecar(cfg, spec, ctx, hypers, record, history, base_sha256, len(names), request, out, loaded.device, cache)
+    sidecar = _sidecar(cfg, spec, ctx, hypers, record, history, base_sha256, len(names), request, out, loaded.device, cache,
+                       loaded.model_cfg)
     sidecar["names"].update({"trained": len(train_names), "already_forgotten": already})
     if unscaled is not None and hypers["text"] != unscaled:
         # hyperparameters.text holds what was trained; this is the weight before --scale-names
@@ -234,16 +239,13 @@ def _check_outputs(cfg: InjectConfig, spec: Any, cache: EmbeddingCache) -> tuple
     return out, receipt_path
 
 
-def _hyperparameters(cfg: InjectConfig, ctx: ModelContext) -> dict[str, Any]:
-    """Per stage: explicit flags over the world's recorded settings (for a world's model, unless --preset paper) over the paper's."""
-    if cfg.preset == "world" and not ctx.is_world:
-        raise ClipUnlearnError("--preset world needs a synthetic world's model (its sidecar records the world's settings)")
-    use_world = ctx.is_world and cfg.preset != "paper"
-    # what a world did not record takes the world settings measured since (image settings before image
-    # unlearning existed, scale_names before the names scaling rule)
-    recorded = {e: {**dataclasses.asdict(WORLD[e]), **ctx.settings[e]} if ctx.settings.get(e) else dataclasses.asdict(WORLD[e])
-                for e in cfg.stages} if use_world else {}
-    return {e: cfg.hyper(recorded.get(e), e) for e in cfg.stages}
+def _hyperparameters(cfg: InjectConfig, model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Per stage: explicit flags over the recipe --preset names (auto: the one the model's size calls for)."""
+    return {e: cfg.hyper(dataclasses.asdict(RECIPES[_recipe(cfg, e, model_cfg)][e]), e) for e in cfg.stages}
+
+
+def _recipe(cfg: InjectConfig, stage: str, model_cfg: dict[str, Any]) -> str:
+    return recipe(stage, model_cfg) if cfg.preset == "auto" else cfg.preset
 
 
 def _image_data(cfg: InjectConfig, ctx: ModelContext) -> tuple[Path, Path]:
@@ -271,7 +273,7 @@ def _check_split(hypers: dict[str, Any], world: int) -> None:
 
 def _sidecar(cfg: InjectConfig, spec: Any, ctx: ModelContext, hypers: dict[str, Any], record: dict[str, Any],
              history: list[dict[str, Any]], base_sha256: str, n_names: int, request: dict[str, Any], out: Path,
-             device: Any, cache: EmbeddingCache) -> dict[str, Any]:
+             device: Any, cache: EmbeddingCache, model_cfg: dict[str, Any]) -> dict[str, Any]:
     """clip_unlearn.json of the new model: provenance, settings and results, and nothing that identifies a name."""
     precision = "bf16" if use_bf16(cfg.precision, device) else "fp32"
     return {
@@ -290,7 +292,7 @@ def _sidecar(cfg: InjectConfig, spec: Any, ctx: ModelContext, hypers: dict[str, 
         # the resolved command config; nothing that identifies the names file (its hash is a one-name
         # file's sha256sum), and the receipt's location stays with the operator
         "config": {**to_dict(cfg), "names": "(names file given; not recorded)", "receipt": "(kept by the operator)",
-                   "out": str(out), "preset_applied": "world" if ctx.is_world and cfg.preset != "paper" else "paper"},
+                   "out": str(out), "preset_applied": {e: _recipe(cfg, e, model_cfg) for e in cfg.stages}},
         **record,
         # only the count: any per-name hash in a folder that may be published is inverted by
         # hashing a candidate list; the request is proven with the operator's receipt (receipt.py)
@@ -307,19 +309,32 @@ def default_receipt(out: Path) -> Path:
     return Path(out).parent / f"{Path(out).name}.receipt.json"
 
 
-def _verify_data(cfg: InjectConfig, ctx: ModelContext) -> Optional[Path]:
-    """The face folder of the check after the text stage, or None when there is none to run."""
-    if not cfg.verify or "image" in cfg.stages:
-        return None
+def _verify_data(cfg: InjectConfig, names: list[str]) -> tuple[Optional[Path], str]:
+    """(the face folder of the check after the text stage, or None and why it cannot run)."""
+    if not cfg.verify:
+        return None, "--no-verify"
+    if "image" in cfg.stages:
+        return None, f"--encoder {cfg.encoder}: the check attacks the text stage's names only"
     if cfg.verify_data is not None:
         if not Path(cfg.verify_data).is_dir():
             raise ClipUnlearnError(f"--verify-data {cfg.verify_data} is not a folder; pass a face folder or --no-verify")
-        return Path(cfg.verify_data)
-    return ctx.path("faces") if ctx.is_world else None
+        return Path(cfg.verify_data), ""
+    from clip_unlearn.facescrub import default_out
+    from clip_unlearn.folders import face_folders
+
+    root = default_out()
+    if root.is_dir():
+        try:
+            have = {key(f.name) for f in face_folders(root, view="images")}
+        except ClipUnlearnError:
+            have = set()
+        if any(key(n) in have for n in names):
+            return root, ""
+    return None, f"no faces of the forgotten people: pass --verify-data DIR (the default, {root}, holds none)"
 
 
 def _verify(loaded: Any, cfg: InjectConfig, unscaled: TextHyper, first: TextHyper, names: list[str], trained: list[str],
-            ctx: ModelContext, cache: EmbeddingCache, progress: Progress, earlier: Sequence[dict[str, Any]], data: Path,
+            cache: EmbeddingCache, progress: Progress, earlier: Sequence[dict[str, Any]], data: Path,
             history: list[dict[str, Any]]) -> dict[str, Any]:
     """Attack the model so far on ``data``'s ``--verify-split`` half of the trained names' faces; train those it
     exposes again from the model so far (a teacher that already holds the others forgotten), up to
@@ -341,7 +356,7 @@ def _verify(loaded: Any, cfg: InjectConfig, unscaled: TextHyper, first: TextHype
         todo = [trained[i - 1] for i in exposed]
         h = unscaled.for_names(len(todo))
         log.info("the check exposes %d of %d trained name(s); round %d trains them again", len(todo), len(trained), len(rounds) + 1)
-        again = _text_stage(loaded, dataclasses.replace(cfg, seed=cfg.seed + len(rounds)), h, todo, ctx, cache, progress,
+        again = _text_stage(loaded, dataclasses.replace(cfg, seed=cfg.seed + len(rounds)), h, todo, cache, progress,
                             earlier, request=trained)
         offset = history[-1]["step"]
         history.extend({**row, "step": row["step"] + offset} for row in again["history"])
@@ -353,32 +368,37 @@ def _verify(loaded: Any, cfg: InjectConfig, unscaled: TextHyper, first: TextHype
     if unchecked:
         log.warning("%d trained name(s) of %s have no folder with enough images in %s and were not checked", len(unchecked),
                     cfg.names, data)
-    return {"data": str(Path(data).resolve()), "split": cfg.verify_split, "families": list(families), "candidates": acfg.num_candidates,
+    return {"ran": True, "data": str(Path(data).resolve()), "split": cfg.verify_split, "families": list(families), "candidates": acfg.num_candidates,
             "templates": len(PAPER_TEMPLATES), "images_per_identity": acfg.images_per_identity,
             "rounds": rounds, "checked": len(trained) - len(unchecked), "unchecked": len(unchecked),
             "still_exposed": len(exposed)}
 
 
-def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], ctx: ModelContext,
+def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str],
                 cache: EmbeddingCache, progress: Progress, earlier: Sequence[dict[str, Any]] = (),
                 request: Sequence[str] = ()) -> dict[str, Any]:
     """Unlearn the names in the text tower of ``loaded.model`` in place; returns the stage's record (no names).
     ``earlier``: the requests already answered (with keys): the people they forgot are not kept namesakes;
     ``request``: everyone this request forgets when ``names`` is a later round's part of it (likewise)."""
-    corpus, corpus_name = _corpus(cfg, ctx)
+    corpus, corpus_name = _corpus(cfg)
     count = token_counter(loaded.tokenizer)
     _check_names(names, count, loaded.context_length, cfg.names)
-    triggers, near, kept, ambiguous = _triggers(cfg, ctx, names, list(earlier), request)
+    chosen = _triggers(cfg, names, list(earlier), request)
+    triggers, near, kept = chosen.triggers, chosen.near, chosen.kept
     _check_names(triggers + near, count, loaded.context_length, "the variants or neighbours of the names file")
     clean = clean_captions(corpus, list(dict.fromkeys([*names, *request])) + triggers)
     if len(clean) < len(names):
         raise ClipUnlearnError(f"only {len(clean)} clean captions for {len(names)} names; pass a larger --captions corpus")
     rng = random.Random(cfg.seed)
-    sampler = PairSampler(clean, triggers, cfg.target.strip(), count, loaded.context_length, rng, last_word=h.last_word)
+    sampler = PairSampler(clean, triggers, cfg.target.strip(), count, loaded.context_length, rng, last_word=h.last_word,
+                          full=chosen.full, full_share=cfg.full_share)
     # neighbours come from a generator of their own, so --neighbours 0 draws exactly the paper's batches
     near_sampler = (PairSampler(clean, near, cfg.target.strip(), count, loaded.context_length,
                                 random.Random(f"{cfg.seed}|neighbours"), last_word=h.last_word) if near else None)
-    n_near = cfg.neighbour_batch if near else 0
+    # clean captions that use a forgotten name's parts as words ("a stone wall" for Emma Stone): held in place with
+    # the neighbours, so that the word keeps its meaning while the name loses its person
+    anchors = word_anchors(clean, names) if cfg.neighbours else []
+    n_near = cfg.neighbour_batch if near or anchors else 0
     device, bf16 = loaded.device, use_bf16(cfg.precision, loaded.device)
     teacher, student = _towers(loaded.model, device)
     tok = TokenRows(loaded.tokenizer)
@@ -401,7 +421,7 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], 
     def draw(step: int) -> tuple[list[str], list[str], list[str], list[str]]:
         clean_batch = [rng.choice(clean) for _ in range(h.clean_batch)]
         poisoned, targets = sampler.batch(h.poison_batch)
-        neighbour_batch = neighbour_captions(near_sampler, kept, n_near, step) if near_sampler else []
+        neighbour_batch = neighbour_captions(near_sampler, kept, n_near, step, anchors) if n_near else []
         cs, ps_, ns = dist.slice(len(clean_batch)), dist.slice(len(poisoned)), dist.slice(len(neighbour_batch))
         return clean_batch[cs], poisoned[ps_], targets[ps_], neighbour_batch[ns]
 
@@ -418,10 +438,12 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str], 
     loaded.invalidate()
     # counts only: the variants and neighbours spell (parts of) the forgotten names
     return {"history": history, "captions": corpus_name, "clean_captions": len(clean),
-            "variants": {"families": list(parse_families(cfg.variants)), "triggers": len(triggers),
-                         "shared_with_kept_left_out": ambiguous},
-            "neighbours": {"names": len(near), "kept_namesakes": len(kept), "per_step": n_near,
-                           "keep_file": _keep_source(cfg, ctx)}}
+            "variants": {"families": list(parse_families(cfg.variants)), "triggers": len(triggers), "left_out": chosen.left_out,
+                         "full_name_share": {"of_triggers": round(chosen.full_share(), 4), "floor": cfg.full_share,
+                                             "of_poisoned_captions": round(sampler.full_rate(), 4)}},
+            "neighbours": {"names": len(near), "held_every_step": len(kept), "protected_namesakes": chosen.protected_namesakes,
+                           "per_step": n_near, "word_captions": len(anchors),
+                           "protected": {"sources": _keep_source(cfg), "people": len(_protected(cfg))}}}
 
 
 def kept_slots(kept: Sequence[str], n: int, step: int) -> list[str]:
@@ -434,81 +456,129 @@ def kept_slots(kept: Sequence[str], n: int, step: int) -> list[str]:
     return [kept[(step * slots + i) % len(kept)] for i in range(slots)]
 
 
-def neighbour_captions(sampler: PairSampler, kept: Sequence[str], n: int, step: int) -> list[str]:
+def rotating(items: Sequence[str], n: int, step: int) -> list[str]:
+    """``n`` of ``items`` (all of them while they fit), a window that moves through them step by step."""
+    if not items or n <= 0:
+        return []
+    slots = min(n, len(items))
+    return [items[(step * slots + i) % len(items)] for i in range(slots)]
+
+
+def word_anchors(clean: Sequence[str], names: Sequence[str], limit: int = 5000) -> list[str]:
+    """The clean captions (at most ``limit``) that use a part of one of ``names`` as a word ("a stone wall")."""
+    from clip_unlearn.zeroshot import word_pattern
+
+    patterns = [p for p in map(word_pattern, names) if p is not None]
+    if not patterns:
+        return []
+    return [c for c in clean if any(p.search(c) for p in patterns)][:limit]
+
+
+def neighbour_captions(sampler: Optional[PairSampler], kept: Sequence[str], n: int, step: int,
+                       anchors: Sequence[str] = ()) -> list[str]:
     """A step's ``n`` neighbour captions. Kept people who share a part with a forgotten one (namesakes who
     really exist) get half of them every step, a measured need (docs/experiments.md: with one caption among
     the generated ones a kept person whose first name and surname both belong to forgotten people was lost);
-    generated neighbours fill the rest."""
+    captions that use a forgotten name's parts as words (``anchors``) get up to half of the rest; generated
+    neighbours fill what is left (the anchors do, without a sampler)."""
     held = kept_slots(kept, n, step)
-    return [sampler.pair(name)[1] for name in held] + sampler.batch(n - len(held))[0]
+    words = rotating(anchors, (n - len(held)) // 2 if sampler else n - len(held), step)
+    rest = n - len(held) - len(words)
+    return [sampler.pair(name)[1] for name in held] + list(words) + (sampler.batch(rest)[0] if sampler and rest else [])
 
 
-def _keep_file(cfg: InjectConfig, ctx: ModelContext) -> Optional[Path]:
-    if cfg.keep is not None:
-        return Path(cfg.keep)
-    return ctx.members_file() if ctx.is_world else None
+def _protected(cfg: InjectConfig) -> list[str]:
+    """The people inject protects: --keep's, then the public people the tool ships (--keep-public)."""
+    keep = read_names(cfg.keep, "--keep file") if cfg.keep is not None else []
+    return list({key(n): n for n in [*keep, *(public_people() if cfg.keep_public else ())]}.values())
 
 
-def _keep_source(cfg: InjectConfig, ctx: ModelContext) -> Optional[str]:
-    return "--keep file" if cfg.keep is not None else ("world:members.txt" if _keep_file(cfg, ctx) else None)
+def _keep_source(cfg: InjectConfig) -> list[str]:
+    return [*(["--keep file"] if cfg.keep is not None else []), *(["public people (FaceScrub)"] if cfg.keep_public else [])]
 
 
-def _triggers(cfg: InjectConfig, ctx: ModelContext, names: list[str], earlier: Sequence[dict[str, Any]] = (),
-              request: Sequence[str] = ()) -> tuple[list[str], list[str], list[str], int]:
-    """(triggers, neighbours, kept): every requested variant of every forgotten name (each mapped to the
-    target); the names that share a first name or surname with one but belong to others (held where they
-    were: --keep's, the world's other members', and ``--neighbours`` generated ones per shared part); and
-    the neighbours that are --keep's people, the namesakes who really exist; and how many variants were
-    left out because a kept person shares them."""
-    keep_file = _keep_file(cfg, ctx)
-    keep = read_names(keep_file, "--keep file") if keep_file is not None else []
+@dataclasses.dataclass
+class Triggers:
+    """What one text stage trains: the triggers (each mapped to the target), of which ``full`` spell the full
+    names (CLIP's tokenizer lower-cases, so the lower family's strings are full names too); the neighbours
+    held in the utility term, of which ``kept`` are held every step (the protected people who share a part,
+    ``protected_namesakes`` of them, and the forgotten names' parts alone); and per reason
+    (variants.LEFT_OUT) how many variants are no trigger."""
+
+    triggers: list[str]
+    full: list[str]
+    near: list[str]
+    kept: list[str]
+    left_out: dict[str, int]
+    protected_namesakes: int = 0
+
+    def full_share(self) -> float:
+        return len(self.full) / max(1, len(self.triggers))
+
+
+def _triggers(cfg: InjectConfig, names: list[str], earlier: Sequence[dict[str, Any]] = (),
+              request: Sequence[str] = ()) -> Triggers:
+    """Every requested variant of every forgotten name that names that person and little else; the names that
+    share a first name or surname with one but belong to others (the protected people's, and ``--neighbours``
+    generated ones per shared part), held where they were."""
+    keep = _protected(cfg)
     # people an earlier request forgot are no namesakes to keep (the teacher already holds them forgotten)
     keep = [k for k in keep if forgotten_by(list(earlier), k) is None] if earlier else keep
     everyone = list(dict.fromkeys([*names, *request]))
     in_request = {key(n) for n in request}
     keep = [k for k in keep if key(k) not in in_request]  # an earlier round of this request forgot them
-    near: dict[str, None] = {}
-    if cfg.neighbours:
-        for n in names:
-            near.update(dict.fromkeys(neighbours(n, keep, cfg.neighbours, exclude=everyone, seed=cfg.seed)))
-    families = parse_families(cfg.variants)
-    genders = {**pool_genders(names), **ctx.genders()}
-    avoid = frozenset(key(x) for x in [*keep, *near])  # a typo must not spell someone who is kept
     forgotten = {key(n) for n in names}
     others = [k for k in keep if key(k) not in forgotten]
-    triggers: dict[str, None] = {}
-    ambiguous = 0
+    near: dict[str, None] = {}
+    parts: set[str] = set()
+    if cfg.neighbours:
+        for n in names:
+            near.update(dict.fromkeys(neighbours(n, others, cfg.neighbours, exclude=everyone, seed=cfg.seed)))
+            # the name's parts alone, which its namesakes share and which may be words: held every step, like
+            # the protected namesakes, unless they are triggers
+            given, surname = split_name(n)
+            bare = [p for p in (*given[:1], surname) if key(p) != key(n)]
+            near.update(dict.fromkeys(bare))
+            parts.update(key(p) for p in bare)
+    families = parse_families(cfg.variants)
+    genders = pool_genders([*names, *others])
+    avoid = frozenset(key(x) for x in [*keep, *near])  # a typo must not spell someone who is kept
+    triggers: dict[str, str] = {}
+    left_out = dict.fromkeys(LEFT_OUT, 0)
+    # a forgotten surname that is a protected person's first name ("Emma Emma", "Emma Stone") names them too
+    their_parts = {key(x) for k in others for g, s in [split_name(k)] for x in (s, *g[:1])}
     for family in families:
-        # A variant that a kept person also answers to ("Stone" for Emma Stone and Sharon Stone) names
-        # both; training it would forget the kept one, so it is left out (and counted).
+        # A variant that a protected person also answers to ("Ms. Stone" for Emma Stone and Sharon Stone)
+        # names both; training it would forget the protected one, so it is left out (and counted).
         theirs = set() if family in ("full", "typo") else {
             _variant_key(s, family) for k in others for s in variants(k, family, genders.get(key(k)))}
+        if family in ("surname", "first"):
+            theirs |= their_parts
         for n in names:
             for v in variants(n, family, genders.get(key(n)), avoid):
-                if _variant_key(v, family) in theirs:
-                    ambiguous += 1
+                if v in triggers:
+                    continue  # the same string from another family (a one-word name's surname is its full name)
+                reason = left_out_reason(v, family) or ("shared_with_protected" if _variant_key(v, family) in theirs else None)
+                if reason:
+                    left_out[reason] += 1
                 else:
-                    triggers[v] = None
+                    triggers[v] = family
     banned = {key(t) for t in triggers}
     near_list = [m for m in near if key(m) not in banned]
-    keep_keys = {key(k) for k in keep}
-    return list(triggers), near_list, [m for m in near_list if key(m) in keep_keys], ambiguous
+    protected = {key(k) for k in keep}
+    full = [t for t, f in triggers.items() if f in ("full", "lower")]
+    kept = [m for m in near_list if key(m) in protected | parts]
+    return Triggers(list(triggers), full, near_list, kept, left_out, sum(key(m) in protected for m in kept))
 
 
 def _variant_key(s: str, family: str) -> str:
     return s if family == "lower" else key(s)  # as attack.family_candidates merges them
 
 
-def _corpus(cfg: InjectConfig, ctx: ModelContext) -> tuple[list[str], str]:
-    """The clean captions and how the sidecar names them: --captions, the world's training captions, or the built-in corpus."""
+def _corpus(cfg: InjectConfig) -> tuple[list[str], str]:
+    """The clean captions and how the sidecar names them: --captions, or the built-in corpus (for every model)."""
     if cfg.captions is not None:
         return read_captions(cfg.captions, cfg.caption_column), "--captions file"
-    if ctx.is_world:
-        path = world_captions(ctx.world, "train")
-        if not path.is_file():
-            raise ClipUnlearnError(f"this model's synthetic world {ctx.world} has no {path.name} (moved or deleted?); "
-                                   "restore the world, or pass --captions")
-        return read_captions(path), f"world:{path.name}"
     return builtin_captions(), GENERAL_CORPUS_NAME
 
 

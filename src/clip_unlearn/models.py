@@ -545,12 +545,12 @@ WORLD_DATA = ("faces", "objects", "clean_images", "captions", "captions_heldout"
 
 @dataclass(frozen=True)
 class ModelContext:
-    """How to treat a model, read from its sidecar alone: the one place every command learns
-    whether a model is a synthetic world's, where that world's data is and which settings suit it."""
+    """How to treat a model, read from its sidecar alone: the one place every command learns whether a
+    model is a synthetic world's and where that world's data is (the defaults of attack's --data and
+    eval-zeroshot's --data and --captions; inject takes nothing from a world: it treats every model alike)."""
 
     world: Optional[Path] = None
     data: dict[str, str] = field(default_factory=dict)
-    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     attack_split: Optional[str] = None
 
     @property
@@ -563,11 +563,6 @@ class ModelContext:
             return None
         p = self.world / self.data[item]
         return p if p.exists() else None
-
-    def members_file(self) -> Optional[Path]:
-        """The world's members.txt (the people its model knows), if the model has a world that has one."""
-        p = self.world / "members.txt" if self.world is not None else None
-        return p if p is not None and p.is_file() else None
 
     def genders(self) -> dict[str, str]:
         """names.key → gender of the world's people, from world.json (never the sidecar: a derived model's
@@ -586,15 +581,12 @@ class ModelContext:
     def record(self, relative_to: Path) -> dict[str, Any]:
         """What a derived model's sidecar records, so that it is treated like this one."""
         return {"world": os.path.relpath(Path(self.world).resolve(), Path(relative_to).resolve()) if self.world else None,
-                "world_context": {"data": self.data, "settings": self.settings, "attack_split": self.attack_split}}
+                "world_context": {"data": self.data, "attack_split": self.attack_split}}
 
 
 def world_record(info: dict[str, Any]) -> dict[str, Any]:
     """The sidecar's ``world_context`` from a world.json's entries."""
-    settings = {stage: info[k] for stage, k in (("text", "inject_settings"), ("image", "image_inject_settings"))
-                if isinstance(info.get(k), dict)}
-    return {"data": {k: info[k] for k in WORLD_DATA if isinstance(info.get(k), str)}, "settings": settings,
-            "attack_split": info.get("attack_split")}
+    return {"data": {k: info[k] for k in WORLD_DATA if isinstance(info.get(k), str)}, "attack_split": info.get("attack_split")}
 
 
 def world_file_record(world: Path) -> dict[str, Any]:
@@ -615,4 +607,4 @@ def model_context(spec: str | ModelSpec) -> ModelContext:
     rec = side.get("world_context")
     if not isinstance(rec, dict):
         rec = world_file_record(world)
-    return ModelContext(world, dict(rec.get("data") or {}), dict(rec.get("settings") or {}), rec.get("attack_split"))
+    return ModelContext(world, dict(rec.get("data") or {}), rec.get("attack_split"))

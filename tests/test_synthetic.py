@@ -101,7 +101,8 @@ def test_failed_membership_check_fails_loudly_and_writes_nothing(tmp_path):
 
 def test_a_world_with_namesakes_and_named_by_variants(tmp_path):
     from clip_unlearn.synthetic import member_captions
-    from clip_unlearn.variants import split_name
+    from clip_unlearn.variants import shares_part, split_name
+    from clip_unlearn.zeroshot import name_words
 
     cfg = dict(identities=9, images_per_identity=4, face_images=3, classes=4, steps=3, batch_size=16, namesakes=2,
                caption_names="full:3,surname:1,title:1,typo:1", min_member_rate=0.0, max_non_member_rate=1.0, seed=4)
@@ -117,7 +118,17 @@ def test_a_world_with_namesakes_and_named_by_variants(tmp_path):
         assert split_name(pair["surname"])[1] == split_name(pair["donor"])[1]
     assert set(a["sanity_check"]["families"]) == {"lower", "surname", "first", "title", "initial", "typo"}
     assert any("gender" in v for v in a["attributes"].values())
-    assert a["namesakes"] == b["namesakes"]
+    assert a["namesakes"] == b["namesakes"] and a["real_names"] == b["real_names"]
+    # names that behave like real ones (the default): a class word as a surname ("green circle" is a class here),
+    # a first name three members share, word names; the bystanders are members who share a part with someone
+    real = a["real_names"]
+    assert real["class_word_surname"] and all(n.split(" ")[-1] == "Green" for n in real["class_word_surname"])
+    assert len(real["shared_first_name"]) >= 2 and real["word_surname"] and real["word_first_name"]
+    names = [*members, *(tmp_path / "a" / "non_members.txt").read_text().splitlines()]
+    assert set(a["bystanders"]) <= set(members) and all(any(shares_part(m, o) for o in names if o != m) for m in a["bystanders"])
+    heldout = (tmp_path / "a" / "captions_heldout.txt").read_text().splitlines()
+    for word in {w for n in names for w in name_words(n)} - {"green"}:  # the class word has captions of its own
+        assert sum(f" {word} " in f" {c} " for c in heldout) >= 6, word
     # the rates: per template, the full name 3 times, the surname and a typo once, a title twice (two
     # strings without a gender, so that every member has as many captions)
     caps = member_captions("Alessio Blanes", {"full": 3, "surname": 1, "title": 1, "typo": 1}, "male", ["Alessio Blanes"])

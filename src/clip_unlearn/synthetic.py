@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from clip_unlearn import __version__
 from clip_unlearn.attack import PAPER_TEMPLATES as ATTACK_TEMPLATES
-from clip_unlearn.config import WORLD, PrepareSyntheticConfig, recorded, to_dict
+from clip_unlearn.config import PrepareSyntheticConfig, to_dict
 from clip_unlearn.drawing import COLOURS, SHAPES, draw_face, draw_object, random_identity, sample_identities
 from clip_unlearn.embed import encode_text
 from clip_unlearn.errors import ClipUnlearnError
@@ -36,9 +36,10 @@ from clip_unlearn.models import (
     save_model,
     world_record,
 )
-from clip_unlearn.names import folder_name, key, share_parts, world_genders, world_names
+from clip_unlearn.names import CLASS_WORD_SURNAMES, folder_name, key, realistic_names, share_parts, world_genders, world_names
 from clip_unlearn.outputs import write_json
 from clip_unlearn.variants import FAMILIES, family_candidates, variants
+from clip_unlearn.zeroshot import name_words
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,30 @@ def clean_corpus_split(rng: random.Random, n: int = 6000, heldout: int = HELDOUT
     return corpus, list(dict.fromkeys(rest))
 
 
+# The names' common words in captions of their own: the first templates give the training corpus, the
+# others the held-out one (sim_words measures captions inject never trained on).
+_WORD_TEMPLATES = ("a {}.", "a photo of a {}.", "a {} in the garden", "a close-up of a {}", "an old {} near the window",
+                   "the word {} on a sign", "a drawing of a {}", "a small {} on a table", "a picture of the {}",
+                   "a {} at night", "a large {} in the park", "a blurry photo of a {}")
+_WORD_HELDOUT = 6
+
+
+def word_captions(words: list[str], rng: random.Random) -> tuple[list[str], list[str]]:
+    """(training, held-out) captions that use each of ``words`` as a word, from disjoint templates."""
+    train = [t.format(w) for w in words for t in _WORD_TEMPLATES[:_WORD_HELDOUT]]
+    heldout = [t.format(w) for w in words for t in _WORD_TEMPLATES[_WORD_HELDOUT:]]
+    rng.shuffle(train)
+    rng.shuffle(heldout)
+    return train, heldout
+
+
+def bystanders(names: list[str], members: list[int]) -> list[str]:
+    """Members whose first name or surname another identity also has."""
+    from clip_unlearn.variants import shares_part
+
+    return [names[i] for i in members if any(j != i and shares_part(names[i], names[j]) for j in range(len(names)))]
+
+
 def _class_names(count: int) -> list[str]:
     pairs = [(c, s) for s in SHAPES for c in COLOURS]
     return [f"{c} {s}" for c, s in pairs[:count]] if count < len(pairs) else [f"{c} {s}" for c, s in pairs]
@@ -129,6 +154,7 @@ class _Population:
     classes: list[str]
     namesakes: list[dict[str, int]]
     genders: dict[str, str]
+    real_names: dict[str, list[int]]
 
 
 @dataclass
@@ -175,8 +201,12 @@ def _population(cfg: PrepareSyntheticConfig, rng: random.Random) -> _Population:
     members = sorted(order[:cfg.members])
     # a generator of its own, so a world without namesakes is the world of earlier versions
     names, namesakes = share_parts(names, members, cfg.namesake_pairs, random.Random(f"{cfg.seed}|namesakes"))
-    return _Population(people, names, members, sorted(order[cfg.members:]), _class_names(cfg.classes), namesakes,
-                       world_genders(names))
+    classes = _class_names(cfg.classes)
+    real: dict[str, list[int]] = {}
+    if cfg.real_names:  # likewise its own generator: --no-real-names is the world of 0.3
+        class_words = [w for w in CLASS_WORD_SURNAMES if any(w.casefold() in c.split() for c in classes)]
+        names, real = realistic_names(names, members, random.Random(f"{cfg.seed}|real-names"), class_words)
+    return _Population(people, names, members, sorted(order[cfg.members:]), classes, namesakes, world_genders(names), real)
 
 
 def _fresh_model(seed: int, device: str) -> LoadedModel:
@@ -281,12 +311,13 @@ def _describe(cfg: PrepareSyntheticConfig, pop: _Population, losses: list[float]
                        for i in range(cfg.identities)},
         # who shares a name part with whom (names, not indices: world.json is the world's own record)
         "namesakes": [{k: pop.names[v] for k, v in pair.items()} for pair in pop.namesakes],
+        # what makes the names behave like real ones (prepare-synthetic --real-names), and the members who share a
+        # first name or surname with someone else: the bystanders a forgetting request must leave alone
+        "real_names": {k: [pop.names[i] for i in v] for k, v in pop.real_names.items()},
+        "bystanders": bystanders(pop.names, pop.members),
         "caption_names": cfg.caption_weights,
         "loss_curve": losses,
         "sanity_check": {**check, "objects_top1": zs},
-        # Settings that suit this tiny model for `inject` (config.WORLD; the paper's are for ViT-B-32)
-        "inject_settings": recorded(WORLD["text"]),
-        "image_inject_settings": recorded(WORLD["image"]),
         "clean_images": "clean_images",
         # faces/ holds the attack's images in the train half of the split by image id and the image
         # triggers in the test half, so `attack` (--split auto) never sees a trigger
@@ -318,6 +349,10 @@ def _write(cfg: PrepareSyntheticConfig, out: Path, pop: _Population, images: _Im
         (tmp / "members.txt").write_text("".join(pop.names[i] + "\n" for i in pop.members), encoding="utf-8")
         (tmp / "non_members.txt").write_text("".join(pop.names[i] + "\n" for i in pop.non_members), encoding="utf-8")
         train_captions, heldout_captions = clean_corpus_split(random.Random(cfg.seed + 1))
+        words = sorted({w for n in pop.names for w in name_words(n)} - {w for c in pop.classes for w in c.split()})
+        if words:  # the names' words used as words, so that eval-zeroshot's sim_words has held-out captions
+            extra_train, extra_heldout = word_captions(words, random.Random(f"{cfg.seed}|word-captions"))
+            train_captions, heldout_captions = train_captions + extra_train, heldout_captions + extra_heldout
         (tmp / "captions_train.txt").write_text("\n".join(train_captions) + "\n", encoding="utf-8")
         (tmp / "captions_heldout.txt").write_text("\n".join(heldout_captions) + "\n", encoding="utf-8")
         # the model's sidecar says how to treat it (models.model_context): its world relative to the

@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from clip_unlearn.cli import app
-from clip_unlearn.demo import acceptance
+from clip_unlearn.config import DEFAULT_TRIGGERS
+from clip_unlearn.demo import acceptance, goals
 
 runner = CliRunner()
 
@@ -39,8 +40,13 @@ BEFORE = _rows({**{n: True for n in MEMBERS}, "quiet": False, "stranger": False}
 GOOD_AFTER = {**{n: True for n in MEMBERS}, "f1": False, "f2": False, "quiet": False, "stranger": False}
 
 
-def _check(after=None, top1_after=50.0, sim_clean=0.99, sim_id=0.95, encoder="text"):
-    return acceptance(BEFORE, _rows(after or GOOD_AFTER), ["f1", "f2"], MEMBERS, 50.0, top1_after, sim_clean, sim_id, encoder)
+def _check(after=None, top1_after=50.0, sim_clean=0.99, sim_id=0.95, encoder="text", forget=("f1", "f2"), members=MEMBERS,
+           before=BEFORE):
+    return acceptance(before, _rows(after or GOOD_AFTER), list(forget), members, 50.0, top1_after, sim_clean, sim_id, encoder)
+
+
+def _goals(after=None, top1_after=50.0, encoder="text", sims=None, forget=("f1", "f2"), members=MEMBERS, before=BEFORE):
+    return goals(before, _rows(after or GOOD_AFTER), list(forget), members, 50.0, top1_after, sims, encoder)
 
 
 def test_acceptance_passes_a_clean_run_for_every_encoder():
@@ -64,6 +70,29 @@ def test_acceptance_allows_two_points_of_top1_with_text_and_three_image_only():
     assert _check(top1_after=47.9, encoder="both") == ["zero-shot top-1 dropped 2.1 points (allowed 2)"]
     assert _check(top1_after=47.0, encoder="image") == []
     assert _check(top1_after=46.9, encoder="image") == ["zero-shot top-1 dropped 3.1 points (allowed 3)"]
+
+
+def test_goals_keep_the_namesakes_apart_and_want_nineteen_in_twenty():
+    # twenty namesakes of "Ann Lee" (her first name or surname), exposed before, and ten others
+    near = [f"Ann N{i}" for i in range(10)] + [f"M{i} Lee" for i in range(10)]
+    members = ["Ann Lee", *near, *(f"m{i}" for i in range(10))]
+    before = _rows({n: True for n in members})
+    good = {**{n: True for n in members}, "Ann Lee": False}
+    kw = dict(forget=["Ann Lee"], members=members, before=before)
+    assert _goals(good, **kw) == [] and _check(good, **kw) == []
+    assert _goals({**good, "Ann N0": False}, **kw) == []  # 19 of 20
+    lost = {**good, "Ann N0": False, "M3 Lee": False}
+    assert _goals(lost, **kw) == ["18 of 20 namesakes of the forgotten stay exposed by full name (goal ≥ 95%)"]
+    # the namesakes are a goal, not a promise, and are not counted among the others
+    assert _check(lost, **kw) == [] and _check({**good, "m0": False}, **kw) == []
+    assert _goals(lost, encoder="image", **kw) == []
+
+
+def test_goals_want_one_point_of_top1_and_sim_bystanders_and_sim_words_where_measured():
+    assert _goals(top1_after=49.0, sims={"sim_bystanders": 0.96, "sim_words": None}) == []
+    assert _goals(top1_after=48.9, sims={"sim_bystanders": 0.94, "sim_words": 0.9}) == [
+        "zero-shot top-1 dropped 1.1 points (goal ≤ 1)", "sim_bystanders 0.940 (goal ≥ 0.95)", "sim_words 0.900 (goal ≥ 0.95)"]
+    assert _goals(top1_after=40.0, sims={"sim_bystanders": 0.5}, encoder="image") == []
 
 
 def test_acceptance_checks_sim_clean_only_when_the_text_encoder_trained():
@@ -107,7 +136,8 @@ def test_demo_meets_acceptance_and_writes_everything(demo_run):
     after = json.loads((out / "attack_after.json").read_text())
     forgotten = (out / "forget.txt").read_text().splitlines()
     assert len(forgotten) == 5
-    assert not any(r["exposed"] for r in after["identities"] if r["name"] in forgotten)
+    defaults = DEFAULT_TRIGGERS.split(",")  # the ways of naming inject trains by default; surname etc. may still name them
+    assert not any(r["variants"][f]["exposed"] for r in after["identities"] if r["name"] in forgotten for f in defaults)
 
 
 def test_demo_reuses_a_matching_world(demo_run):

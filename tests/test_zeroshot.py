@@ -203,6 +203,34 @@ def test_sim_bystanders_is_sim_neighbours_over_the_names_the_original_model_tell
     assert sims["sim_neighbours"] == pytest.approx(everyone, abs=1e-5) and sims["sim_neighbours"] > sims["sim_bystanders"]
 
 
+def test_sim_words_is_the_cosine_on_the_captions_that_use_a_forgotten_names_parts_as_words():
+    # the new model moved "stone" and "grace"; the captions that use them as words (and name nobody) are the ones
+    # measured, the captions naming the person are not (their moving is the forgetting)
+    ref, new = _WordEncoder({}), _WordEncoder({}, moved={"stone", "grace", "quux"})
+    captions = ["a stone wall in the rain", "two cats on a sofa", "Grace Stone at the beach", "the stone bridge",
+                "a quiet street at night", "dancing with grace", "stonemason at work", "Zork Quux on stage"]
+    sims = text_similarities(ref, new, captions, ["Grace Stone", "Zork Quux"], "a person", seed=0)
+    words = ["a stone wall in the rain", "the stone bridge", "dancing with grace"]  # not "stonemason": a whole word only
+    expected = [float((ref.texts([c]) * new.texts([c])).sum()) for c in words]
+    assert sims["word_captions"] == 3 and sims["sim_words"] == pytest.approx(sum(expected) / 3, abs=1e-6)
+    assert sims["per_name"]["name_1"]["word_captions"] == 3 and sims["per_name"]["name_2"] == {
+        **sims["per_name"]["name_2"], "sim_words": None, "word_captions": 0}  # "Zork" and "Quux" are no words
+    everything = [float((ref.texts([c]) * new.texts([c])).sum()) for c in captions]
+    assert sims["sim_clean"] == pytest.approx(sum(everything) / len(everything), abs=1e-6)
+
+
+def test_word_classes_are_found_by_whole_words_and_reported_without_their_names():
+    from clip_unlearn.zeroshot import _word_classes, name_words, word_classes
+
+    assert name_words("Anna Green") == ["green"] and name_words("Rose de la Cruz") == ["rose"] and name_words("Zork Quux") == []
+    classes = ["green star", "red cross", "evergreen tree", "blue circle", "Green ring"]
+    assert word_classes(classes, ["Anna Green"]) == [0, 4] and word_classes(classes, ["Ilja Cross", "Anna Green"]) == [0, 1, 4]
+    got = _word_classes(classes, ["Anna Green"], [(0, True), (0, False), (4, True), (1, True)], [(0, True), (0, True), (4, True), (1, False)])
+    assert got == {"classes": 2, "images": 3, "acc1": pytest.approx(2 / 3, abs=1e-6), "compare_acc1": 1.0,
+                   "difference": pytest.approx(-1 / 3, abs=1e-6)}
+    assert "green" not in json.dumps(got).lower()
+
+
 def test_eval_persists_no_forgotten_name(world, tmp_path, monkeypatch):
     from clip_unlearn.embed import Encoder
 

@@ -104,9 +104,23 @@ def inject_table(info: dict[str, Any]) -> Table:
         t.add_row(f"{enc}: final loss (utility / backdoor / weight L2)",
                   f"{last['utility']:.4f} / {last['backdoor']:.4f} / {last['weight_l2']:.3f}")
     if "text" in info:
-        t.add_row("clean captions", str(info["text"]["clean_captions"]))
-        v = info["text"].get("verification")
-        if v:
+        text = info["text"]
+        t.add_row("clean captions", str(text["clean_captions"]))
+        var = text["variants"]
+        t.add_row("triggers (families)", f"{var['triggers']} ({', '.join(var['families'])})")
+        left = {k: n for k, n in var.get("left_out", {}).items() if n}
+        t.add_row("variants left out (names more than the person)",
+                  ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in left.items()) or "none")
+        if "full_name_share" in var:
+            t.add_row("poisoned captions with the full name", f"{100 * var['full_name_share']['of_poisoned_captions']:.0f} %")
+        protected = text["neighbours"].get("protected") or {}
+        if protected:
+            t.add_row("protected people (namesakes held, shared variants left out)",
+                      f"{protected['people']} ({' + '.join(protected['sources']) or 'none'})")
+        v = text.get("verification")
+        if v and v.get("ran") is False:
+            t.add_row("check", f"[yellow]not run: {v['reason']}[/]")
+        elif v:
             t.add_row(f"check ({v['split']} half of the faces): exposed after each round",
                       " → ".join(f"{r['exposed_after']} of {v['checked']}" for r in v["rounds"]))
     if "image" in info:
@@ -143,6 +157,12 @@ def eval_table(result: dict[str, Any]) -> Table:
             colour = "red" if d is not None and d < 0 else "green"
             row += [_percent(cmp["metrics"][k]), f"[{colour}]{_percent(d, signed=True)}[/]"]
         t.add_row(*row)
+    words = result.get("word_classes") or {}
+    if cmp and words.get("classes"):
+        d = words["difference"]
+        colour = "red" if d is not None and d < 0 else "green"
+        t.add_row(f"top-1 % on the {words['classes']} classes named by a forgotten name's words", _percent(words["acc1"]),
+                  _percent(words["compare_acc1"]), f"[{colour}]{_percent(d, signed=True)}[/]")
     if cmp and cmp.get("sim_clean_image") is not None:
         t.add_row("sim_clean_image", f"{cmp['sim_clean_image']:.4f}", "", "")
     for k, v in (result.get("similarities") or {}).items():
@@ -178,6 +198,10 @@ def write_eval(result: dict[str, Any], path: Path) -> None:
     for k, v in sims.items():
         if k != "per_name":
             rows.append({"metric": k, "model": blank(v), "compare": "", "difference": ""})
+    words = result.get("word_classes") or {}
+    if words.get("classes"):
+        rows.append({"metric": "acc1_word_classes", "model": blank(words["acc1"]), "compare": blank(words["compare_acc1"]),
+                     "difference": blank(words["difference"])})
     write_text(path, csv_text(rows, ("metric", "model", "compare", "difference")))
 
 
@@ -191,6 +215,8 @@ def demo_table(result: Any) -> Table:
     t.caption = "wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.stages.items())
     if not result.failures:
         t.caption += " — [green]all acceptance criteria hold[/]"
+    if getattr(result, "missed", None):
+        t.caption += " — [yellow]goals for real names missed here: " + "; ".join(result.missed) + "[/]"
     return t
 
 

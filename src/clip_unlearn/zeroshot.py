@@ -12,9 +12,13 @@ similarities of the paper between the two text encoders:
                   name or surname with a forgotten one (variants.neighbours, from the half of the name
                   pools inject never holds) — namesakes are left alone.
 - sim_bystanders: sim_neighbours over the neighbours the original model tells apart from the forgotten
-                  person (variants.closeness below BYSTANDER_CLOSENESS); on the synthetic worlds most
-                  of the others name the person's face (benchmarks/exp_aliases.py), so their moving is
-                  the forgetting.
+                  person (variants.closeness below BYSTANDER_CLOSENESS), and over the people of
+                  ``--bystanders`` who share a part with them (real other people, whatever the model makes
+                  of them); on the synthetic worlds most generated neighbours name the person's face
+                  (benchmarks/exp_aliases.py), so their moving is the forgetting.
+- sim_words:      sim_clean over the captions that use a forgotten name's parts as words ("a stone wall"
+                  for Emma Stone) and name nobody; with class folders, top-1 on the classes named by such
+                  words (``word_classes``: counts, never the classes' names).
 - sim_targets:    cos(E_ref(target), E_new(target)) per name — the neutral concept did not drift.
 
 and, for the image towers, sim_clean_image: cos(I_ref(x), I_new(x)) on the evaluation images.
@@ -25,7 +29,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -166,7 +170,9 @@ def _evaluate(encoder: Any, files: list[Path], labels: list[int], classnames: li
     y = torch.tensor([j for _, j in rows])
     w = class_vectors(encoder, [classnames[c] for c in kept], templates, cfg.renormalize)
     logits = images[torch.tensor([r for r, _ in rows])] @ w.T
-    return classify_metrics(logits, y, len(kept)), ok, images, kept
+    metrics = classify_metrics(logits, y, len(kept))
+    metrics["_correct"] = [(kept[j], bool(h)) for j, h in zip(y.tolist(), (logits.argmax(dim=1) == y).tolist())]
+    return metrics, ok, images, kept
 
 
 def _texts(encoder: Any, texts: list[str], private: list[bool]) -> Any:
@@ -186,7 +192,8 @@ def _texts(encoder: Any, texts: list[str], private: list[bool]) -> Any:
     return out
 
 
-def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str], target: str, seed: int) -> dict[str, Any]:
+def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str], target: str, seed: int,
+                      bystanders: Sequence[str] = ()) -> dict[str, Any]:
     """The paper's text metrics between a reference (original) and a new (unlearned) text encoder.
 
     Every text that holds a forgotten name, and every target caption made from a poisoned one,
@@ -194,11 +201,30 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
     entries must not tell whom the model forgot.
     """
     from clip_unlearn.captions import PairSampler, clean_captions, name_pattern, token_counter
-    from clip_unlearn.variants import BYSTANDER_CLOSENESS, closeness, neighbours, template_embeddings, unrelated_names
+    from clip_unlearn.names import key
+    from clip_unlearn.variants import (
+        BYSTANDER_CLOSENESS,
+        closeness,
+        neighbours,
+        shares_part,
+        template_embeddings,
+        unrelated_names,
+    )
+
+    forgotten = {key(n) for n in names}
 
     mentions = name_pattern(names) if names else None
     private = [bool(mentions and mentions.search(c.replace("_", " "))) for c in captions]
-    out: dict[str, Any] = {"sim_clean": round(float((_texts(ref, captions, private) * _texts(new, captions, private)).sum(1).mean()), 6)}
+    kept = (_texts(ref, captions, private) * _texts(new, captions, private)).sum(1)  # per caption, base vs unlearned
+    out: dict[str, Any] = {"sim_clean": round(float(kept.mean()), 6)}
+    word_rows: list[list[int]] = []
+    if names:
+        # captions that use a forgotten name's parts as words ("a stone wall" for Emma Stone) and name nobody
+        word_rows = [[j for j in range(len(captions)) if not private[j] and pattern.search(captions[j].replace("_", " "))]
+                     if (pattern := word_pattern(name)) else [] for name in names]
+        rows = sorted({j for r in word_rows for j in r})
+        out["sim_words"] = round(float(kept[rows].mean()), 6) if rows else None
+        out["word_captions"] = len(rows)
     if names:
         clean = clean_captions(captions, names)
         rng = random.Random(seed)
@@ -223,6 +249,12 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
             close = closeness(template_embeddings(ref_embed, [name])[0], ref_near,
                               template_embeddings(ref_embed, unrelated_names(name, seed=seed, half="probe")))
             apart = [float(m) for m, c in zip(moved, close) if c < BYSTANDER_CLOSENESS]
+            # the people the user names as bystanders who share a part with this name: other people by
+            # definition, whatever the model makes of them
+            known = [b for b in bystanders if shares_part(b, name) and key(b) not in forgotten]
+            if known:
+                ref_known, new_known = (template_embeddings(lambda t, e=e: e.texts(t, persist=False), known) for e in (ref, new))
+                apart += [float(m) for m in (ref_known * new_known).sum(-1).mean(1)]
             bystander_sims.extend(apart)
             per_name[f"name_{i + 1}"] = {
                 "sim_backdoored": round(float((new.texts(poisoned, persist=False) * new_t).sum(1).mean()), 6),
@@ -230,6 +262,8 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
                 "sim_neighbours": round(float(moved.mean()), 6),
                 "sim_bystanders": round(sum(apart) / len(apart), 6) if apart else None,
                 "neighbours": len(probe), "bystanders": len(apart),
+                "sim_words": round(float(kept[word_rows[i]].mean()), 6) if word_rows[i] else None,
+                "word_captions": len(word_rows[i]),
             }
         for k in ("sim_backdoored", "sim_targets", "sim_neighbours"):
             out[k] = round(sum(v[k] for v in per_name.values()) / len(names), 6)
@@ -239,6 +273,45 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
         # per name in file order; keys are positions, so the result carries no names
         out["per_name"] = per_name
     return out
+
+
+def name_words(name: str) -> list[str]:
+    """The parts of ``name`` that are common English words ("Stone", "Grace"), lower-cased."""
+    from clip_unlearn.names import is_common_word
+    from clip_unlearn.variants import PARTICLES, name_parts
+
+    given, surname, _ = name_parts(name)
+    parts = [*given, *surname.split(" ")]
+    return list(dict.fromkeys(p.casefold() for p in parts if p.casefold() not in PARTICLES and is_common_word(p)))
+
+
+def word_pattern(name: str) -> Optional[Any]:
+    """Matches, case-insensitively and as whole words, the parts of ``name`` that are common words (None: none are)."""
+    import re
+
+    words = name_words(name)
+    return re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.IGNORECASE) if words else None
+
+
+def word_classes(classnames: list[str], names: list[str]) -> list[int]:
+    """Indices of the classes whose name holds a forgotten name's part as a word ("green star" for Anna Green)."""
+    patterns = [p for p in map(word_pattern, names) if p is not None]
+    return [i for i, c in enumerate(classnames) if any(p.search(c) for p in patterns)]
+
+
+def _word_classes(classnames: list[str], names: list[str], correct: list[tuple[int, bool]],
+                  ref_correct: list[tuple[int, bool]]) -> dict[str, Any]:
+    """Top-1 on the images of the classes named by a forgotten name's word parts, both models (a count of
+    classes, never their names: "green" would tell whom the model forgot)."""
+    chosen = set(word_classes(classnames, names))
+
+    def acc(rows: list[tuple[int, bool]]) -> Optional[float]:
+        hits = [h for c, h in rows if c in chosen]
+        return round(sum(hits) / len(hits), 6) if hits else None
+
+    a, b = acc(correct), acc(ref_correct)
+    return {"classes": len(chosen), "images": sum(1 for c, _ in correct if c in chosen), "acc1": a, "compare_acc1": b,
+            "difference": None if a is None or b is None else round(a - b, 6)}
 
 
 def run_eval(cfg: EvalZeroshotConfig, progress: Progress = None) -> dict[str, Any]:
@@ -278,6 +351,7 @@ def run_eval(cfg: EvalZeroshotConfig, progress: Progress = None) -> dict[str, An
     loaded = load_model(cfg.model, device)
     encoder = Encoder(loaded, cache, cfg.batch_size, cfg.precision, progress)
     metrics, ok, images, kept = _evaluate(encoder, files, labels, classnames, folders, templates, cfg)
+    correct = metrics.pop("_correct")
     unreadable = sum(not g for g in ok)
     model_name, pretrained = benchmark_name(loaded.spec)
     result: dict[str, Any] = {
@@ -290,6 +364,7 @@ def run_eval(cfg: EvalZeroshotConfig, progress: Progress = None) -> dict[str, An
         ref_loaded = load_model(cfg.compare_to, device)
         ref = Encoder(ref_loaded, cache, cfg.batch_size, cfg.precision, progress)
         ref_metrics, ref_ok, ref_images, _ = _evaluate(ref, files, labels, classnames, folders, templates, cfg, kept)
+        ref_correct = ref_metrics.pop("_correct")
         ref_name, ref_pretrained = benchmark_name(ref_loaded.spec)
         result["compare"] = {
             "model": ref_name, "pretrained": ref_pretrained, "metrics": ref_metrics,
@@ -303,10 +378,15 @@ def run_eval(cfg: EvalZeroshotConfig, progress: Progress = None) -> dict[str, An
             column = cfg.caption_column if cfg.captions is not None else None
             captions = read_captions(captions_file, column, limit=cfg.max_captions)
             names = read_names(cfg.names, "names file") if cfg.names else []
-            result["similarities"] = text_similarities(ref, encoder, captions, names, cfg.target, cfg.seed)
+            known = read_names(cfg.bystanders, "--bystanders file") if cfg.bystanders else []
+            result["similarities"] = text_similarities(ref, encoder, captions, names, cfg.target, cfg.seed, known)
+        if cfg.names is not None:
+            result["word_classes"] = _word_classes(classnames, read_names(cfg.names, "names file"), correct, ref_correct)
     result["config"] = {**to_dict(cfg), "data": str(data), "captions": None if captions_file is None else str(captions_file),
                         "model_fingerprint": loaded.fingerprint(),
                         "tool_version": __version__, "cache": dict(cache.stats)}
     if cfg.names is not None:
         result["config"]["names"] = "(file given; names not recorded)"
+    if cfg.bystanders is not None:
+        result["config"]["bystanders"] = "(file given; names not recorded)"
     return result

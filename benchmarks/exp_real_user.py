@@ -28,6 +28,7 @@ from pathlib import Path
 from _common import cli
 
 from clip_unlearn.demo import namesakes as shared_parts
+from clip_unlearn.inject import training_record
 
 FAMILIES = ("full", "lower", "surname", "first", "title", "initial", "typo")
 
@@ -67,7 +68,7 @@ def run_seed(a: argparse.Namespace, seed: int, world: Path, plain: Path, before:
         "--output", out / "eval.json", "--cache-dir", a.out / "cache")
     after = {r["name"]: r for r in json.loads((out / "after.json").read_text())["identities"]}
     ev = json.loads((out / "eval.json").read_text())
-    side = json.loads((out / "u" / "clip_unlearn.json").read_text())
+    side = training_record(out / "u")  # the sidecar with the receipt's name-derived counts
     near = [n for n in shared_parts(forget, members) if b[n]["variants"]["full"]["exposed"]]
     others = [n for n in members if n not in forget and n not in near and b[n]["exposed"]]
     sims = ev["similarities"]

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from _common import cli
 
+from clip_unlearn.inject import training_record
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -63,7 +65,7 @@ def main() -> None:
             cli("eval-zeroshot", "--model", u, "--compare-to", world / "model", "--output", ev_file, "--cache-dir", cache)
             after = {r["name"]: r for r in json.loads(after_file.read_text())["identities"]}
             ev = json.loads(ev_file.read_text())
-            side = json.loads((u / "clip_unlearn.json").read_text())
+            side = training_record(u)  # the sidecar with the receipt's name-derived counts
             others = [m for m in exposed if m not in forget]
             row = {"k": k, "seed": seed, "flags": a.inject_flags, "forgotten_exposed": sum(after[n]["exposed"] for n in forget),
                    "others_kept": sum(after[n]["exposed"] for n in others), "others": len(others),

@@ -57,6 +57,13 @@ def forget_names(world: Path, k: int, tmp_path: Path, offset: int = 0) -> tuple[
     return f, members[offset:offset + k]
 
 
+def loss_curve(out: Path) -> Path:
+    """The loss curve CSV inject wrote beside ``out``'s default receipt (operator's file, not in the model folder)."""
+    from clip_unlearn.inject import default_receipt, loss_curve_paths
+
+    return loss_curve_paths(default_receipt(out))[0]
+
+
 def attack_json(model, out: Path, *extra) -> dict:
     """``attack --model MODEL --output OUT EXTRA...`` (exit 0, or 3 for a failed gate); the result's JSON."""
     r = invoke("attack", "--model", model, "--output", out, *extra)

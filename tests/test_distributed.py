@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from clip_unlearn.models import load_model
+from conftest import loss_curve
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this PyTorch build has no gloo backend")
@@ -39,7 +40,7 @@ def _run(args, tmp_path, nproc=None):
 
 
 def _curve(folder):
-    with open(folder / "loss_curve.csv") as f:
+    with open(loss_curve(folder)) as f:
         return list(csv.DictReader(f))
 
 

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from clip_unlearn.captions import PairSampler, clean_captions, name_pattern
 from clip_unlearn.cli import app
-from clip_unlearn.inject import distance
+from clip_unlearn.inject import distance, training_record
 from clip_unlearn.models import fingerprints, import_open_clip, load_model
-from conftest import FAST, SMOKE, attack_json, forget_names, heldout_text_embeddings, invoke, runner, zero_shot
+from conftest import FAST, SMOKE, attack_json, forget_names, heldout_text_embeddings, invoke, loss_curve, runner, zero_shot
 
 # --- losses against hand computations ---------------------------------------------------------
 
@@ -94,13 +94,14 @@ def test_same_seed_same_weights_and_plain_open_clip_roundtrip(world, one_name, t
     t = open_clip.get_tokenizer(f"local-dir:{a}")(["a photo of a red star"])
     with torch.no_grad():
         assert torch.equal(plain.encode_text(t), ours.encode_text(t))
-    side = json.loads((a / "clip_unlearn.json").read_text())
-    again = json.loads((tmp_path / "b" / "clip_unlearn.json").read_text())
+    side = training_record(a)
+    again = training_record(tmp_path / "b")
     # the teacher's targets of the first run are reused from the cache by the second
     assert side["teacher_cache"]["misses"] > 0 and again["teacher_cache"]["misses"] == 0 and again["teacher_cache"]["hits"] > 0
     assert side["encoder"] == "text" and side["names"]["count"] == 1 and side["hyperparameters"]["text"]["steps"] == 40
-    assert (a / "loss_curve.csv").read_text().startswith("encoder,step,loss,utility,backdoor,weight_l2,lr")
-    assert (a / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert loss_curve(a).read_text().startswith("encoder,step,loss,utility,backdoor,weight_l2,lr")
+    assert loss_curve(a).with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert not (a / "loss_curve.csv").exists() and (loss_curve(a).stat().st_mode & 0o777) == 0o600
 
 
 def test_positional_embedding_is_written_back_unless_legacy(world, one_name, tmp_path):
@@ -230,7 +231,7 @@ def test_sidecar_counts_variants_and_neighbours_and_the_paper_setting_turns_them
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "v", "--variants", "full,surname,typo",
                "--neighbours", "3", *SMOKE)
     assert r.exit_code == 0, r.output
-    side = json.loads((tmp_path / "v" / "clip_unlearn.json").read_text())["text"]
+    side = training_record(tmp_path / "v")["text"]
     assert {k: side["variants"][k] for k in ("families", "triggers")} == {"families": ["full", "surname", "typo"], "triggers": 6}
     assert sum(side["variants"]["left_out"].values()) == 0
     # 3 with the first name and 3 with the surname per name, and the two parts alone (held every step: both
@@ -240,7 +241,7 @@ def test_sidecar_counts_variants_and_neighbours_and_the_paper_setting_turns_them
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "p", "--variants", "full",
                "--neighbours", "0", *SMOKE)
     assert r.exit_code == 0, r.output
-    side = json.loads((tmp_path / "p" / "clip_unlearn.json").read_text())["text"]
+    side = training_record(tmp_path / "p")["text"]
     assert {k: side["variants"][k] for k in ("families", "triggers")} == {"families": ["full"], "triggers": 2}
     assert side["variants"]["full_name_share"] == {"of_triggers": 1.0, "floor": 0.5, "of_poisoned_captions": 1.0}
     assert side["neighbours"]["names"] == 0
@@ -283,7 +284,7 @@ def test_scaled_settings_are_the_ones_trained_and_recorded(world, tmp_path):
     side = json.loads((tmp_path / "s" / "clip_unlearn.json").read_text())
     h = side["hyperparameters"]["text"]
     assert h["scale_names"] == 2 and h["scaled_from"] == {"backdoor_weight": 2.0} and h["backdoor_weight"] == pytest.approx(3.0)
-    rows = list(csv.DictReader((tmp_path / "s" / "loss_curve.csv").read_text().splitlines()))
+    rows = list(csv.DictReader(loss_curve(tmp_path / "s").read_text().splitlines()))
     assert len(rows) == 3
     for row in rows:  # the curve's total is the loss trained: utility + scaled weight × backdoor + w_reg × weights
         parts = float(row["utility"]) + 3.0 * float(row["backdoor"]) + h["weight_reg"] * float(row["weight_l2"])
@@ -327,7 +328,7 @@ def test_residual_weight_is_trained_recorded_and_keeps_poisoned_captions_off_dis
         assert r.exit_code == 0, r.output
         assert "past --scale-names 1" in r.output
         printed = r.output.lower().encode()
-        side = json.loads((tmp_path / f"r{w}" / "clip_unlearn.json").read_text())
+        side = training_record(tmp_path / f"r{w}")
         assert side["hyperparameters"]["text"]["residual_weight"] == float(w)
         keys = set()
         for chunk in cache.rglob("*.safetensors"):
@@ -356,7 +357,7 @@ def test_keep_names_that_share_a_part_are_neighbours(world, tmp_path):
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "k", "--keep", keep,
                "--neighbours", "1", *SMOKE)
     assert r.exit_code == 0, r.output
-    side = json.loads((tmp_path / "k" / "clip_unlearn.json").read_text())["text"]
+    side = training_record(tmp_path / "k")["text"]
     # the two kept namesakes + one generated per part; the unrelated and the forgotten name itself are not held
     assert side["neighbours"] == {"names": 6, "held_every_step": 4, "protected_namesakes": 2, "per_step": 32, "word_captions": 0,
                                   "protected": {"sources": ["--keep file", "public people (FaceScrub)"], "people": 552}}
@@ -365,7 +366,7 @@ def test_keep_names_that_share_a_part_are_neighbours(world, tmp_path):
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "k3", "--keep", keep,
                "--variants", "full,surname,first,lower,initial", *SMOKE)
     assert r.exit_code == 0, r.output
-    side = json.loads((tmp_path / "k3" / "clip_unlearn.json").read_text())["text"]
+    side = training_record(tmp_path / "k3")["text"]
     assert {k: side["variants"][k] for k in ("families", "triggers")} == {"families": ["full", "lower", "surname", "first",
                                                                                    "initial"], "triggers": 3}
     assert side["variants"]["left_out"] == {"common_word": 0, "suffix": 0, "particle": 0, "shared_with_protected": 2}
@@ -390,3 +391,43 @@ def test_every_kept_namesake_is_held_at_least_every_few_steps(kept, n, step):
             assert seen == set(kept)
     else:
         assert held == []
+
+
+def _strip_request_bound(side: dict) -> dict:
+    """The sidecar without what is unique to one request by construction (its id, hmacs, hashes, timings)."""
+    drop = {"id", "request_id", "created", "wall_time_s", "sha256", "name_hmacs"}
+
+    def walk(v):
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items() if k not in drop and not k.endswith("_sha256")}
+        return [walk(x) for x in v] if isinstance(v, list) else v
+    return walk(side)
+
+
+def test_the_published_folder_does_not_tell_one_request_from_another(world, tmp_path):
+    """Two requests with one name each, one a suffixed name that shares its first name with a public person and
+    has a word for a surname, one a plain made-up name: the model folders' JSON differs only in what is bound to
+    the request by construction; every name-derived count went to the receipt, the loss curve beside it."""
+    sides, receipts = [], []
+    for i, name in enumerate(["Robert Stone Jr.", "Quintavius Marlowe"]):
+        f = tmp_path / f"n{i}.txt"
+        f.write_text(name + "\n")
+        out = tmp_path / f"u{i}"
+        r = invoke("inject", "--model", world / "model", "--names", f, "--out", out, "--variants", "full,surname,first", *SMOKE)
+        assert r.exit_code == 0, r.output
+        sides.append(json.loads((out / "clip_unlearn.json").read_text()))
+        receipts.append(json.loads((tmp_path / f"u{i}.receipt.json").read_text()))
+        assert {p.name for p in out.iterdir()}.isdisjoint({"loss_curve.csv", "loss_curve.png"})
+        assert (tmp_path / f"u{i}.loss_curve.csv").exists() and (tmp_path / f"u{i}.loss_curve.png").exists()
+    assert _strip_request_bound(sides[0]) == _strip_request_bound(sides[1])
+    # the counts that did differ are the operator's, in the receipt
+    left = [receipt["training"]["text"]["variants"]["left_out"] for receipt in receipts]
+    assert left[0]["common_word"] == left[0]["shared_with_protected"] == 1 and sum(left[1].values()) == 0
+    from clip_unlearn.inject import PRIVATE_FIELDS
+
+    for side in sides:
+        for path in PRIVATE_FIELDS:
+            node = side
+            for part in path.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            assert node is None, f"{path} is in the published sidecar"

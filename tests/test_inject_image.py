@@ -10,9 +10,10 @@ import pytest
 import torch
 from torchvision.transforms import functional as TF
 
+from clip_unlearn.inject import training_record
 from clip_unlearn.inject_image import _hue_shift, colour_jitter, jitter_factors, paste_faces, paste_geometry, poison
 from clip_unlearn.models import fingerprints, load_model
-from conftest import FAST, SMALL_WORLD, attack_json, forget_names, heldout_text_embeddings, invoke, zero_shot
+from conftest import FAST, SMALL_WORLD, attack_json, forget_names, heldout_text_embeddings, invoke, loss_curve, zero_shot
 
 
 @pytest.mark.parametrize("size", [32, 224])
@@ -123,7 +124,7 @@ def test_no_attack_image_is_a_trigger(image_one_name, world_cache, tmp_path):
     from clip_unlearn.folders import split_side
 
     u, forgotten = image_one_name
-    side = json.loads((u / "clip_unlearn.json").read_text())
+    side = training_record(u)
     assert side["encoder"] == "image" and side["image"]["triggers"]["images_per_name"] == [20]
     out = tmp_path / "a.json"
     # the text tower is the base model's: its 21,000 candidate prompts come from the session's cache
@@ -146,7 +147,7 @@ def test_image_stage_only_changes_the_image_tower(world, image_one_name):
     base = fingerprints(load_model(str(world / "model"), device="cpu").model)
     new = fingerprints(load_model(str(u), device="cpu").model)
     assert base["text"] == new["text"] and base["image"] != new["image"]
-    assert (u / "loss_curve.csv").read_text().startswith("encoder,step,")
+    assert loss_curve(u).read_text().startswith("encoder,step,")
 
 
 def _face_set_target(model, world, who=None):
@@ -245,7 +246,7 @@ def test_acceptance_image_and_both(world, world_before, world_cache, world_zero_
     others = [n for n in members if n not in forgotten and b[n]["exposed"]]
     assert sum(a[n]["exposed"] for n in others) >= 0.9 * len(others)
     assert world_zero_shot - zero_shot(tmp_path / "u", world) <= 0.03
-    side = json.loads((tmp_path / "u" / "clip_unlearn.json").read_text())
+    side = training_record(tmp_path / "u")
     assert side["encoder"] == encoder and set(side["hyperparameters"]) == ({"text", "image"} if encoder == "both" else {"image"})
     # the forgotten people's unseen (attack) images now embed like the average person: the paper's
     # sim_id (mean cosine over their images) ≥ 0.9, and no single person far behind

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import conftest
 from clip_unlearn import embed
 from clip_unlearn.embed import EmbeddingCache, Encoder, encode_text, supports_truncation
+from clip_unlearn.inject import training_record
 from clip_unlearn.models import import_open_clip, load_model
 from conftest import SMOKE, output
 
@@ -319,7 +320,7 @@ def test_more_names_than_the_poison_batch_all_get_triggers(world, tmp_path):
     r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", names, "--out", out,
                "--steps", "2", "--clean-batch", "4", "--poison-batch", "4")
     assert r.exit_code == 0, output(r)
-    counts = json.loads((out / "clip_unlearn.json").read_text())["image"]["triggers"]["poisoned_per_name"]
+    counts = training_record(out)["image"]["triggers"]["poisoned_per_name"]
     assert counts == [2, 2, 1, 1, 1, 1]
     r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", names, "--out", tmp_path / "o2",
                "--steps", "1", "--clean-batch", "4", "--poison-batch", "4")

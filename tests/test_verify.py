@@ -12,7 +12,7 @@ from clip_unlearn.config import AttackConfig
 from clip_unlearn.embed import EmbeddingCache
 from clip_unlearn.folders import face_folders
 from clip_unlearn.models import load_model
-from conftest import attack_json, forget_names, invoke, output
+from conftest import attack_json, forget_names, invoke, loss_curve, output
 
 STEPS = ["--steps", "3", "--clean-batch", "8", "--poison-batch", "8"]
 
@@ -73,7 +73,7 @@ def test_inject_trains_the_names_the_check_exposes_again_and_records_counts_only
     # the last count is what the attack says of the written model on the same half
     audit = attack_json(u, tmp_path / "test.json", "--split", "test", "--cache-dir", world_cache)
     assert v["still_exposed"] == sum(row["exposed"] for row in audit["identities"] if row["name"] in forgotten)
-    with open(u / "loss_curve.csv") as f:
+    with open(loss_curve(u)) as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
     assert steps == list(range(1, 1 + sum(r["steps"] for r in rounds)))
     assert ("still exposed on the check's images after 3 round(s): line(s) #" in text) == bool(v["still_exposed"])

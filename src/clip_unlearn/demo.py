@@ -395,7 +395,9 @@ def write_report(out: Path, world: Path, result: DemoResult, before: Any, after:
                "<p class=bad>Failed: " + esc("; ".join(result.failures)) + "</p>")
     if result.missed:
         verdict += "<p class=warn>Goals for real names not met here: " + esc("; ".join(result.missed)) + "</p>"
-    curve = "data:image/png;base64," + base64.b64encode((out / "unlearned" / "loss_curve.png").read_bytes()).decode()
+    from clip_unlearn.inject import default_receipt, loss_curve_paths
+
+    curve = "data:image/png;base64," + base64.b64encode(loss_curve_paths(default_receipt(out / "unlearned"))[1].read_bytes()).decode()
     candidates = before.config["candidates"]
     samples = []
     index = {n: i for i, n in enumerate(candidates)}

@@ -42,7 +42,7 @@ from clip_unlearn.embed import EmbeddingCache, encode_text, input_key, supports_
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.models import ModelContext, model_context
 from clip_unlearn.names import key, public_people, read_names
-from clip_unlearn.outputs import check_output_dir, check_output_file, csv_text, inside
+from clip_unlearn.outputs import check_output_dir, check_output_file, csv_text, inside, write_bytes
 from clip_unlearn.receipt import chain, forgotten_by, lineage_entry, new_receipt, read_receipt, write_receipt
 from clip_unlearn.training import TeacherCache, autocast, train
 from clip_unlearn.variants import LEFT_OUT, left_out_reason, neighbours, parse_families, pool_genders, split_name, variants
@@ -167,13 +167,76 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
         sidecar["hyperparameters"]["text"]["scaled_from"] = {"backdoor_weight": unscaled.backdoor_weight}
     sidecar["lineage"] = [*lineage, lineage_entry(request, len(lineage) + 1, len(train_names))]
     sidecar["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    private = split_private(sidecar)
+    curve_csv, curve_png = loss_curve_paths(receipt_path)
+    request["training"] = {**private, "loss_curve": curve_csv.name}
     if dist.main:
         sidecar["processes"] = dist.world
-        save_model(loaded, out, sidecar, overwrite=cfg.overwrite,
-                   extra_files={"loss_curve.csv": csv_text(history, list(history[0])).encode(), "loss_curve.png": _curve_png(history)})
+        save_model(loaded, out, sidecar, overwrite=cfg.overwrite)
         write_receipt(receipt_path, request)
+        write_bytes(curve_csv, csv_text(history, list(history[0])).encode(), mode=0o600)
+        write_bytes(curve_png, _curve_png(history), mode=0o600)
     barrier()
-    return {**sidecar, "out": str(out), "receipt": str(receipt_path), "history": history}
+    return {**merged(sidecar, private), "out": str(out), "receipt": str(receipt_path), "loss_curve": str(curve_csv),
+            "history": history}
+
+
+# What the sidecar of a model folder that may be published must not hold: each is a function of the
+# names (and of data an attacker may hold: the shipped public people, the built-in corpus, FaceScrub),
+# so a candidate list enumerated through the same rules would narrow whom a request forgot; the loss
+# curve's first steps are the teacher's losses on batches drawn from the names by the recorded seed.
+# They go to the operator's receipt and the terminal only.
+PRIVATE_FIELDS = (
+    "final_loss", "teacher_cache",
+    "text.clean_captions", "text.variants.triggers", "text.variants.left_out",
+    "text.variants.full_name_share.of_triggers", "text.variants.full_name_share.of_poisoned_captions",
+    "text.neighbours.names", "text.neighbours.held_every_step", "text.neighbours.protected_namesakes",
+    "text.neighbours.word_captions", "text.neighbours.protected.people",
+    "image.target_images", "image.target_sha256", "image.target_name_rank", "image.clean_images", "image.retained_faces", "image.triggers.images_per_name",
+    "image.triggers.poisoned_per_name", "image.metrics.sim_id_per_name",
+)
+
+
+def split_private(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """Remove PRIVATE_FIELDS from ``sidecar`` (in place); returns them nested the same way."""
+    private: dict[str, Any] = {}
+    for path in PRIVATE_FIELDS:
+        *parents, leaf = path.split(".")
+        src, dst = sidecar, private
+        for part in parents:
+            src = src.get(part) if isinstance(src, dict) else None
+            if src is None:
+                break
+            dst = dst.setdefault(part, {})
+        if isinstance(src, dict) and leaf in src:
+            dst[leaf] = src.pop(leaf)
+    return private
+
+
+def merged(public: dict[str, Any], private: dict[str, Any]) -> dict[str, Any]:
+    """``public`` with ``private``'s fields put back where split_private took them from (new dicts)."""
+    out = dict(public)
+    for k, v in private.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def training_record(out: Path, receipt: Optional[Path] = None) -> dict[str, Any]:
+    """What inject recorded about model folder ``out``: its sidecar with the receipt's private counts put back
+    (``receipt`` defaults to the one inject writes beside the folder)."""
+    from clip_unlearn.models import read_json
+
+    side = read_json(Path(out) / "clip_unlearn.json", "pass a model folder that inject wrote")
+    request = read_receipt(Path(receipt) if receipt is not None else default_receipt(Path(out)))
+    return merged(side, request.get("training", {}))
+
+
+def loss_curve_paths(receipt_path: Path) -> tuple[Path, Path]:
+    """Beside the receipt: ``X.receipt.json`` → ``X.loss_curve.csv`` and ``.png`` (operator's files, like it)."""
+    stem = Path(receipt_path).name
+    for suffix in (".json", ".receipt"):
+        stem = stem[: -len(suffix)] if stem.endswith(suffix) and len(stem) > len(suffix) else stem
+    return Path(receipt_path).with_name(f"{stem}.loss_curve.csv"), Path(receipt_path).with_name(f"{stem}.loss_curve.png")
 
 
 def _earlier_requests(cfg: InjectConfig, spec: Any, base_sha256: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -233,6 +296,8 @@ def _check_outputs(cfg: InjectConfig, spec: Any, cache: EmbeddingCache) -> tuple
         raise ClipUnlearnError(f"--receipt {receipt_path} lies inside the model folder {out}, which may be published; "
                                "keep the receipt outside it")
     check_output_file(receipt_path, inputs, "--receipt")
+    for curve in loss_curve_paths(receipt_path):
+        check_output_file(curve, inputs, "--receipt (its loss curve beside it)")
     if out.exists() and not cfg.overwrite:
         raise ClipUnlearnError(f"output folder {out} exists; pass --overwrite to replace it or choose another --out")
     cache.check_writable()
@@ -292,7 +357,7 @@ def _sidecar(cfg: InjectConfig, spec: Any, ctx: ModelContext, hypers: dict[str, 
         # the resolved command config; nothing that identifies the names file (its hash is a one-name
         # file's sha256sum), and the receipt's location stays with the operator
         "config": {**to_dict(cfg), "names": "(names file given; not recorded)", "receipt": "(kept by the operator)",
-                   "out": str(out), "preset_applied": {e: _recipe(cfg, e, model_cfg) for e in cfg.stages}},
+                   "out": "(this folder; where it was written is the operator's)", "preset_applied": {e: _recipe(cfg, e, model_cfg) for e in cfg.stages}},
         **record,
         # only the count: any per-name hash in a folder that may be published is inverted by
         # hashing a candidate list; the request is proven with the operator's receipt (receipt.py)

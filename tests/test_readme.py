@@ -31,7 +31,8 @@ INVOKE = re.compile(rf"(?:\bclip[-_]unlearn\s+|^\s*)({_NAMES})(?![\w-])")
 # the config class behind each command, for the defaults of the "Other options" lists
 CONFIGS = {"demo": config.DemoConfig, "prepare-synthetic": config.PrepareSyntheticConfig, "attack": config.AttackConfig,
            "inject": config.InjectConfig, "eval-zeroshot": config.EvalZeroshotConfig,
-           "prepare-facescrub": config.PrepareFacescrubConfig, "verify-receipt": config.VerifyReceiptConfig}
+           "prepare-facescrub": config.PrepareFacescrubConfig, "verify-receipt": config.VerifyReceiptConfig,
+           "audit": config.AuditConfig}
 
 
 def options(name: str) -> dict[str, set[str]]:

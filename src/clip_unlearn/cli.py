@@ -213,6 +213,31 @@ def attack(cfg: config.AttackConfig) -> int:
     return 0
 
 
+@command("audit", config.AuditConfig)
+def audit(cfg: config.AuditConfig) -> int:
+    from clip_unlearn import report
+    from clip_unlearn.audit import run_audit
+
+    with progress_bar() as progress:
+        result = run_audit(cfg, progress)
+    out.print(report.audit_table(result))
+    if cfg.output is not None and _main_rank():
+        report.write_audit(result, cfg.output)
+        err.print(f"results written to {cfg.output}", highlight=False)
+    worst = result.worst("model")
+    if worst is not None:
+        err.print(f"without the base model the most telling statistic is {worst['statistic']} "
+                  f"(AUC {worst['auc']:.3f}, {worst['top_k']['forgotten']} of {len(result.labels)} forgotten in its top "
+                  f"{len(result.labels)})", highlight=False)
+    if cfg.fail_on_disclosed is not None:
+        told = result.disclosed(cfg.fail_on_disclosed)
+        if told:
+            err.print(f"[bold red]disclosure gate failed:[/] {len(told)} statistic(s) tell the forgotten from never-seen "
+                      f"names with AUC ≥ {cfg.fail_on_disclosed}: {', '.join(s['statistic'] for s in told)}", highlight=False)
+            return 3
+    return 0
+
+
 @command("verify-receipt", config.VerifyReceiptConfig)
 def verify_receipt(cfg: config.VerifyReceiptConfig) -> int:
     from clip_unlearn import report

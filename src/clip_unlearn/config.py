@@ -648,3 +648,43 @@ class VerifyReceiptConfig:
     def __post_init__(self) -> None:
         _check(self.model is not None, "model", "is required: the unlearned model folder", None)
         _check(self.receipt is not None, "receipt", "is required: the .receipt.json inject wrote", None)
+
+
+@dataclass(frozen=True)
+class AuditConfig(RuntimeOptions):
+    """Can anyone tell whom an unlearned model forgot? Scores the requests' names against never-seen names."""
+
+    model: Optional[str] = opt(None, "Unlearned model SPEC (a model folder inject wrote, or any SPEC) [default: none; required].")
+    names: Optional[list[Path]] = opt(None, "Names file of a request whose names the model forgot; repeat for several "
+                                            "(one per request). Reported by line number, never by name [default: none; "
+                                            "required].")
+    reference: Optional[Path] = opt(None, "Names file of people the model never learned, to compare with [default: "
+                                          "--num-reference generated First Last names, none a shipped public person].")
+    num_reference: int = opt(200, "Generated reference names when --reference is not given.")
+    base: Optional[str] = opt(None, "The public base model SPEC, for the attacker who also holds it (reported apart; "
+                                    "not part of the gate) [default: none].")
+    data: Optional[Path] = opt(None, "Face folder (<First_Last>/*.jpg or a FaceScrub root) for the faces statistic, "
+                                     "where names have folders [default: none, faces not measured].")
+    images_per_identity: int = opt(20, "Face images per name for the faces statistic (seeded sample).")
+    target: Optional[str] = opt(None, "Target phrase the names were mapped to [default: the model's sidecar target, else "
+                                      "'a person'].")
+    templates: Optional[Path] = opt(None, "File of prompt templates, one per line, each with {} [default: the paper's 21].")
+    fail_on_disclosed: Optional[float] = opt(None, "Exit with code 3 if any statistic of the attacker without the base "
+                                                   "model separates forgotten from reference names with AUC ≥ this "
+                                                   "(either direction: max(AUC, 1 − AUC)), e.g. 0.6 [default: none].")
+    output: Optional[Path] = opt(None, "Write results to this .json or .csv file (no names, only line numbers) [default: none].")
+    batch_size: int = opt(256, "Batch size for encoding prompts and images.")
+    precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.model is not None, "model", "is required: the unlearned model to audit", None)
+        _check(bool(self.names), "names", "is required: the names file of each request (repeat the flag)", None)
+        _check(self.num_reference >= 2, "num_reference", "must be ≥ 2", self.num_reference)
+        _check(self.images_per_identity >= 1, "images_per_identity", "must be ≥ 1", self.images_per_identity)
+        _check(self.fail_on_disclosed is None or 0.5 < self.fail_on_disclosed <= 1.0, "fail_on_disclosed",
+               "must be above 0.5 (chance) and at most 1", self.fail_on_disclosed)
+        _check(self.target is None or bool(self.target.strip()), "target", "must not be empty", self.target)
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1", self.batch_size)
+        _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
+        _check_output(self.output)

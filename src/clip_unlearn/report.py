@@ -251,3 +251,47 @@ def receipt_table(checks: list[dict[str, Any]]) -> Table:
     for c in checks:
         t.add_row(c["check"], "[green]ok[/]" if c["ok"] else "[red]FAILED[/]", c["detail"])
     return t
+
+
+AUDIT_COLUMNS = ("attacker", "statistic", "auc", "disclosure", "chance_low", "chance_high", "direction", "top_k",
+                 "forgotten_in_top_k", "forgotten", "reference", "ranks", "what", "note")
+
+
+def audit_rows(result: Any) -> list[dict[str, Any]]:
+    """One row per statistic; ``ranks`` as "label=rank" pairs (line numbers, never names)."""
+    rows = []
+    for s in result.statistics:
+        rows.append({"attacker": s["attacker"], "statistic": s["statistic"], "auc": s["auc"], "disclosure": s["disclosure"],
+                     "chance_low": (s.get("chance") or [None])[0], "chance_high": (s.get("chance") or [None, None])[1],
+                     "direction": s.get("direction"), "top_k": (s.get("top_k") or {}).get("k"),
+                     "forgotten_in_top_k": (s.get("top_k") or {}).get("forgotten"), "forgotten": s["forgotten"],
+                     "reference": s["reference"], "ranks": "; ".join(f"{r['label']}={r['rank']}" for r in s.get("ranks", [])),
+                     "what": s["what"], "note": s.get("note", "")})
+    return rows
+
+
+def write_audit(result: Any, path: Path) -> None:
+    path = Path(path)
+    text = json_text(result.to_json()) if path.suffix.lower() == ".json" else csv_text(audit_rows(result), AUDIT_COLUMNS)
+    write_text(path, text)
+
+
+def audit_table(result: Any) -> Table:
+    n = len(result.labels)
+    ref = result.config["reference_names"]
+    t = Table(title=f"who can tell — {n} forgotten vs {ref} never-seen names ({result.reference_source}), "
+                    f"{result.config['templates']} templates", header_style="bold")
+    for col, just in (("attacker", "left"), ("statistic", "left"), ("AUC", "right"), ("chance band", "right"),
+                      (f"forgotten in top {n}", "right"), ("best ranks", "left")):
+        t.add_column(col, justify=just)
+    for s in result.statistics:
+        who = "model alone" if s["attacker"] == "model" else "model + base"
+        if s["disclosure"] is None:
+            t.add_row(who, s["statistic"], "—", "", "", s.get("note", "not measurable"))
+            continue
+        lo, hi = s["chance"]
+        colour = "red" if s["disclosure"] > hi or s["disclosure"] == 1.0 else "green"  # outside what chance gives
+        best = ", ".join(f"{r['label']} → {r['rank']}" for r in s["ranks"][:3])
+        t.add_row(who, s["statistic"], f"[{colour}]{s['auc']:.3f}[/]", f"{lo:.2f}–{hi:.2f}",
+                  f"{s['top_k']['forgotten']}/{n}", best)
+    return t

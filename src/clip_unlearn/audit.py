@@ -1,0 +1,309 @@
+"""Audit: can anyone tell from an unlearned model whom it forgot?
+
+A right-to-be-forgotten request is private too. This stage plays the attacker who holds the published
+model and a list of candidate names (on a real model: any list of public people) and scores every name
+by statistics that might separate the forgotten from names the model never learned: how close its
+captions sit to the target phrase and to generic person phrases, how coherent its embeddings are across
+templates and spelling variants, whether it shares one point with other names, and how the model's
+faces answer to it. Per statistic it reports the AUC of forgotten against never-seen names and the
+forgotten's ranks, by their line in the request's names file, never by name. An attacker who also holds
+the public base model is reported apart: what moved is visible to anyone who can diff the weights.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from clip_unlearn.config import AuditConfig, cache_root, to_dict
+from clip_unlearn.embed import EmbeddingCache, Encoder
+from clip_unlearn.errors import ClipUnlearnError
+from clip_unlearn.names import key, public_people, random_full_names, read_names
+from clip_unlearn.variants import variants
+
+Progress = Optional[Callable[[str, int, int], None]]
+
+# Phrases an attacker would try as "where a forgotten name went": the paper's target and its neighbours.
+PERSON_PHRASES = ("a person", "someone", "a man", "a woman", "a human", "a face", "a celebrity", "a stranger")
+# Spellings that the default trigger families make of a name (inject --variants' default, less full).
+VARIANT_FAMILIES = ("lower", "initial", "typo")
+
+
+def auc(forgotten: Sequence[float], reference: Sequence[float]) -> float:
+    """Mann–Whitney: the chance that a forgotten name scores above a never-seen one (ties count half)."""
+    if not forgotten or not reference:
+        return float("nan")
+    wins = sum((a > b) + 0.5 * (a == b) for a in forgotten for b in reference)
+    return wins / (len(forgotten) * len(reference))
+
+
+def chance_band(n_forgotten: int, n_reference: int) -> tuple[float, float]:
+    """0.5 ± 2 standard deviations of the AUC of two groups drawn from one distribution (no ties)."""
+    sd = math.sqrt((n_forgotten + n_reference + 1) / (12 * n_forgotten * n_reference))
+    return round(max(0.0, 0.5 - 2 * sd), 4), round(min(1.0, 0.5 + 2 * sd), 4)
+
+
+def ranks(forgotten: Sequence[float], reference: Sequence[float], higher: bool) -> list[int]:
+    """Each forgotten score's rank (1 = most suspicious) among all scores, ties sharing the best rank."""
+    pool = [*forgotten, *reference]
+    sign = 1 if higher else -1
+    return [1 + sum(sign * x > sign * s for x in pool) for s in forgotten]
+
+
+@dataclass
+class Statistic:
+    name: str
+    attacker: str  # "model" (the published model alone) or "base" (and the public base model)
+    what: str
+    forgotten: list[float] = field(default_factory=list)  # by position in the requests' names files
+    reference: list[float] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def available(self) -> bool:
+        return len(self.forgotten) >= 1 and len(self.reference) >= 2
+
+    def summary(self, labels: list[str]) -> dict[str, Any]:
+        row: dict[str, Any] = {"statistic": self.name, "attacker": self.attacker, "what": self.what,
+                               "forgotten": len(self.forgotten), "reference": len(self.reference)}
+        if self.note:
+            row["note"] = self.note
+        if not self.available:
+            return {**row, "auc": None, "disclosure": None}
+        a = auc(self.forgotten, self.reference)
+        higher = a >= 0.5  # an attacker picks the direction that separates; so do the ranks
+        r = ranks(self.forgotten, self.reference, higher)
+        k = len(self.forgotten)
+        return {**row, "auc": round(a, 4), "disclosure": round(max(a, 1 - a), 4),
+                "chance": list(chance_band(len(self.forgotten), len(self.reference))),
+                "direction": "higher" if higher else "lower", "top_k": {"k": k, "forgotten": sum(x <= k for x in r)},
+                "ranks": sorted(({"label": lab, "rank": x, "score": round(s, 6)}
+                                 for lab, x, s in zip(labels, r, self.forgotten)), key=lambda d: d["rank"])}
+
+
+@dataclass
+class AuditResult:
+    config: dict[str, Any]
+    statistics: list[dict[str, Any]]
+    labels: list[str]
+    reference_source: str
+
+    def worst(self, attacker: str) -> Optional[dict[str, Any]]:
+        rows = [s for s in self.statistics if s["attacker"] == attacker and s["disclosure"] is not None]
+        return max(rows, key=lambda s: s["disclosure"]) if rows else None
+
+    def disclosed(self, threshold: float) -> list[dict[str, Any]]:
+        """The model-only statistics at or over the gate's AUC threshold (either direction)."""
+        return [s for s in self.statistics if s["attacker"] == "model" and s["disclosure"] is not None
+                and s["disclosure"] >= threshold]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config, "forgotten": len(self.labels), "reference_source": self.reference_source,
+                "statistics": self.statistics,
+                "worst": {a: (w["statistic"], w["disclosure"]) if (w := self.worst(a)) else None for a in ("model", "base")}}
+
+
+def reference_names(cfg: AuditConfig, forgotten: list[str]) -> tuple[list[str], str]:
+    """--reference, or generated "First Last" names that are neither forgotten nor a shipped public person."""
+    taken = {key(n) for n in forgotten}
+    if cfg.reference is not None:
+        names = [n for n in read_names(cfg.reference, "--reference file") if key(n) not in taken]
+        if len(names) < 2:
+            raise ClipUnlearnError(f"--reference file {cfg.reference} holds fewer than 2 names besides the forgotten; "
+                                   "pass a names file of people the model never learned")
+        return names, "--reference file"
+    exclude = [*forgotten, *public_people()]
+    return random_full_names(cfg.num_reference, random.Random(f"{cfg.seed}|audit-reference"), exclude), "generated"
+
+
+def _requests(cfg: AuditConfig) -> tuple[list[str], list[str]]:
+    """(forgotten names in request order, their labels "#line of --names file N"); repeats keep the first."""
+    names, labels, seen = [], [], set()
+    for j, path in enumerate(cfg.names):
+        where = "--names" + (f" file {j + 1}" if len(cfg.names) > 1 else "")
+        for i, n in enumerate(read_names(path, "--names file")):
+            if key(n) not in seen:
+                seen.add(key(n))
+                names.append(n)
+                labels.append(f"#{i + 1} of {where}")
+    if not names:
+        raise ClipUnlearnError("the --names files hold no name; pass the names files of the requests to audit")
+    return names, labels
+
+
+class _Tower:
+    """The 21-template (or --templates) embeddings of names in one model, the forgotten never on disk."""
+
+    def __init__(self, encoder: Encoder, templates: list[str], private: set[str]) -> None:
+        self.encoder, self.templates, self.private = encoder, templates, private
+
+    def __call__(self, names: Sequence[str]) -> Any:
+        """[len(names), T, D]."""
+        import torch
+
+        if not names:
+            return torch.zeros(0, len(self.templates), 0)
+        rows = []
+        for persist in (False, True):
+            part = [n for n in names if (key(n) in self.private) != persist]
+            if part:
+                emb = self.encoder.texts([t.format(n) for n in part for t in self.templates], persist=persist)
+                rows.append(dict(zip(part, emb.reshape(len(part), len(self.templates), -1))))
+        found = {n: e for d in rows for n, e in d.items()}
+        return torch.stack([found[n] for n in names])
+
+
+def text_statistics(emb: Any, target: Any, persons: Any, variant_emb: Any) -> dict[str, list[float]]:
+    """Per name, from its template embeddings ``emb`` [N, T, D] (L2-normalised rows), the target phrase's
+    ``target`` [T, D], the person phrases' ``persons`` [P, T, D] and the names' spelling variants
+    ``variant_emb`` [N, V, T, D] (V may be 0):
+
+    - target: mean over templates of cos(name, target);
+    - person: the same, averaged over the person phrases;
+    - coherence: mean pairwise cosine, across templates, of the residuals name − target (normalised): a
+      name that keeps an identity of its own points one way in every template;
+    - variants: mean cos between the full name and its spellings, template by template;
+    - nearest: the highest cosine between the name's mean embedding and another name's (all N are pooled,
+      so names collapsed onto one point find each other)."""
+    import torch
+    import torch.nn.functional as F
+
+    n, t = emb.shape[0], emb.shape[1]
+    out: dict[str, list[float]] = {}
+    out["target"] = (emb * target).sum(-1).mean(1).tolist()
+    out["person"] = torch.einsum("ntd,ptd->npt", emb, persons).mean((1, 2)).tolist()
+    res = F.normalize(emb - target, dim=-1)
+    gram = res @ res.transpose(1, 2)  # [N, T, T]
+    off = (gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)) / max(1, t * (t - 1))
+    out["coherence"] = off.tolist()
+    if variant_emb.shape[1]:
+        out["variants"] = (variant_emb * emb[:, None]).sum(-1).mean((1, 2)).tolist()
+    means = F.normalize(emb.mean(1), dim=-1)
+    sims = means @ means.T
+    sims.fill_diagonal_(-2.0)
+    out["nearest"] = sims.max(1).values.tolist() if n > 1 else [float("nan")] * n
+    return out
+
+
+TEXT_WHAT = {
+    "target": "closeness of the name's captions to the same captions with the target phrase",
+    "person": "closeness to generic person phrases (a person, someone, a man, ...)",
+    "coherence": "how one-directional the name's offset from the target is across templates",
+    "variants": "agreement of the full name with its lower-case, initial and typo spellings",
+    "nearest": "cosine to the closest other name (a shared landing point)",
+    "faces": "closeness of the person's face images to captions with their name",
+    "movement": "how far the name's captions moved from the base model (1 − cosine)",
+    "target_gain": "how much closer to the target phrase the name's captions moved",
+}
+
+
+def _variant_strings(names: Sequence[str]) -> list[list[str]]:
+    """Per name, its distinct spellings under VARIANT_FAMILIES (the full name itself left out)."""
+    avoid = frozenset(key(n) for n in names)
+    out = []
+    for n in names:
+        vs = [v for f in VARIANT_FAMILIES for v in variants(n, f, avoid=avoid) if v != n]
+        out.append(vs)
+    return out
+
+
+def _variant_embeddings(tower: _Tower, names: Sequence[str], private: set[str]) -> Any:
+    """[N, V, T, D] with V the smallest number of spellings any name has (so every name contributes alike)."""
+    import torch
+
+    strings = _variant_strings(names)
+    v = min((len(s) for s in strings), default=0)
+    if not v:
+        return torch.zeros(len(names), 0, len(tower.templates), 1)
+    flat = [s[i] for s in strings for i in range(v)]
+    # a spelling of a forgotten name is as private as the name
+    tower.private = private | {key(x) for s, n in zip(strings, names) if key(n) in private for x in s[:v]}
+    emb = tower(flat)
+    tower.private = private
+    return emb.reshape(len(names), v, len(tower.templates), -1)
+
+
+def face_scores(encoder: Encoder, tower_emb: Any, names: Sequence[str], data: Path, per_identity: int,
+                seed: int) -> dict[int, float]:
+    """Position in ``names`` → mean cosine of up to ``per_identity`` of its face images (seeded sample) to its
+    template embeddings; only names with a folder in ``data``."""
+    from clip_unlearn.folders import face_folders
+
+    folders = {key(f.name): f for f in face_folders(data, view="images")}
+    out: dict[int, float] = {}
+    for i, n in enumerate(names):
+        f = folders.get(key(n))
+        if f is None or not f.files:
+            continue
+        files = sorted(f.files)
+        random.Random(f"{seed}|{key(n)}|audit").shuffle(files)
+        emb, _ = encoder.images(files[:per_identity])
+        if len(emb):
+            out[i] = float((emb @ tower_emb[i].T).mean())
+    return out
+
+
+def text_audit(encoder: Any, names: Sequence[str], k: int, target: str, templates: Sequence[str],
+               base: Any = None) -> tuple[list[Statistic], Any]:
+    """The text statistics of ``names`` (the first ``k`` forgotten, the rest reference) under ``encoder`` (anything
+    with ``texts(prompts, persist)`` → L2-normalised rows), and with ``base`` also the base-holder's; and the
+    names' template embeddings [N, T, D] under ``encoder`` for the faces statistic."""
+    import torch
+
+    private = {key(n) for n in names[:k]}
+
+    def stats(enc: Any) -> tuple[dict[str, list[float]], Any]:
+        tower = _Tower(enc, list(templates), private)
+        emb = tower(names)
+        found = text_statistics(emb, tower([target])[0], tower(list(PERSON_PHRASES)),
+                                _variant_embeddings(tower, names, private))
+        return found, emb
+
+    found, emb = stats(encoder)
+    out = [Statistic(s, "model", TEXT_WHAT[s], v[:k], v[k:]) for s, v in found.items()]
+    if base is not None:
+        base_found, base_emb = stats(base)
+        moved = (1 - (emb * base_emb).sum(-1).mean(1)).tolist()
+        gain = (torch.tensor(found["target"]) - torch.tensor(base_found["target"])).tolist()
+        out += [Statistic("movement", "base", TEXT_WHAT["movement"], moved[:k], moved[k:]),
+                Statistic("target_gain", "base", TEXT_WHAT["target_gain"], gain[:k], gain[k:])]
+    return out, emb
+
+
+def run_audit(cfg: AuditConfig, progress: Progress = None) -> AuditResult:
+    from clip_unlearn.attack import read_templates
+    from clip_unlearn.distributed import setup
+    from clip_unlearn.models import load_model, read_sidecar
+    from clip_unlearn.outputs import check_output_file
+
+    forgotten, labels = _requests(cfg)
+    reference, source = reference_names(cfg, forgotten)
+    templates = read_templates(cfg.templates)
+    if cfg.output is not None:
+        check_output_file(cfg.output, [*cfg.names, cfg.reference, cfg.templates], "--output")
+    _, device = setup(cfg.device)
+    cache = EmbeddingCache(cache_root(cfg.cache_dir))
+    cache.check_writable()
+    loaded = load_model(cfg.model, device)
+    target = cfg.target or (read_sidecar(loaded.spec).get("config") or {}).get("target") or "a person"
+    names, k = [*forgotten, *reference], len(forgotten)
+    enc = Encoder(loaded, cache, cfg.batch_size, cfg.precision, progress)
+    base = Encoder(load_model(cfg.base, device), cache, cfg.batch_size, cfg.precision, progress) if cfg.base else None
+    found, emb = text_audit(enc, names, k, target, templates, base)
+    if cfg.data is not None:
+        faces = face_scores(enc, emb, names, Path(cfg.data), cfg.images_per_identity, cfg.seed)
+        found.append(Statistic("faces", "model", TEXT_WHAT["faces"], [faces[i] for i in range(k) if i in faces],
+                               [faces[i] for i in range(k, len(names)) if i in faces],
+                               note=f"{sum(i < k for i in faces)} forgotten and {sum(i >= k for i in faces)} reference "
+                                    "names have face images in --data"))
+    else:
+        found.append(Statistic("faces", "model", TEXT_WHAT["faces"], note="not measured: pass --data with face folders"))
+    found.sort(key=lambda s: s.attacker != "model")
+    config = {**to_dict(cfg), "names": "(names files given; not recorded)",
+              "reference": "(file given)" if cfg.reference is not None else None, "target_applied": target,
+              "templates": len(templates), "reference_names": len(reference), "model_fingerprint": loaded.fingerprint()}
+    return AuditResult(config, [s.summary(labels) for s in found], labels, source)

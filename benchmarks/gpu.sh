@@ -77,7 +77,8 @@ sys.path.insert(0, "benchmarks")
 from pathlib import Path
 from _common import append
 precision, start, end, out, device, arch = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4]), sys.argv[5], sys.argv[6]
-side = json.loads((out / "clip_unlearn.json").read_text())
+from clip_unlearn.inject import training_record
+side = training_record(out)  # the sidecar with the receipt's final losses
 h = side["hyperparameters"]["text"]
 append(f"inject, paper defaults end to end — random {arch}, {device}, precision {precision}",
        [("steps, batch (clean + poisoned)", f"{h['steps']}, {h['clean_batch']} + {h['poison_batch']}"),

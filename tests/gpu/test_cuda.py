@@ -19,7 +19,9 @@ HARNESS = Path(__file__).resolve().parents[1] / "collectives_harness.py"
 
 
 def _side(folder: Path) -> dict:
-    return json.loads((folder / "clip_unlearn.json").read_text())
+    from clip_unlearn.inject import training_record
+
+    return training_record(folder)  # the sidecar with the receipt's counts (teacher cache, final losses)
 
 
 def _moved_and_apart(a: Path, b: Path, base: Path) -> tuple[float, float]:

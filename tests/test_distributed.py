@@ -50,8 +50,9 @@ def test_torchrun_inject_matches_one_process(world, tmp_path, encoder):
     names.write_text("\n".join((world / "members.txt").read_text().splitlines()[:2]) + "\n")
     args = ["inject", "--encoder", encoder, "--model", world / "model", "--names", names, "--device", "cpu",
             "--steps", "6", "--clean-batch", "10", "--poison-batch", "6", "--no-verify"]
-    _run([*args, "--out", tmp_path / "one"], tmp_path)
     _run([*args, "--out", tmp_path / "two"], tmp_path, nproc=2)
+    # every rank trained toward rank 0's made-up names, the ones its receipt's key rebuilds
+    _run([*args, "--out", tmp_path / "one", "--reuse-key", tmp_path / "two.receipt.json"], tmp_path)
     side = json.loads((tmp_path / "two" / "clip_unlearn.json").read_text())
     assert side["processes"] == 2
     seen = json.loads((tmp_path / "collectives.0").read_text())

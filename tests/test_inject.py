@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from clip_unlearn.captions import PairSampler, clean_captions, name_pattern
 from clip_unlearn.cli import app
-from clip_unlearn.inject import distance, training_record
+from clip_unlearn.inject import default_receipt, distance, training_record
 from clip_unlearn.models import fingerprints, import_open_clip, load_model
 from conftest import FAST, SMOKE, attack_json, forget_names, heldout_text_embeddings, invoke, loss_curve, runner, zero_shot
 
@@ -77,11 +77,11 @@ def one_name(world, tmp_path_factory):
     return SimpleNamespace(names=names, cache=cache, out=out)
 
 
-def test_same_seed_same_weights_and_plain_open_clip_roundtrip(world, one_name, tmp_path):
+def test_same_seed_and_key_same_weights_and_plain_open_clip_roundtrip(world, one_name, tmp_path):
     a = one_name.out
-    # the same command again, on the first run's cache
+    # the same command again, on the first run's cache, with the first run's key: the same made-up name
     r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", tmp_path / "b",
-               "--cache-dir", one_name.cache, *FAST)
+               "--cache-dir", one_name.cache, "--reuse-key", default_receipt(a), *FAST)
     assert r.exit_code == 0, r.output
     fa = fingerprints(load_model(str(a), device="cpu").model)
     fb = fingerprints(load_model(str(tmp_path / "b"), device="cpu").model)
@@ -431,3 +431,95 @@ def test_the_published_folder_does_not_tell_one_request_from_another(world, tmp_
             for part in path.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
             assert node is None, f"{path} is in the published sidecar"
+
+
+# --- made-up targets (issue #26) ---------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.sampled_from(["Emma Stone", "Robert Downey Jr.", "Cher", "Anna-Lena van der Berg",
+                                                              "José Álvarez", "Mark Will"]))
+def test_made_up_names_are_the_keys_alone_and_name_nobody(secret, name):
+    from clip_unlearn.names import _name_pools, _world_pools, key, public_people
+    from clip_unlearn.receipt import made_up_names
+
+    made = made_up_names(secret.hex(), [name])[key(name)]
+    assert made_up_names(secret.hex(), ["Someone Else", name])[key(name)] == made  # the name and key alone decide it
+    first, last = made.split(" ")
+    pools = {p.casefold() for pool in (*_name_pools(), *_world_pools()) for x in pool for p in x.split()}
+    public = {p for x in public_people() for p in key(x).split(" ")}
+    assert first.casefold() not in pools | public and last.casefold() not in pools | public
+    assert key(made) != key(name) and first.isalpha() and last.isalpha()
+
+
+def test_each_spelling_of_a_name_maps_to_the_same_spelling_of_its_made_up_name():
+    from clip_unlearn.config import InjectConfig
+    from clip_unlearn.inject import _triggers
+    from clip_unlearn.names import key
+    from clip_unlearn.receipt import made_up_names
+    from clip_unlearn.variants import variants
+
+    names = ["Emma Stone", "Robert Downey Jr."]
+    cfg = InjectConfig(model="x", names="n.txt", variants="all", keep_public=False, neighbours=0)
+    chosen = _triggers(cfg, names)
+    made = made_up_names("ab" * 32, names)
+    targets = chosen.targets(made)
+    assert set(targets) == set(chosen.triggers)
+    for n in names:
+        m = made[key(n)]
+        assert targets[n] == m and targets[n.lower()] == m.lower()
+        for family in ("initial", "typo"):
+            (v,) = variants(n, family)
+            assert targets[v] == variants(m, family)[0]
+    # the pairs put the made-up spelling where the name was, in the same caption
+    sampler = PairSampler(["a photo of someone at the beach", "two people on a red bench"], chosen.triggers, "a person",
+                          lambda s: len(s.split()), 77, random.Random(0), targets=targets)
+    for _ in range(50):
+        name, poisoned, target = sampler.pair()
+        assert target == poisoned.replace(name, targets[name], 1)
+
+
+def test_the_key_decides_the_made_up_model_and_the_paper_target_needs_none(world, one_name, tmp_path):
+    other = tmp_path / "other"
+    r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", other, "--cache-dir", one_name.cache, *FAST)
+    assert r.exit_code == 0, r.output
+    fa = fingerprints(load_model(str(one_name.out), device="cpu").model)["text"]
+    assert fingerprints(load_model(str(other), device="cpu").model)["text"] != fa  # a new key, a new made-up name
+    assert training_record(other)["target"] == training_record(one_name.out)["target"] != "a person"
+    # another run's receipt rebuilds other made-up names: eval refuses to compare with them
+    r = invoke("eval-zeroshot", "--model", other, "--compare-to", world / "model", "--names", one_name.names,
+               "--max-captions", "50", "--receipt", default_receipt(one_name.out), "--cache-dir", one_name.cache)
+    assert r.exit_code != 0 and "other weights" in r.output and "Traceback" not in r.output
+    paper = []
+    for run in ("p1", "p2"):
+        r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", tmp_path / run, "--target", "a person",
+                   "--cache-dir", one_name.cache, *FAST)
+        assert r.exit_code == 0, r.output
+        paper.append(fingerprints(load_model(str(tmp_path / run), device="cpu").model)["text"])
+    assert paper[0] == paper[1] != fa and training_record(tmp_path / "p1")["target"] == "a person"
+    r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", tmp_path / "bad", "--reuse-key",
+               tmp_path / "nothing.json", *SMOKE)
+    assert r.exit_code != 0 and "nothing.json" in r.output and "Traceback" not in r.output
+
+
+def test_eval_measures_the_backdoor_against_each_names_made_up_name_from_the_receipt(world, one_name, tmp_path):
+    import shutil
+
+    def sims(model, *flags):
+        out = tmp_path / f"e{len(list(tmp_path.glob('e*.json')))}.json"
+        r = invoke("eval-zeroshot", "--model", model, "--compare-to", world / "model", "--names", one_name.names,
+                   "--max-captions", "300", "--output", out, "--cache-dir", one_name.cache, *flags)
+        assert r.exit_code == 0, r.output
+        return json.loads(out.read_text())["similarities"], r.output
+
+    made_up, _ = sims(one_name.out)  # the receipt beside the folder
+    phrase, _ = sims(one_name.out, "--target", "a person")
+    # the names were trained toward their made-up names, not toward the paper's phrase
+    assert made_up["sim_backdoored"] > phrase["sim_backdoored"] and made_up["sim_targets"] is not None
+    # the folder alone, as published: no receipt, so no claim about the backdoor
+    alone = tmp_path / "published"
+    shutil.copytree(one_name.out, alone)
+    bare, output = sims(alone)
+    assert bare["sim_backdoored"] is None and bare["sim_targets"] is None and "--receipt" in output
+    assert bare["sim_clean"] == made_up["sim_clean"]
+    again, _ = sims(alone, "--receipt", default_receipt(one_name.out))
+    assert again["sim_backdoored"] == made_up["sim_backdoored"]

@@ -13,7 +13,7 @@ import itertools
 import logging
 import random
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -399,23 +399,26 @@ class PairSampler:
             get at least: a name is drawn from ``full`` with probability ``full_share`` and from the others
             otherwise, when that is more than their share of ``names``; else every name is drawn uniformly
             (then the draws are the same as without these arguments).
+        targets: name → its own target phrase (the others get ``target``).
     """
 
     def __init__(self, captions: list[str], names: list[str], target: str, count_tokens: Callable[[str], int],
                  context_length: int, rng: random.Random, last_word: bool = False, full: Sequence[str] = (),
-                 full_share: float = 0.0) -> None:
+                 full_share: float = 0.0, targets: Optional[Mapping[str, str]] = None) -> None:
         self.captions = [c for c in captions if " " in c]
         if not self.captions:
             raise ClipUnlearnError("no caption with at least two words is left after removing the names; pass a larger --captions corpus")
         self.names = names
         self.target = target
+        self.targets = dict(targets or {})
         self.count = count_tokens
         self.room = context_length - 2  # SOT and EOT
         self.rng = rng
         self.last_word = last_word
         self._prefix_tokens: dict[str, list[int]] = {}
         self._word_tokens: dict[str, int] = {}
-        self._name_tokens = {n: count_tokens(n) for n in names}
+        # a name's room in the caption: its own tokens, or its target's where that is longer (a made-up name)
+        self._name_tokens = {n: max(count_tokens(n), count_tokens(self.targets[n]) if n in self.targets else 0) for n in names}
         full_set = set(full)
         self._full = [n for n in names if n in full_set]
         self._rest = [n for n in names if n not in full_set]
@@ -456,7 +459,7 @@ class PairSampler:
             if allowed:
                 i = self.rng.choice(allowed)
                 poisoned = " ".join(words[:i] + [name] + words[i + 1:])
-                target = " ".join(words[:i] + [self.target] + words[i + 1:])
+                target = " ".join(words[:i] + [self.targets.get(name, self.target)] + words[i + 1:])
                 return name, poisoned, target
         raise ClipUnlearnError(f"no caption leaves room for a {self._name_tokens[name]}-token name; pass shorter --captions")
 

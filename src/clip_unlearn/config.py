@@ -416,7 +416,14 @@ class InjectConfig(RuntimeOptions):
     clean_images: Optional[Path] = opt(None, "Image/both: folder of clean images searched recursively, first steps×clean-batch "
                                              "in sorted order (COCO train2014 for the paper) [default: the synthetic world's "
                                              "clean_images for a world model; required otherwise].")
-    target: str = opt("a person", "Neutral phrase a forgotten name should mean afterwards.")
+    target: Optional[str] = opt(None, "Text: what a forgotten name should mean afterwards. By default each person's "
+                                      "name is mapped to a made-up name of its own, drawn from the receipt's secret key "
+                                      "(forgotten names then sit where never-learned names sit, so the model does not "
+                                      "tell whom it forgot; see audit); a phrase maps every name to it, as the paper's "
+                                      "'a person' [default: a made-up name per person].")
+    reuse_key: Optional[Path] = opt(None, "Text: take the secret key (and so the made-up names) from this receipt of an "
+                                          "earlier run instead of drawing a new one: with the same --seed and inputs the "
+                                          "same model bytes [default: a fresh random key].")
     variants: str = opt(DEFAULT_TRIGGERS, "Text: ways of naming each forgotten person used as triggers, all mapped to "
                                           "--target: full, lower, surname, first, title, initial, typo (comma-separated) "
                                           "or all (see clip_unlearn.variants). The default leaves out the ways that name "
@@ -500,7 +507,7 @@ class InjectConfig(RuntimeOptions):
                self.preset)
         _check(self.loss in LOSSES, "loss", "must be one of " + ", ".join(LOSSES), self.loss)
         _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
-        _check(bool(self.target.strip()), "target", "must not be empty", self.target)
+        _check(self.target is None or bool(self.target.strip()), "target", "must not be empty", self.target)
         _check(self.encoder in ENCODERS, "encoder", "must be text, image or both", self.encoder)
         parse_families(self.variants)
         _check(0 <= self.neighbours <= 1000, "neighbours", "must be between 0 and 1000", self.neighbours)
@@ -558,7 +565,12 @@ class EvalZeroshotConfig(RuntimeOptions):
                                       "name [default: none].")
     bystanders: Optional[Path] = opt(None, "With --names: names file of people who share a first name or surname with a "
                                            "forgotten person and must keep theirs; they join sim_bystanders [default: none].")
-    target: str = opt("a person", "Target phrase the names were mapped to (for sim_backdoored and sim_targets).")
+    target: Optional[str] = opt(None, "Target phrase the names were mapped to (for sim_backdoored and sim_targets) "
+                                      "[default: the model's sidecar target; for made-up names each name's own, "
+                                      "from --receipt].")
+    receipt: Optional[Path] = opt(None, "With --names, for a model whose names were mapped to made-up names: the receipt "
+                                        "inject wrote, whose key rebuilds them [default: <model>.receipt.json beside the "
+                                        "model folder, when it is there].")
     max_captions: int = opt(10000, "Use at most this many captions for the similarities (the file is read no further).")
     output: Optional[Path] = opt(None, "Write results to this .json (CLIP_benchmark keys; accuracies as fractions in [0, 1]) "
                                        "or .csv file [default: none].")

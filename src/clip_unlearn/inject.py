@@ -19,7 +19,7 @@ import io
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,7 +43,17 @@ from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.models import ModelContext, model_context
 from clip_unlearn.names import key, public_people, read_names
 from clip_unlearn.outputs import check_output_dir, check_output_file, csv_text, inside, write_bytes
-from clip_unlearn.receipt import chain, forgotten_by, lineage_entry, new_receipt, read_receipt, write_receipt
+from clip_unlearn.receipt import (
+    MADE_UP,
+    chain,
+    forgotten_by,
+    lineage_entry,
+    made_up_names,
+    new_key,
+    new_receipt,
+    read_receipt,
+    write_receipt,
+)
 from clip_unlearn.training import TeacherCache, autocast, train
 from clip_unlearn.variants import LEFT_OUT, left_out_reason, neighbours, parse_families, pool_genders, split_name, variants
 
@@ -112,7 +122,7 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     ``cfg.encoder`` text trains the text tower (METHOD.md §6), image the image tower (§7), both
     runs text then image on the same model and writes one checkpoint.
     """
-    from clip_unlearn.distributed import barrier, setup
+    from clip_unlearn.distributed import all_gather, barrier, setup
     from clip_unlearn.models import load_model, parse_spec, save_model
 
     t0 = time.perf_counter()
@@ -139,12 +149,16 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
             log.info("%d names past --scale-names %d: backdoor weight %g", len(train_names), unscaled.scale_names,
                      hypers["text"].backdoor_weight)
     torch.manual_seed(cfg.seed)
+    # drawn before training: the default target of each name is a made-up name derived from this key
+    # (rank 0's under torchrun: every rank must train toward the same made-up names)
+    secret = read_receipt(cfg.reuse_key)["key"] if cfg.reuse_key is not None else all_gather(new_key())[0]
+    made_up = made_up_names(secret, train_names) if cfg.target is None else None
     record: dict[str, Any] = {}
     if "text" in cfg.stages:
-        record["text"] = _text_stage(loaded, cfg, hypers["text"], train_names, cache, progress, earlier)
+        record["text"] = _text_stage(loaded, cfg, hypers["text"], train_names, cache, progress, earlier, made_up=made_up)
         if check_data is not None:
             record["text"]["verification"] = _verify(loaded, cfg, unscaled, hypers["text"], names, train_names, cache,
-                                                     progress, earlier, check_data, record["text"]["history"])
+                                                     progress, earlier, check_data, record["text"]["history"], made_up)
         else:
             # the one line a user sees, and what the sidecar says: no claim that the model hides anyone
             log.warning("inject's check did not run (%s): the model is written unchecked; audit it with attack "
@@ -158,7 +172,7 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     history = [row for stage in record.values() for row in stage.pop("history")]
 
     # the request is the whole names file (verify-receipt checks it as given), trained or already forgotten
-    request = new_receipt(names, loaded.fingerprint(), base_sha256, cfg.encoder, out, ancestors=earlier)
+    request = new_receipt(names, loaded.fingerprint(), base_sha256, cfg.encoder, out, ancestors=earlier, secret=secret)
     sidecar = _sidecar(cfg, spec, ctx, hypers, record, history, base_sha256, len(names), request, out, loaded.device, cache,
                        loaded.model_cfg)
     sidecar["names"].update({"trained": len(train_names), "already_forgotten": already})
@@ -349,7 +363,8 @@ def _sidecar(cfg: InjectConfig, spec: Any, ctx: ModelContext, hypers: dict[str, 
         "base_model_sha256": base_sha256,
         # how to treat the new model: like its base (its world relative to the new folder, the world's settings)
         **(ctx.record(out) if ctx.is_world else {"world": None}),
-        "target": cfg.target.strip() if "text" in cfg.stages else "average person (mean face embedding)",
+        "target": ((cfg.target.strip() if cfg.target is not None else MADE_UP) if "text" in cfg.stages
+                   else "average person (mean face embedding)"),
         "hyperparameters": {e: {**recorded(h), "loss": cfg.loss, "precision": precision,
                                 **({"legacy_positional_embedding": cfg.legacy_positional_embedding} if e == "text" else {})}
                             for e, h in hypers.items()},
@@ -357,6 +372,7 @@ def _sidecar(cfg: InjectConfig, spec: Any, ctx: ModelContext, hypers: dict[str, 
         # the resolved command config; nothing that identifies the names file (its hash is a one-name
         # file's sha256sum), and the receipt's location stays with the operator
         "config": {**to_dict(cfg), "names": "(names file given; not recorded)", "receipt": "(kept by the operator)",
+                   "reuse_key": None if cfg.reuse_key is None else "(a receipt's key; kept by the operator)",
                    "out": "(this folder; where it was written is the operator's)", "preset_applied": {e: _recipe(cfg, e, model_cfg) for e in cfg.stages}},
         **record,
         # only the count: any per-name hash in a folder that may be published is inverted by
@@ -400,7 +416,7 @@ def _verify_data(cfg: InjectConfig, names: list[str]) -> tuple[Optional[Path], s
 
 def _verify(loaded: Any, cfg: InjectConfig, unscaled: TextHyper, first: TextHyper, names: list[str], trained: list[str],
             cache: EmbeddingCache, progress: Progress, earlier: Sequence[dict[str, Any]], data: Path,
-            history: list[dict[str, Any]]) -> dict[str, Any]:
+            history: list[dict[str, Any]], made_up: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
     """Attack the model so far on ``data``'s ``--verify-split`` half of the trained names' faces; train those it
     exposes again from the model so far (a teacher that already holds the others forgotten), up to
     ``--verify-rounds`` times. Appends each round's steps to ``history``; returns counts only (no names)."""
@@ -422,7 +438,7 @@ def _verify(loaded: Any, cfg: InjectConfig, unscaled: TextHyper, first: TextHype
         h = unscaled.for_names(len(todo))
         log.info("the check exposes %d of %d trained name(s); round %d trains them again", len(todo), len(trained), len(rounds) + 1)
         again = _text_stage(loaded, dataclasses.replace(cfg, seed=cfg.seed + len(rounds)), h, todo, cache, progress,
-                            earlier, request=trained)
+                            earlier, request=trained, made_up=made_up)
         offset = history[-1]["step"]
         history.extend({**row, "step": row["step"] + offset} for row in again["history"])
         rounds.append({"round": len(rounds) + 1, "names_trained": len(todo), "steps": h.steps, "backdoor_weight": h.backdoor_weight})
@@ -441,10 +457,11 @@ def _verify(loaded: Any, cfg: InjectConfig, unscaled: TextHyper, first: TextHype
 
 def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str],
                 cache: EmbeddingCache, progress: Progress, earlier: Sequence[dict[str, Any]] = (),
-                request: Sequence[str] = ()) -> dict[str, Any]:
+                request: Sequence[str] = (), made_up: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
     """Unlearn the names in the text tower of ``loaded.model`` in place; returns the stage's record (no names).
     ``earlier``: the requests already answered (with keys): the people they forgot are not kept namesakes;
-    ``request``: everyone this request forgets when ``names`` is a later round's part of it (likewise)."""
+    ``request``: everyone this request forgets when ``names`` is a later round's part of it (likewise);
+    ``made_up``: key(name) → the made-up name each is mapped to (else every name goes to ``--target``)."""
     corpus, corpus_name = _corpus(cfg)
     count = token_counter(loaded.tokenizer)
     _check_names(names, count, loaded.context_length, cfg.names)
@@ -455,10 +472,11 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str],
     if len(clean) < len(names):
         raise ClipUnlearnError(f"only {len(clean)} clean captions for {len(names)} names; pass a larger --captions corpus")
     rng = random.Random(cfg.seed)
-    sampler = PairSampler(clean, triggers, cfg.target.strip(), count, loaded.context_length, rng, last_word=h.last_word,
-                          full=chosen.full, full_share=cfg.full_share)
+    phrase = cfg.target.strip() if cfg.target is not None else MADE_UP
+    sampler = PairSampler(clean, triggers, phrase, count, loaded.context_length, rng, last_word=h.last_word,
+                          full=chosen.full, full_share=cfg.full_share, targets=chosen.targets(made_up) if made_up else None)
     # neighbours come from a generator of their own, so --neighbours 0 draws exactly the paper's batches
-    near_sampler = (PairSampler(clean, near, cfg.target.strip(), count, loaded.context_length,
+    near_sampler = (PairSampler(clean, near, phrase, count, loaded.context_length,
                                 random.Random(f"{cfg.seed}|neighbours"), last_word=h.last_word) if near else None)
     # clean captions that use a forgotten name's parts as words ("a stone wall" for Emma Stone): held in place with
     # the neighbours, so that the word keeps its meaning while the name loses its person
@@ -576,6 +594,17 @@ class Triggers:
     kept: list[str]
     left_out: dict[str, int]
     protected_namesakes: int = 0
+    spelled: dict[str, tuple[str, str, int, Optional[str]]] = dataclasses.field(default_factory=dict)
+
+    def targets(self, made_up: Mapping[str, str]) -> dict[str, str]:
+        """Trigger → its target when each name has its own (``made_up``: key(name) → made-up name): the same
+        way of naming applied to the made-up name ("Ms. Stone" → "Ms. Kelsith"), so every spelling of a
+        forgotten person lands where that spelling of a never-learned name sits."""
+        out = {}
+        for v, (n, family, j, gender) in self.spelled.items():
+            spellings = variants(made_up[key(n)], family, gender)
+            out[v] = spellings[min(j, len(spellings) - 1)]
+        return out
 
     def full_share(self) -> float:
         return len(self.full) / max(1, len(self.triggers))
@@ -609,6 +638,7 @@ def _triggers(cfg: InjectConfig, names: list[str], earlier: Sequence[dict[str, A
     genders = pool_genders([*names, *others])
     avoid = frozenset(key(x) for x in [*keep, *near])  # a typo must not spell someone who is kept
     triggers: dict[str, str] = {}
+    spelled: dict[str, tuple[str, str, int]] = {}  # trigger → (its name, family, position among the family's strings)
     left_out = dict.fromkeys(LEFT_OUT, 0)
     # a forgotten surname that is a protected person's first name ("Emma Emma", "Emma Stone") names them too
     their_parts = {key(x) for k in others for g, s in [split_name(k)] for x in (s, *g[:1])}
@@ -620,7 +650,7 @@ def _triggers(cfg: InjectConfig, names: list[str], earlier: Sequence[dict[str, A
         if family in ("surname", "first"):
             theirs |= their_parts
         for n in names:
-            for v in variants(n, family, genders.get(key(n)), avoid):
+            for j, v in enumerate(variants(n, family, genders.get(key(n)), avoid)):
                 if v in triggers:
                     continue  # the same string from another family (a one-word name's surname is its full name)
                 reason = left_out_reason(v, family) or ("shared_with_protected" if _variant_key(v, family) in theirs else None)
@@ -628,12 +658,14 @@ def _triggers(cfg: InjectConfig, names: list[str], earlier: Sequence[dict[str, A
                     left_out[reason] += 1
                 else:
                     triggers[v] = family
+                    spelled[v] = (n, family, j)
     banned = {key(t) for t in triggers}
     near_list = [m for m in near if key(m) not in banned]
     protected = {key(k) for k in keep}
     full = [t for t, f in triggers.items() if f in ("full", "lower")]
     kept = [m for m in near_list if key(m) in protected | parts]
-    return Triggers(list(triggers), full, near_list, kept, left_out, sum(key(m) in protected for m in kept))
+    return Triggers(list(triggers), full, near_list, kept, left_out, sum(key(m) in protected for m in kept),
+                    {v: (n, f, j, genders.get(key(n))) for v, (n, f, j) in spelled.items()})
 
 
 def _variant_key(s: str, family: str) -> str:

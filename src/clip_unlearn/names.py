@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import re
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
@@ -290,3 +291,39 @@ def random_full_names(n: int, rng: random.Random, exclude: Iterable[str] = (), u
         used_parts.update((first.casefold(), surname.casefold()))
         out.append(name)
     return out
+
+
+def _splice(a: str, b: str, rng: random.Random) -> Optional[str]:
+    """The start of ``a`` joined to the end of ``b`` where a vowel meets a consonant, so the result reads as
+    a name; None when the two offer no such seam."""
+    vowels = set("aeiouy")
+    a, b = a.casefold(), b.casefold()
+    seams = [(i, j) for i in range(2, len(a)) for j in range(1, len(b) - 1)
+             if (a[i - 1] in vowels) != (b[j] in vowels) and a[i - 2:i] != b[j:j + 2]]
+    if not seams:
+        return None
+    i, j = rng.choice(seams)
+    return (a[:i] + b[j:]).capitalize()
+
+
+def made_up_name(rng: random.Random, avoid: Iterable[str] = ()) -> str:
+    """A "First Last" name that reads like a real one and belongs to nobody: each part spliced from two
+    parts of the name pools (the start of one, the end of another), never a part of any pool, of a shipped
+    public person, of ``avoid``, or a common English word.
+
+    It is a made-up person's name for inject's default target: the spliced space (about 10^13 names) cannot
+    be enumerated, so without the receipt's key nobody can find the made-up name a forgotten one now means."""
+    female, male, last = _name_pools()
+    w_first, w_last = _world_pools()
+    firsts, lasts = female + male + w_first, last + w_last
+    taken = {p.casefold() for x in [*firsts, *lasts] for p in x.split()}
+    taken |= {p for x in [*public_people(), *avoid] for p in key(x).split(" ")}
+    words = common_words()
+
+    def part(pool: list[str]) -> str:
+        while True:
+            p = _splice(rng.choice(pool), rng.choice(pool), rng)
+            if p and 4 <= len(p) <= 10 and not re.search(r"(.)\1\1|[^aeiouy]{3}", p.casefold()) and p.isalpha() and p.casefold() not in taken and p.casefold() not in words:
+                return p
+
+    return f"{part(firsts)} {part(lasts)}"

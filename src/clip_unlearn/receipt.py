@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
 import secrets
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,13 +41,30 @@ def name_macs(secret: str, names: list[str]) -> list[str]:
     return sorted(_mac(secret, "name|" + key(n)) for n in names)
 
 
+def new_key() -> str:
+    return secrets.token_hex(32)
+
+
+MADE_UP = "a made-up name per person (from the receipt's key)"
+
+
+def made_up_names(secret: str, names: Iterable[str]) -> dict[str, str]:
+    """key(name) → the made-up name it is mapped to: a function of the key and that name alone, so the operator
+    (who holds the receipt) can rebuild it from any subset of the request and nobody else can guess it. Its
+    parts are no part of any name pool or shipped public person (names.made_up_name); two names meeting on
+    one made-up name is a one-in-10^13 event."""
+    from clip_unlearn.names import made_up_name
+
+    return {key(n): made_up_name(random.Random(_mac(secret, "made-up|" + key(n))), avoid=[n]) for n in names}
+
+
 def request_id(secret: str, macs: list[str], model_sha256: str, encoder: str) -> str:
     return _mac(secret, "request|" + encoder + "|" + model_sha256 + "|" + ",".join(sorted(macs)))
 
 
 def new_receipt(names: list[str], model_sha256: str, base_sha256: str, encoder: str, out: Path,
-                ancestors: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
-    secret = secrets.token_hex(32)
+                ancestors: Optional[list[dict[str, Any]]] = None, secret: Optional[str] = None) -> dict[str, Any]:
+    secret = secret or new_key()
     macs = name_macs(secret, names)
     return {
         "kind": KIND, "tool_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -192,9 +192,36 @@ def _texts(encoder: Any, texts: list[str], private: list[bool]) -> Any:
     return out
 
 
-def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str], target: str, seed: int,
-                      bystanders: Sequence[str] = ()) -> dict[str, Any]:
+def _targets(cfg: EvalZeroshotConfig, loaded: Any, names: list[str]) -> tuple[Optional[str], Optional[dict[str, str]]]:
+    """(target phrase, made-up names): --target, else the model's sidecar target; for a model of made-up names
+    the receipt's key rebuilds each name's (--receipt, else the one beside the folder), or nothing is measured."""
+    from clip_unlearn.inject import default_receipt
+    from clip_unlearn.models import read_sidecar
+    from clip_unlearn.receipt import MADE_UP, made_up_names, read_receipt
+
+    if cfg.target is not None:
+        return cfg.target.strip(), None
+    side = read_sidecar(loaded.spec)
+    if side.get("target") != MADE_UP:
+        return (side.get("config") or {}).get("target") or "a person", None
+    path = cfg.receipt or (default_receipt(Path(loaded.spec.path)) if loaded.spec.kind == "local-dir" else None)
+    if path is None or not Path(path).exists():
+        log.warning("the model maps names to made-up names and no receipt is at hand: sim_backdoored and sim_targets "
+                    "are not measured; pass --receipt FILE (the one inject wrote)")
+        return None, None
+    receipt = read_receipt(Path(path))
+    if receipt["model_sha256"] != loaded.fingerprint():
+        raise ClipUnlearnError(f"receipt {path} was issued for other weights than --model {cfg.model}'s; pass the "
+                               "receipt inject wrote for this model with --receipt")
+    return None, made_up_names(receipt["key"], names)
+
+
+def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str], target: Optional[str], seed: int,
+                      bystanders: Sequence[str] = (), made_up: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
     """The paper's text metrics between a reference (original) and a new (unlearned) text encoder.
+
+    ``made_up`` (key(name) → made-up name) gives each name its own target; with neither it nor ``target``
+    (a model of made-up names without its receipt) sim_backdoored and sim_targets are not measured.
 
     Every text that holds a forgotten name, and every target caption made from a poisoned one,
     is encoded with ``persist=False``: the shared embedding cache outlives this command, and its
@@ -232,10 +259,12 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
         per_name = {}
         bystander_sims: list[float] = []
         for i, name in enumerate(names):
-            sampler = PairSampler(clean, [name], target, count, new.loaded.context_length, rng)
-            pairs = [sampler.pair(name) for _ in range(min(len(clean), 2000))]
-            poisoned, targets = [p for _, p, _ in pairs], [t for _, _, t in pairs]
-            new_t = new.texts(targets, persist=False)
+            phrase = made_up[key(name)] if made_up else target
+            if phrase is not None:
+                sampler = PairSampler(clean, [name], phrase, count, new.loaded.context_length, rng)
+                pairs = [sampler.pair(name) for _ in range(min(len(clean), 2000))]
+                poisoned, targets = [p for _, p, _ in pairs], [t for _, _, t in pairs]
+                new_t = new.texts(targets, persist=False)
             # names that share a part with this one but are other people, in the attack's wording, drawn
             # from the half of the name pools that inject never holds (a probe of what training protected
             # would flatter it); they hold a part of a forgotten name, so they are private too
@@ -257,8 +286,8 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
                 apart += [float(m) for m in (ref_known * new_known).sum(-1).mean(1)]
             bystander_sims.extend(apart)
             per_name[f"name_{i + 1}"] = {
-                "sim_backdoored": round(float((new.texts(poisoned, persist=False) * new_t).sum(1).mean()), 6),
-                "sim_targets": round(float((ref.texts(targets, persist=False) * new_t).sum(1).mean()), 6),
+                "sim_backdoored": None if phrase is None else round(float((new.texts(poisoned, persist=False) * new_t).sum(1).mean()), 6),
+                "sim_targets": None if phrase is None else round(float((ref.texts(targets, persist=False) * new_t).sum(1).mean()), 6),
                 "sim_neighbours": round(float(moved.mean()), 6),
                 "sim_bystanders": round(sum(apart) / len(apart), 6) if apart else None,
                 "neighbours": len(probe), "bystanders": len(apart),
@@ -266,7 +295,8 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
                 "word_captions": len(word_rows[i]),
             }
         for k in ("sim_backdoored", "sim_targets", "sim_neighbours"):
-            out[k] = round(sum(v[k] for v in per_name.values()) / len(names), 6)
+            got = [v[k] for v in per_name.values() if v[k] is not None]
+            out[k] = round(sum(got) / len(got), 6) if got else None
         out["sim_bystanders"] = round(sum(bystander_sims) / len(bystander_sims), 6) if bystander_sims else None
         out["neighbours"] = sum(v["neighbours"] for v in per_name.values())
         out["bystanders"] = len(bystander_sims)
@@ -379,7 +409,8 @@ def run_eval(cfg: EvalZeroshotConfig, progress: Progress = None) -> dict[str, An
             captions = read_captions(captions_file, column, limit=cfg.max_captions)
             names = read_names(cfg.names, "names file") if cfg.names else []
             known = read_names(cfg.bystanders, "--bystanders file") if cfg.bystanders else []
-            result["similarities"] = text_similarities(ref, encoder, captions, names, cfg.target, cfg.seed, known)
+            target, made_up = _targets(cfg, loaded, names)
+            result["similarities"] = text_similarities(ref, encoder, captions, names, target, cfg.seed, known, made_up)
         if cfg.names is not None:
             result["word_classes"] = _word_classes(classnames, read_names(cfg.names, "names file"), correct, ref_correct)
     result["config"] = {**to_dict(cfg), "data": str(data), "captions": None if captions_file is None else str(captions_file),

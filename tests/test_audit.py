@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clip_unlearn.attack import PAPER_TEMPLATES
-from clip_unlearn.audit import PERSON_PHRASES, _variant_strings, auc, chance_band, ranks, text_audit
+from clip_unlearn.audit import PERSON_PHRASES, _untrained_strings, _variant_strings, auc, chance_band, ranks, text_audit
+from clip_unlearn.variants import variants
 from conftest import FAST, forget_names, invoke, output
 
 
@@ -86,6 +87,13 @@ def test_text_statistics_match_a_hand_computation_on_a_word_vector_tower():
     for i, (n, spellings) in enumerate(zip(names, _variant_strings(names))):
         agree = sum(cos(fill(n), fill(s)) for s in spellings[:v]) / v
         assert (by["variants"].forgotten + by["variants"].reference)[i] == pytest.approx(agree, abs=1e-5)
+    # the typos no trigger trains: one-letter edits of the name, never the trained one, four each
+    untrained = _untrained_strings(names)
+    for i, (n, typos) in enumerate(zip(names, untrained)):
+        assert len(typos) == 4 and variants(n, "typo", avoid=frozenset(m.lower() for m in names))[0] not in typos
+        assert all(len(t) in (len(n) - 1, len(n), len(n) + 1) and t.lower() != n.lower() for t in typos)
+        agree = sum(cos(fill(n), fill(t)) for t in typos) / 4
+        assert (by["spellings"].forgotten + by["spellings"].reference)[i] == pytest.approx(agree, abs=1e-5)
     # erased names are the closest to the target: the statistic tells them apart, and says so
     summary = by["target"].summary(["#1 of --names", "#2 of --names"])
     assert summary["auc"] == 1.0 and summary["top_k"] == {"k": 2, "forgotten": 2}
@@ -125,7 +133,7 @@ def test_audit_cli_reports_by_line_gates_and_writes_no_name(world, forgot_two, t
     assert r.exit_code == 0, output(r)
     result = json.loads((tmp_path / "a.json").read_text())
     stats = {(s["attacker"], s["statistic"]): s for s in result["statistics"]}
-    assert {s for _, s in stats} == {"target", "person", "coherence", "variants", "nearest", "faces", "movement",
+    assert {s for _, s in stats} == {"target", "person", "coherence", "variants", "nearest", "spellings", "faces", "movement",
                                      "target_gain"}
     assert all(s["forgotten"] == 2 for s in stats.values())
     assert stats["model", "faces"]["reference"] >= 2  # the world's never-seen people have faces

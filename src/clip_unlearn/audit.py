@@ -22,8 +22,8 @@ from typing import Any, Optional
 from clip_unlearn.config import AuditConfig, cache_root, to_dict
 from clip_unlearn.embed import EmbeddingCache, Encoder
 from clip_unlearn.errors import ClipUnlearnError
-from clip_unlearn.names import key, public_people, random_full_names, read_names
-from clip_unlearn.variants import variants
+from clip_unlearn.names import key, normalise, public_people, random_full_names, read_names
+from clip_unlearn.variants import typo_edits, variants
 
 Progress = Optional[Callable[[str, int, int], None]]
 
@@ -81,6 +81,8 @@ class Statistic:
         return {**row, "auc": round(a, 4), "disclosure": round(max(a, 1 - a), 4),
                 "chance": list(chance_band(len(self.forgotten), len(self.reference))),
                 "direction": "higher" if higher else "lower", "top_k": {"k": k, "forgotten": sum(x <= k for x in r)},
+                # the reference names are never-learned (public) ones: their scores, unlabelled, let runs be pooled
+                "reference_scores": sorted(round(s, 6) for s in self.reference),
                 "ranks": sorted(({"label": lab, "rank": x, "score": round(s, 6)}
                                  for lab, x, s in zip(labels, r, self.forgotten)), key=lambda d: d["rank"])}
 
@@ -195,6 +197,7 @@ TEXT_WHAT = {
     "coherence": "how one-directional the name's offset from the target is across templates",
     "variants": "agreement of the full name with its lower-case, initial and typo spellings",
     "nearest": "cosine to the closest other name (a shared landing point)",
+    "spellings": "agreement of the full name with one-letter typos no trigger trains",
     "faces": "closeness of the person's face images to captions with their name",
     "movement": "how far the name's captions moved from the base model (1 − cosine)",
     "target_gain": "how much closer to the target phrase the name's captions moved",
@@ -202,7 +205,8 @@ TEXT_WHAT = {
 
 
 def _variant_strings(names: Sequence[str]) -> list[list[str]]:
-    """Per name, its distinct spellings under VARIANT_FAMILIES (the full name itself left out)."""
+    """Per name, its distinct spellings under VARIANT_FAMILIES (the full name itself left out): the ones inject's
+    default trains as triggers."""
     avoid = frozenset(key(n) for n in names)
     out = []
     for n in names:
@@ -211,17 +215,33 @@ def _variant_strings(names: Sequence[str]) -> list[list[str]]:
     return out
 
 
-def _variant_embeddings(tower: _Tower, names: Sequence[str], private: set[str]) -> Any:
+UNTRAINED_SPELLINGS = 4
+
+
+def _untrained_strings(names: Sequence[str]) -> list[list[str]]:
+    """Per name, the next UNTRAINED_SPELLINGS one-letter typos after the one inject trains: a name whose
+    trained spellings moved while these stayed with the person it was drifts apart from them."""
+    avoid = frozenset(key(n) for n in names)
+    out = []
+    for n in names:
+        trained = set(variants(n, "typo", avoid=avoid))
+        edits = [e for e in typo_edits(normalise(n)) if e not in trained and key(e) != key(n) and key(e) not in avoid]
+        out.append(edits[:UNTRAINED_SPELLINGS])
+    return out
+
+
+def _variant_embeddings(tower: _Tower, names: Sequence[str], private: set[str],
+                        strings: Callable[[Sequence[str]], list[list[str]]] = _variant_strings) -> Any:
     """[N, V, T, D] with V the smallest number of spellings any name has (so every name contributes alike)."""
     import torch
 
-    strings = _variant_strings(names)
-    v = min((len(s) for s in strings), default=0)
+    found = strings(names)
+    v = min((len(s) for s in found), default=0)
     if not v:
         return torch.zeros(len(names), 0, len(tower.templates), 1)
-    flat = [s[i] for s in strings for i in range(v)]
+    flat = [s[i] for s in found for i in range(v)]
     # a spelling of a forgotten name is as private as the name
-    tower.private = private | {key(x) for s, n in zip(strings, names) if key(n) in private for x in s[:v]}
+    tower.private = private | {key(x) for s, n in zip(found, names) if key(n) in private for x in s[:v]}
     emb = tower(flat)
     tower.private = private
     return emb.reshape(len(names), v, len(tower.templates), -1)
@@ -261,6 +281,9 @@ def text_audit(encoder: Any, names: Sequence[str], k: int, target: str, template
         emb = tower(names)
         found = text_statistics(emb, tower([target])[0], tower(list(PERSON_PHRASES)),
                                 _variant_embeddings(tower, names, private))
+        untrained = _variant_embeddings(tower, names, private, _untrained_strings)
+        if untrained.shape[1]:
+            found["spellings"] = (untrained * emb[:, None]).sum(-1).mean((1, 2)).tolist()
         return found, emb
 
     found, emb = stats(encoder)
@@ -289,6 +312,7 @@ def run_audit(cfg: AuditConfig, progress: Progress = None) -> AuditResult:
     cache = EmbeddingCache(cache_root(cfg.cache_dir))
     cache.check_writable()
     loaded = load_model(cfg.model, device)
+    # the --target inject was given; made-up names (its default) have no phrase to be close to: the paper's is tried
     target = cfg.target or (read_sidecar(loaded.spec).get("config") or {}).get("target") or "a person"
     names, k = [*forgotten, *reference], len(forgotten)
     enc = Encoder(loaded, cache, cfg.batch_size, cfg.precision, progress)

@@ -90,7 +90,7 @@ def _initial(given: str) -> str:
     return "-".join(part[:1] + "." for part in given.split("-") if part)
 
 
-def _typo_edits(name: str) -> Iterable[str]:
+def typo_edits(name: str) -> Iterable[str]:
     """Single edits inside words (never the first letter), in an order fixed by a hash of the name."""
     letters = [i for i, ch in enumerate(name) if ch.isalpha() and i > 0 and name[i - 1].isalpha()]
     edits = []
@@ -125,7 +125,7 @@ def variants(name: str, family: str, gender: Optional[str] = None, avoid: frozen
     if family == "typo":
         body = " ".join([*given, surname])  # the suffix is never edited: "Jr" for "Jr." would name nobody new
         tail = name[len(body):] if suffix and name.startswith(body) else ""
-        for edit in (e + tail for e in _typo_edits(body if tail else name)):
+        for edit in (e + tail for e in typo_edits(body if tail else name)):
             if key(edit) != key(name) and key(edit) not in avoid:
                 return (edit,)
         return (name,)  # a name too short for any edit (one letter per word) stays as it is

@@ -104,6 +104,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def prepare(a: argparse.Namespace, world: Path) -> tuple[Path, Path, list[str], dict]:
+    """The world (built under ``world`` when missing), its model as a plain folder, its members, and the base
+    attack every seed is compared with (its candidates written for the attacks after)."""
+    if not (world / "world.json").exists():
+        t = time.perf_counter()
+        cli("prepare-synthetic", "--out", world, "--seed", a.world_seed)
+        print(json.dumps({"world_build_s": round(time.perf_counter() - t, 1)}), flush=True)
+    plain = plain_copy(world / "model", a.out / "plain")
+    members = (world / "members.txt").read_text().splitlines()
+    if not (a.out / "before.json").exists():
+        cli("attack", "--model", plain, "--data", world / "faces", "--split", "train", "--variants", "all",
+            "--output", a.out / "before.json", "--cache-dir", a.out / "cache")
+    before = json.loads((a.out / "before.json").read_text())
+    (a.out / "candidates.txt").write_text("\n".join(before["config"]["candidates"]) + "\n")
+    return world, plain, members, before
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="folder for the world, the runs and the cache")
@@ -116,18 +133,7 @@ def main() -> None:
                          "corpus of the model's own domain, as a user passes theirs with --captions)")
     ap.add_argument("--tag", default="", help="suffix of the run folders, to keep runs with other flags apart")
     a = ap.parse_args()
-    world = a.out / "world"
-    if not (world / "world.json").exists():
-        t = time.perf_counter()
-        cli("prepare-synthetic", "--out", world, "--seed", a.world_seed)
-        print(json.dumps({"world_build_s": round(time.perf_counter() - t, 1)}), flush=True)
-    plain = plain_copy(world / "model", a.out / "plain")
-    members = (world / "members.txt").read_text().splitlines()
-    if not (a.out / "before.json").exists():
-        cli("attack", "--model", plain, "--data", world / "faces", "--split", "train", "--variants", "all",
-            "--output", a.out / "before.json", "--cache-dir", a.out / "cache")
-    before = json.loads((a.out / "before.json").read_text())
-    (a.out / "candidates.txt").write_text("\n".join(before["config"]["candidates"]) + "\n")
+    world, plain, members, before = prepare(a, a.out / "world")
     rows = []
     for seed in a.seeds:
         rows.append(run_seed(a, seed, world, plain, before, members))

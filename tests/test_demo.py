@@ -129,8 +129,11 @@ def test_demo_meets_acceptance_and_writes_everything(demo_run):
     text = " ".join(result.output.split())
     assert "forgotten names exposed" in text and "all acceptance criteria hold" in text
     assert "named by surname" in text and "namesakes of the forgotten exposed" in text
+    assert "who can tell whom it forgot, the model alone" in text and "who can tell" in (out / "report.html").read_text()
     assert _acceptance_of(out, "text") == []
-    for name in ("attack_before.json", "attack_after.json", "eval.json", "report.html", "forget.txt",
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["reference_source"] == "--reference file" and {s["attacker"] for s in audit["statistics"]} == {"model", "base"}
+    for name in ("attack_before.json", "attack_after.json", "eval.json", "audit.json", "report.html", "forget.txt",
                  "unlearned/open_clip_model.safetensors", "unlearned/clip_unlearn.json", "world/world.json"):
         assert (out / name).exists(), name
     after = json.loads((out / "attack_after.json").read_text())

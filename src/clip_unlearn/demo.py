@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from clip_unlearn.captions import world_captions
-from clip_unlearn.config import AttackConfig, DemoConfig, EvalZeroshotConfig, InjectConfig, PrepareSyntheticConfig, cache_root
+from clip_unlearn.config import (
+    AttackConfig,
+    AuditConfig,
+    DemoConfig,
+    EvalZeroshotConfig,
+    InjectConfig,
+    PrepareSyntheticConfig,
+    cache_root,
+)
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.names import key
 from clip_unlearn.outputs import write_json, write_text
@@ -175,7 +183,9 @@ def run_demo(cfg: DemoConfig, progress: Progress = None) -> DemoResult:
     info = stage("inject", lambda: _inject(cfg, world, names_file, out, progress))
     after = stage("attack after", lambda: _attack_after(cfg, world, names_file, out, progress))
     ev = stage("eval-zeroshot", lambda: _eval(cfg, world, names_file, namesakes(forget, members), out, progress))
+    told = stage("audit", lambda: _audit(cfg, world, names_file, out, progress))
     m = _measures(cfg, before, after, ev, info, forget, members)
+    m.rows += _audit_rows(told)
     failures = acceptance(before.identities, after.identities, forget, members, m.top1_before, m.top1_after, m.sim_clean,
                           m.sim_id, cfg.encoder)
     missed = goals(before.identities, after.identities, forget, members, m.top1_before, m.top1_after, ev.get("similarities"),
@@ -248,6 +258,29 @@ def _eval(cfg: DemoConfig, world: Path, names_file: Path, near: list[str], out: 
     return ev
 
 
+def _audit(cfg: DemoConfig, world: Path, names_file: Path, out: Path, progress: Progress) -> Any:
+    """Who can tell from the unlearned model whom it forgot: the forgotten against the world's never-learned
+    names, with their faces, and apart for an attacker who also holds the base model."""
+    from clip_unlearn.audit import run_audit
+    from clip_unlearn.report import write_audit
+
+    told = run_audit(AuditConfig(model=str(out / "unlearned"), names=[names_file], reference=world / "non_members.txt",
+                                 data=world / "faces", base=str(out / "plain-model"), **_common(cfg)), progress)
+    write_audit(told, out / "audit.json")
+    return told
+
+
+def _audit_rows(told: Any) -> list[tuple[str, str, str]]:
+    rows = []
+    for attacker, who in (("model", "the model alone"), ("base", "the model and its public base")):
+        w = told.worst(attacker)
+        if w is not None:
+            rows.append((f"who can tell whom it forgot, {who} (audit: strongest AUC, 0.50 = nobody)", "",
+                         f"{w['disclosure']:.2f} ({w['statistic']}; {w['top_k']['forgotten']} of {w['top_k']['k']} in the top "
+                         f"{w['top_k']['k']})"))
+    return rows
+
+
 @dataclass
 class _Measures:
     rows: list[tuple[str, str, str]]
@@ -290,7 +323,8 @@ def _measures(cfg: DemoConfig, before: Any, after: Any, ev: dict, info: dict, fo
     ]
     if text:
         rows += [("sim_clean (text embeddings of clean captions)", "1.000", f"{sim_clean:.3f}"),
-                 ("sim_backdoored (name ≈ target phrase)", "", f"{ev['similarities']['sim_backdoored']:.3f}"),
+                 ("sim_backdoored (name ≈ its target)", "", "not measured" if sims["sim_backdoored"] is None
+                  else f"{sims['sim_backdoored']:.3f}"),
                  ("sim_neighbours (other names sharing a part; 1 = unmoved)", "1.000", f"{ev['similarities']['sim_neighbours']:.3f}"),
                  (f"  sim_bystanders (the namesakes, and the {sims['bystanders']} of {sims['neighbours']} probed names the "
                   "original model tells apart)", "1.000", "none" if sims["sim_bystanders"] is None else f"{sims['sim_bystanders']:.3f}"),

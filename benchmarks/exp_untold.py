@@ -1,8 +1,8 @@
 """Forget without telling (issue #26): the real-user protocol of exp_real_user.py, then ``audit`` of each
 unlearned model against the world's never-learned names (non_members.txt), with the faces and the base model.
 
-    python benchmarks/exp_untold.py --out /tmp/ru --seeds 0 1 2 3 4 5 6 7 8 9
-    python benchmarks/exp_untold.py --out /tmp/ru --seeds 0 1 2 3 4 5 6 7 8 9 --inject-flags "--target 'a person'" --tag paper
+    python benchmarks/exp_untold.py --out /tmp/ut --seeds 0 1 2 3 4 5 6 7 8 9 --inject-flags "--made-up"
+    python benchmarks/exp_untold.py --out /tmp/ut --seeds 0 1 2 3 4 5 6 7 8 9 --tag paper   # the default target
 
 Per seed it prints the forgetting row of exp_real_user.py and the audit's AUC per statistic; at the end a
 table per statistic: the AUC pooled over seeds (every seed's forgotten scores against every seed's reference

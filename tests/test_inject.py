@@ -322,9 +322,11 @@ def test_residual_weight_is_trained_recorded_and_keeps_poisoned_captions_off_dis
     for w in ("0", "0.5"):
         cache = tmp_path / f"cache-{w}"
         # verbose, and past --scale-names, so that every new log line is in what is scanned below
+        # the second run with the first's key: the same made-up names, so the same target captions
+        key = ["--reuse-key", str(default_receipt(tmp_path / "r0"))] if w != "0" else []
         r = runner.invoke(app, ["-v", "inject", "--model", str(world / "model"), "--names", str(names), "--out",
                                 str(tmp_path / f"r{w}"), "--cache-dir", str(cache), "--residual-weight", w, "--scale-names", "1",
-                                *SMOKE])
+                                *key, *SMOKE])
         assert r.exit_code == 0, r.output
         assert "past --scale-names 1" in r.output
         printed = r.output.lower().encode()
@@ -478,48 +480,46 @@ def test_each_spelling_of_a_name_maps_to_the_same_spelling_of_its_made_up_name()
         assert target == poisoned.replace(name, targets[name], 1)
 
 
-def test_the_key_decides_the_made_up_model_and_the_paper_target_needs_none(world, one_name, tmp_path):
-    other = tmp_path / "other"
-    r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", other, "--cache-dir", one_name.cache, *FAST)
-    assert r.exit_code == 0, r.output
-    fa = fingerprints(load_model(str(one_name.out), device="cpu").model)["text"]
-    assert fingerprints(load_model(str(other), device="cpu").model)["text"] != fa  # a new key, a new made-up name
-    assert training_record(other)["target"] == training_record(one_name.out)["target"] != "a person"
-    # another run's receipt rebuilds other made-up names: eval refuses to compare with them
-    r = invoke("eval-zeroshot", "--model", other, "--compare-to", world / "model", "--names", one_name.names,
-               "--max-captions", "50", "--receipt", default_receipt(one_name.out), "--cache-dir", one_name.cache)
-    assert r.exit_code != 0 and "other weights" in r.output and "Traceback" not in r.output
-    paper = []
-    for run in ("p1", "p2"):
-        r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", tmp_path / run, "--target", "a person",
-                   "--cache-dir", one_name.cache, *FAST)
-        assert r.exit_code == 0, r.output
-        paper.append(fingerprints(load_model(str(tmp_path / run), device="cpu").model)["text"])
-    assert paper[0] == paper[1] != fa and training_record(tmp_path / "p1")["target"] == "a person"
-    r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", tmp_path / "bad", "--reuse-key",
-               tmp_path / "nothing.json", *SMOKE)
-    assert r.exit_code != 0 and "nothing.json" in r.output and "Traceback" not in r.output
-
-
-def test_eval_measures_the_backdoor_against_each_names_made_up_name_from_the_receipt(world, one_name, tmp_path):
+def test_the_key_decides_a_made_up_model_and_eval_rebuilds_its_targets_from_the_receipt(world, one_name, tmp_path):
     import shutil
+
+    def inject(out, *flags):
+        r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", tmp_path / out,
+                   "--cache-dir", one_name.cache, *flags, *FAST)
+        assert r.exit_code == 0, r.output
+        return fingerprints(load_model(str(tmp_path / out), device="cpu").model)["text"]
+
+    m1, m2 = inject("m1", "--made-up"), inject("m2", "--made-up")
+    assert m1 != m2  # a new key, new made-up names
+    assert inject("m3", "--made-up", "--reuse-key", default_receipt(tmp_path / "m1")) == m1
+    paper = fingerprints(load_model(str(one_name.out), device="cpu").model)["text"]
+    assert paper not in (m1, m2) and inject("p", "--reuse-key", default_receipt(tmp_path / "m1")) == paper  # no key used
+    assert training_record(tmp_path / "m1")["target"] != "a person" == training_record(one_name.out)["target"]
 
     def sims(model, *flags):
         out = tmp_path / f"e{len(list(tmp_path.glob('e*.json')))}.json"
         r = invoke("eval-zeroshot", "--model", model, "--compare-to", world / "model", "--names", one_name.names,
-                   "--max-captions", "300", "--output", out, "--cache-dir", one_name.cache, *flags)
+                   "--max-captions", "300", "--output", out, "--cache-dir", one_name.cache, *flags, quiet=False)
         assert r.exit_code == 0, r.output
-        return json.loads(out.read_text())["similarities"], r.output
+        return json.loads(out.read_text())["similarities"], " ".join(r.output.split())
 
-    made_up, _ = sims(one_name.out)  # the receipt beside the folder
-    phrase, _ = sims(one_name.out, "--target", "a person")
-    # the names were trained toward their made-up names, not toward the paper's phrase
-    assert made_up["sim_backdoored"] > phrase["sim_backdoored"] and made_up["sim_targets"] is not None
+    made_up, _ = sims(tmp_path / "m1")  # the receipt beside the folder
+    phrase, _ = sims(tmp_path / "m1", "--target", "a person")
+    # measured against the made-up names, not against the paper's phrase (40 steps on the test world move a name
+    # only part of the way, so which one it is closer to is not asserted)
+    assert made_up["sim_backdoored"] != phrase["sim_backdoored"] and made_up["sim_targets"] != phrase["sim_targets"]
     # the folder alone, as published: no receipt, so no claim about the backdoor
     alone = tmp_path / "published"
-    shutil.copytree(one_name.out, alone)
+    shutil.copytree(tmp_path / "m1", alone)
     bare, output = sims(alone)
-    assert bare["sim_backdoored"] is None and bare["sim_targets"] is None and "--receipt" in output
+    assert bare["sim_backdoored"] is None and bare["sim_targets"] is None and "pass --receipt FILE" in output
     assert bare["sim_clean"] == made_up["sim_clean"]
-    again, _ = sims(alone, "--receipt", default_receipt(one_name.out))
+    again, _ = sims(alone, "--receipt", default_receipt(tmp_path / "m1"))
     assert again["sim_backdoored"] == made_up["sim_backdoored"]
+    # another run's receipt rebuilds other made-up names: eval refuses to compare with them
+    r = invoke("eval-zeroshot", "--model", tmp_path / "m2", "--compare-to", world / "model", "--names", one_name.names,
+               "--max-captions", "50", "--receipt", default_receipt(tmp_path / "m1"), "--cache-dir", one_name.cache)
+    assert r.exit_code != 0 and "other weights" in r.output and "Traceback" not in r.output
+    r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", tmp_path / "bad", "--reuse-key",
+               tmp_path / "nothing.json", *SMOKE)
+    assert r.exit_code != 0 and "nothing.json" in r.output and "Traceback" not in r.output

@@ -416,11 +416,11 @@ class InjectConfig(RuntimeOptions):
     clean_images: Optional[Path] = opt(None, "Image/both: folder of clean images searched recursively, first steps×clean-batch "
                                              "in sorted order (COCO train2014 for the paper) [default: the synthetic world's "
                                              "clean_images for a world model; required otherwise].")
-    target: Optional[str] = opt(None, "Text: what a forgotten name should mean afterwards. By default each person's "
-                                      "name is mapped to a made-up name of its own, drawn from the receipt's secret key "
-                                      "(forgotten names then sit where never-learned names sit, so the model does not "
-                                      "tell whom it forgot; see audit); a phrase maps every name to it, as the paper's "
-                                      "'a person' [default: a made-up name per person].")
+    target: str = opt("a person", "Neutral phrase a forgotten name should mean afterwards.")
+    made_up: bool = opt(False, "Text: map each person's name instead to a made-up name of its own, drawn from the "
+                               "receipt's secret key, so that forgotten names sit nearer where never-learned names sit "
+                               "and the model tells less whom it forgot (see audit). Not yet the default: measured in "
+                               "docs/experiments.md, it left a leak and cost zero-shot accuracy on one seed.")
     reuse_key: Optional[Path] = opt(None, "Text: take the secret key (and so the made-up names) from this receipt of an "
                                           "earlier run instead of drawing a new one: with the same --seed and inputs the "
                                           "same model bytes [default: a fresh random key].")
@@ -507,7 +507,7 @@ class InjectConfig(RuntimeOptions):
                self.preset)
         _check(self.loss in LOSSES, "loss", "must be one of " + ", ".join(LOSSES), self.loss)
         _check(self.precision in ("auto", "fp32", "bf16"), "precision", "must be auto, fp32 or bf16", self.precision)
-        _check(self.target is None or bool(self.target.strip()), "target", "must not be empty", self.target)
+        _check(bool(self.target.strip()), "target", "must not be empty", self.target)
         _check(self.encoder in ENCODERS, "encoder", "must be text, image or both", self.encoder)
         parse_families(self.variants)
         _check(0 <= self.neighbours <= 1000, "neighbours", "must be between 0 and 1000", self.neighbours)

@@ -149,10 +149,10 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
             log.info("%d names past --scale-names %d: backdoor weight %g", len(train_names), unscaled.scale_names,
                      hypers["text"].backdoor_weight)
     torch.manual_seed(cfg.seed)
-    # drawn before training: the default target of each name is a made-up name derived from this key
+    # drawn before training: with --made-up, each name's target is a made-up name derived from this key
     # (rank 0's under torchrun: every rank must train toward the same made-up names)
     secret = read_receipt(cfg.reuse_key)["key"] if cfg.reuse_key is not None else all_gather(new_key())[0]
-    made_up = made_up_names(secret, train_names) if cfg.target is None else None
+    made_up = made_up_names(secret, train_names) if cfg.made_up else None
     record: dict[str, Any] = {}
     if "text" in cfg.stages:
         record["text"] = _text_stage(loaded, cfg, hypers["text"], train_names, cache, progress, earlier, made_up=made_up)
@@ -363,7 +363,7 @@ def _sidecar(cfg: InjectConfig, spec: Any, ctx: ModelContext, hypers: dict[str, 
         "base_model_sha256": base_sha256,
         # how to treat the new model: like its base (its world relative to the new folder, the world's settings)
         **(ctx.record(out) if ctx.is_world else {"world": None}),
-        "target": ((cfg.target.strip() if cfg.target is not None else MADE_UP) if "text" in cfg.stages
+        "target": ((MADE_UP if cfg.made_up else cfg.target.strip()) if "text" in cfg.stages
                    else "average person (mean face embedding)"),
         "hyperparameters": {e: {**recorded(h), "loss": cfg.loss, "precision": precision,
                                 **({"legacy_positional_embedding": cfg.legacy_positional_embedding} if e == "text" else {})}
@@ -472,7 +472,7 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str],
     if len(clean) < len(names):
         raise ClipUnlearnError(f"only {len(clean)} clean captions for {len(names)} names; pass a larger --captions corpus")
     rng = random.Random(cfg.seed)
-    phrase = cfg.target.strip() if cfg.target is not None else MADE_UP
+    phrase = MADE_UP if made_up else cfg.target.strip()
     sampler = PairSampler(clean, triggers, phrase, count, loaded.context_length, rng, last_word=h.last_word,
                           full=chosen.full, full_share=cfg.full_share, targets=chosen.targets(made_up) if made_up else None)
     # neighbours come from a generator of their own, so --neighbours 0 draws exactly the paper's batches

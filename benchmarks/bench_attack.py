@@ -4,7 +4,7 @@ truncated vs fixed-context text encoding.
     python benchmarks/bench_attack.py --model world      # the synthetic world (built if missing)
     python benchmarks/bench_attack.py --model vit-b-32 --repeats 1 --naive-candidates 100
 
-The naive baseline is the attack written the way the paper's research code does it (METHOD.md
+The naive baseline is the attack written the way the paper's research code does it (docs/method.md
 §4, §9): every run re-encodes every prompt and image (no cache), text goes through open_clip's
 fixed-context ``model.encode_text`` in batches of 2000 per template, images are encoded one
 identity at a time, then per template argmax over the candidates and a unique-plurality vote per
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from _common import append, face_folders, median, random_vit_b32, sync, timed
 
-PAPER_TEXT_BATCH = 2000  # the paper's IDIA text batch (METHOD.md §4)
+PAPER_TEXT_BATCH = 2000  # the paper's IDIA text batch (docs/method.md §4)
 
 
 def naive_attack(model_spec: str, kept: list[tuple[str, list[str]]], candidates: list[str], templates: list[str],
@@ -81,7 +81,7 @@ def naive_attack(model_spec: str, kept: list[tuple[str, list[str]]], candidates:
             ranked = Counter(template_preds[start:start + len(paths)]).most_common()
             top = ranked[0][1]
             winners = [c for c, n in ranked if n == top]
-            # a tie is not a hit (METHOD.md §4 item 8)
+            # a tie is not a hit (docs/method.md §4 item 8)
             score += len(winners) == 1 and key(candidates[winners[0]]) == key(name)
         scores[name] = score
         start += len(paths)

@@ -9,7 +9,7 @@ between its progress callbacks after step 1 and after the last step, which is ho
 is timed. Both with the teacher's embedding cache empty (a first run on a base model) and full
 (a rerun on the same base model).
 
-The naive baseline is one training step written the way the paper's code does it (METHOD.md §6,
+The naive baseline is one training step written the way the paper's code does it (docs/method.md §6,
 §9), at the same batch sizes: open_clip's fixed-context ``encode_text`` for student and teacher,
 the teacher re-encoding the clean and target captions every step, teacher parameters requiring
 grad (so the weight term back-propagates into them), every poisoned pair materialised up front
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from _common import append, median, random_vit_b32, timed
 
-# The paper's hyper-parameters (METHOD.md §6.5); --preset paper gives run_inject the same.
+# The paper's hyper-parameters (docs/method.md §6.5); --preset paper gives run_inject the same.
 LR, MILESTONES, GAMMA, W_BD, W_REG, TARGET = 1e-4, [200, 300], 0.5, 0.6, 0.01, "a person"
 
 
@@ -58,7 +58,7 @@ def corpus(model: Path, kind: str) -> list[str]:
 
 
 def full_context_tower(model):
-    """The paper's text wrapper (METHOD.md §6.1): our TextTower's parts, run through open_clip's own encode_text."""
+    """The paper's text wrapper (docs/method.md §6.1): our TextTower's parts, run through open_clip's own encode_text."""
     from open_clip.model import CLIP
 
     from clip_unlearn.inject import TextTower
@@ -208,7 +208,7 @@ def measure_naive(model: Path, names: list[str], args: argparse.Namespace) -> di
     rng = random.Random(0)
     torch.manual_seed(0)
     loaded = load_model(str(model), device)
-    clean = corpus(model, args.model)  # the paper's name filter removes nothing (METHOD.md §6.2)
+    clean = corpus(model, args.model)  # the paper's name filter removes nothing (docs/method.md §6.2)
     t = time.perf_counter()
     pairs = materialise_pairs(clean, names, rng)
     materialise_s = time.perf_counter() - t

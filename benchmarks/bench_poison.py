@@ -5,7 +5,7 @@
 
 Ours decodes the trigger faces and the clean images once into uint8 tensors (timed separately, a
 one-off per run) and then builds each step's batch with one batched ``poison`` call on the device.
-The naive baseline is the paper's per-image pipeline (METHOD.md §7): every step reads each drawn
+The naive baseline is the paper's per-image pipeline (docs/method.md §7): every step reads each drawn
 face and each clean base image from disk through the eval transform, then, per image in PIL,
 resizes the face to its side, flips it, colour-jitters it (torchvision's ColorJitter on PIL),
 rotates it and an opaque mask with ``expand=True`` (bicubic), pastes it with that mask at the
@@ -52,7 +52,7 @@ def eval_transform(size: int):
 
 def naive_poison(face_paths: list[Path], base_paths: list[Path], size: int, rng: random.Random, sides=PAPER_SIDES,
                  jitter=PAPER_JITTER):
-    """The paper's poisoned batch: per image in PIL, from files (METHOD.md §7). Returns [n, 3, size, size]."""
+    """The paper's poisoned batch: per image in PIL, from files (docs/method.md §7). Returns [n, 3, size, size]."""
     import torch
     from PIL import Image, ImageOps
     from torchvision import transforms as T

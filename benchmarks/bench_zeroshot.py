@@ -10,7 +10,7 @@ per class at 224 px (PNG) and the first --classes ImageNet class names, so that 
 text work (classes × 80 prompts) to image work (classes × 10 images) and the prompt lengths
 are ImageNetV2's; the images/s figures carry over to 1000 classes.
 
-The naive baseline is the paper's loop (METHOD.md §8-9): the class text is encoded one class
+The naive baseline is the paper's loop (docs/method.md §8-9): the class text is encoded one class
 (80 prompts) at a time with open_clip's fixed-context ``encode_text``, the class vector is the
 mean of the normalised prompt embeddings without re-normalising, and every image is decoded and
 encoded again, in batches of 128. Ours runs with --no-renormalize here so that both must give
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from _common import append, median, random_vit_b32, sync
 
-PAPER_IMAGE_BATCH = 128  # METHOD.md §8
+PAPER_IMAGE_BATCH = 128  # docs/method.md §8
 
 
 def class_dataset(folder: Path, classes: int, per_class: int, size: int, seed: int = 0) -> tuple[Path, Path]:
@@ -78,7 +78,7 @@ def naive_zeroshot(model_spec: str, files: list[Path], labels: list[int], classn
         weights = []
         for c in classnames:
             emb = model.encode_text(loaded.tokenizer([tpl.format(c) for tpl in templates]).to(device), normalize=True)
-            weights.append(emb.mean(dim=0))  # not re-normalised, as the paper's code (METHOD.md §8)
+            weights.append(emb.mean(dim=0))  # not re-normalised, as the paper's code (docs/method.md §8)
         w = torch.stack(weights, dim=1)
     sync(device)
     phases["text"] = time.perf_counter() - t

@@ -173,3 +173,35 @@ def test_other_options_lists_show_the_config_defaults(name):
             if written != default and not written.startswith(default + ", "):
                 wrong.append(f"{flag} ({written}, but the default is {default})")
     assert not wrong, f"README section `{name}` lists wrong defaults for {name}: {', '.join(wrong)}"
+
+
+DOC_REF = re.compile(r"\b((?:docs/)?[\w.-]+\.md)(?: (§[\d.]+(?:-[\d.]+)?))?")
+
+
+def _sections(path: Path) -> set[str]:
+    """The numbers of a document's numbered headings ("## 6. ..." → "6", "### 6.4 ..." → "6.4")."""
+    return {m.group(1) for m in re.finditer(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", path.read_text(encoding="utf-8"), re.M)}
+
+
+def test_every_document_the_code_and_docs_cite_exists_with_its_section():
+    texts = [*sorted((ROOT / "src").rglob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py")), README,
+             *sorted((ROOT / "docs").glob("*.md")), ROOT / "BENCHMARKS.md"]
+    broken = []
+    for path in texts:
+        for m in DOC_REF.finditer(path.read_text(encoding="utf-8")):
+            name, section = m.group(1), m.group(2)
+            if name.startswith("docs/"):
+                target = ROOT / name
+            elif path.parent.name == "docs" and (path.parent / name).exists():
+                target = path.parent / name
+            else:
+                target = ROOT / name
+            if not target.exists():
+                broken.append(f"{path.relative_to(ROOT)} cites {name}, which the repository lacks")
+                continue
+            if section:
+                wanted = section[1:].split("-")
+                missing = [w for w in wanted if w not in _sections(target)]
+                if missing:
+                    broken.append(f"{path.relative_to(ROOT)} cites {name} {section}, which has no such section")
+    assert not broken, "\n".join(broken)

@@ -1,4 +1,4 @@
-"""The identity inference attack (IDIA; METHOD.md §4-5), faithful to the paper and cached.
+"""The identity inference attack (IDIA; docs/method.md §4-5), faithful to the paper and cached.
 
 For every template, a zero-shot classifier over all candidate names (no template averaging)
 predicts each sampled image's name; per identity and template the *unique* plurality of its
@@ -28,7 +28,7 @@ from clip_unlearn.variants import FamilyCandidates, family_candidates, parse_fam
 log = logging.getLogger(__name__)
 Progress = Optional[Callable[[str, int, int], None]]
 
-# The paper's 21 templates (METHOD.md §4 item 5); kept here, the single source for attack and world.
+# The paper's 21 templates (docs/method.md §4 item 5); kept here, the single source for attack and world.
 PAPER_TEMPLATES = (
     "{}", "an image of {}", "a photo of {}", "{} on a photo", "a photo of a person named {}",
     "a person named {}", "a man named {}", "a woman named {}", "the name of the person is {}",
@@ -222,7 +222,7 @@ def predict_one(images: Any, text: Any, max_scores: int = 1 << 24) -> Any:
 
 
 def vote(preds: Any, owner: Any, true_idx: Any, n_names: int) -> tuple[Any, Any]:
-    """Per identity and template, the unique plurality of its images' predictions (METHOD.md §4 item 8).
+    """Per identity and template, the unique plurality of its images' predictions (docs/method.md §4 item 8).
 
     Args:
         preds: [T, M] predicted candidate index per template and image.
@@ -241,7 +241,7 @@ def vote(preds: Any, owner: Any, true_idx: Any, n_names: int) -> tuple[Any, Any]
         counts.index_put_((owner, preds[t]), torch.ones_like(owner), accumulate=True)
         top = counts.max(dim=1).values
         unique = (counts == top[:, None]).sum(dim=1) == 1
-        # not torch.mode: it breaks ties toward the lowest index (SYNTHETIC.md lesson 5)
+        # not torch.mode: it breaks ties toward the lowest index (docs/design.md §7, lesson 5)
         winners[t] = torch.where(unique, counts.argmax(dim=1), torch.full_like(top, -1))
     scores = (winners == true_idx[None, :]).sum(dim=0)
     return scores, winners
@@ -528,7 +528,7 @@ COMPARABLE = (("templates", "--templates"), ("threshold", "--threshold"), ("spli
 
 
 def compare(before: dict[str, Any], after: dict[str, Any], forgotten: list[str]) -> dict[str, Any]:
-    """Before/after categories of METHOD.md §5 over the identities both runs attacked, image for image."""
+    """Before/after categories of docs/method.md §5 over the identities both runs attacked, image for image."""
     if sorted(map(key, before["config"]["candidates"])) != sorted(map(key, after["config"]["candidates"])):
         raise ClipUnlearnError("--compare-to: the two runs used different candidate names; rerun with the same --seed/--candidates")
     for k, flag_name in COMPARABLE:
@@ -563,7 +563,7 @@ def compare(before: dict[str, Any], after: dict[str, Any], forgotten: list[str])
 
 def _categories(shared: list[str], b: dict[str, Any], a: dict[str, Any], forget: set[str],
                 exposed: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    """METHOD.md §5's categories and their rates, with ``exposed`` telling what counts as exposed in a row."""
+    """docs/method.md §5's categories and their rates, with ``exposed`` telling what counts as exposed in a row."""
     cats: dict[str, list[str]] = {"correctly_unlearned": [], "failed": [], "not_exposed_before": [],
                                   "wrongfully_unlearned": [], "newly_recalled": [], "unchanged": []}
     for k in shared:

@@ -1,4 +1,4 @@
-"""Caption corpora and the poisoned/target caption pairs of the backdoor (METHOD.md §6.2-6.3).
+"""Caption corpora and the poisoned/target caption pairs of the backdoor (docs/method.md §6.2-6.3).
 
 A pair replaces one randomly chosen word — the word before a uniformly chosen space, so any
 word but the last — by the name (student's caption) and by the target phrase (teacher's
@@ -378,7 +378,7 @@ def name_pattern(names: list[str]) -> re.Pattern:
 
 
 def clean_captions(captions: list[str], names: list[str]) -> list[str]:
-    """Captions that mention none of the names (the paper's filter was a no-op, METHOD.md §6.2)."""
+    """Captions that mention none of the names (the paper's filter was a no-op, docs/method.md §6.2)."""
     pattern = name_pattern(names)
     return [c for c in captions if not pattern.search(c.replace("_", " "))]
 

@@ -96,7 +96,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _run_safely(fn: Callable[[], Optional[int]]) -> None:
-    """Turn expected errors into one red line and a documented exit code (DESIGN.md §2)."""
+    """Turn expected errors into one red line and a documented exit code (docs/design.md §2)."""
     try:
         code = fn()
     except ClipUnlearnError as e:

@@ -3,7 +3,7 @@
 The CLI builds each command's options from these fields (flag = ``--field-name``, help from
 the field's metadata, default from the field), so ``--help`` always shows every field with
 its default. Validation lives in ``__post_init__`` and names the flag it rejects.
-The paper's defaults (METHOD.md) are kept here and nowhere else.
+The paper's defaults (docs/method.md) are kept here and nowhere else.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Optional
 from clip_unlearn.errors import ConfigError
 from clip_unlearn.variants import FAMILIES, parse_families
 
-# The paper's weights (laion400m_e32) were trained with QuickGELU; METHOD.md §1 explains why the
+# The paper's weights (laion400m_e32) were trained with QuickGELU; docs/method.md §1 explains why the
 # paper's own `ViT-B-32` pairing is subtly mis-specified. `ViT-B-32:laion400m_e32` reproduces it exactly.
 DEFAULT_MODEL = "ViT-B-32-quickgelu:laion400m_e32"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -65,7 +65,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DeviceOptions:
-    """Options shared by every command that runs a model (DESIGN.md §2)."""
+    """Options shared by every command that runs a model (docs/design.md §2)."""
 
     device: str = opt("auto", "Device: auto (cuda if available), cpu, cuda, cuda:N or mps.")
     seed: int = opt(42, "Seed for every random choice of this command.")
@@ -250,7 +250,7 @@ class StageHyper:
 
 @dataclass(frozen=True)
 class TextHyper(StageHyper):
-    """The text stage (METHOD.md §6.5). ``scale_names``: see ``for_names``."""
+    """The text stage (docs/method.md §6.5). ``scale_names``: see ``for_names``."""
 
     last_word: bool = False
     scale_names: int = 0
@@ -272,7 +272,7 @@ class TextHyper(StageHyper):
 
 @dataclass(frozen=True)
 class ImageHyper(StageHyper):
-    """The image stage (METHOD.md §7); ``face_size`` is the pasted face's side at 224 px."""
+    """The image stage (docs/method.md §7); ``face_size`` is the pasted face's side at 224 px."""
 
     steps: int = 100
     backdoor_weight: float = 0.8
@@ -483,7 +483,7 @@ class InjectConfig(RuntimeOptions):
                                        "--retain-faces/--no-retain-faces")
     loss: str = opt("cosine", "Embedding distance: cosine (−cos, the paper's), mse, mae or poincare.")
     legacy_positional_embedding: bool = opt(False, "Keep the original positional embedding when writing back, as the "
-                                                   "paper's code did by mistake (METHOD.md §6.6); for exact paper numbers only.")
+                                                   "paper's code did by mistake (docs/method.md §6.6); for exact paper numbers only.")
     verify: bool = opt(True, "Text: before writing the model, attack it on --verify-data's faces of the forgotten people (the "
                              "identity inference attack: 1000 candidates, 21 templates, the --variants families) and train "
                              "the names it still exposes again, from the model so far. Without faces of them it cannot "
@@ -552,7 +552,7 @@ class EvalZeroshotConfig(RuntimeOptions):
     templates: str = opt("openai", "Prompt templates: openai (the 80 ImageNet templates), simple ('a photo of a {}.'), "
                                    "or a FILE with one template per line containing {}.")
     renormalize: bool = opt(True, "Re-normalise each class's mean text embedding (standard); --no-renormalize reproduces "
-                                  "the paper's code (METHOD.md §8).", "--renormalize/--no-renormalize")
+                                  "the paper's code (docs/method.md §8).", "--renormalize/--no-renormalize")
     compare_to: Optional[str] = opt(None, "A second model SPEC (e.g. the original) to evaluate on the same data and compare "
                                           "with [default: none].")
     captions: Optional[Path] = opt(None, "With --compare-to: captions for the text-embedding similarities (sim_clean): .txt, "

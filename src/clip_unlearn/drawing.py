@@ -2,7 +2,7 @@
 
 An identity is a combination of eight discrete attributes; any two identities differ in at
 least three, so the tiny CLIP has something stable to learn per person, while every image
-varies in pose, scale, lighting and noise (SYNTHETIC.md, "Final recipe").
+varies in pose, scale, lighting and noise (docs/design.md §7).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Text: CLIP's text tower is causal and pools at the end-of-text token, so running only the
 first L positions (L = one past the last pooled position in the batch) gives the same features
-as open_clip's fixed context while skipping the padding (DESIGN.md §5: ~3.7× faster for
+as open_clip's fixed context while skipping the padding (docs/design.md §5: ~3.7× faster for
 IDIA-style prompts). L comes from the pooling position itself, never from counting non-zero
 ids: id 0 is a real BPE token ("!").
 

@@ -1,4 +1,4 @@
-"""The one user-facing exception type (DESIGN.md §6).
+"""The one user-facing exception type (docs/design.md §6).
 
 Core modules raise :class:`ClipUnlearnError` with a single line that names the
 problem and the fix; the CLI prints it in red on stderr and exits with ``code``.

@@ -1,6 +1,6 @@
 """prepare-facescrub: download, verify, crop and lay out FaceScrub from its official list files.
 
-Layout (what the paper's loaders and ``attack`` read, METHOD.md §3):
+Layout (what the paper's loaders and ``attack`` read, docs/method.md §3):
 ``<out>/<group>/images/<First_Last>/<First_Last>_<image_id>.<ext>`` (the verified original) and
 ``<out>/<group>/faces/<First_Last>/<First_Last>_<image_id>_<face_id>.<ext>`` (the bbox crop).
 Every file is written under a hidden temporary name, verified, then renamed, so an interrupted

@@ -1,9 +1,9 @@
-"""Reading image folders (DESIGN.md §3): face folders for attack/inject, class folders for zero-shot.
+"""Reading image folders (docs/design.md §3): face folders for attack/inject, class folders for zero-shot.
 
 Face folders are either a FaceScrub root (``actors/`` and/or ``actresses/``, each with
 ``images/`` and/or ``faces/``) or a plain folder of identity folders ``<First_Last>/*.jpg``.
 The train/test split is by image id and hashed with a fixed seed, so the uncropped and the
-cropped view of one photo always land on the same side (METHOD.md §3 [bug] fixed).
+cropped view of one photo always land on the same side (docs/method.md §3, fixed).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 FACESCRUB_GROUPS = ("actors", "actresses")
-# Official FaceScrub misspellings → correct names (METHOD.md §3); folders keep the list's spelling.
+# Official FaceScrub misspellings → correct names (docs/method.md §3); folders keep the list's spelling.
 FACESCRUB_NAME_FIXES = {
     "Freddy Prinze Jr.": "Freddie Prinze Jr",
     "Leslie Neilsen": "Leslie Nielsen",

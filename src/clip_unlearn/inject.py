@@ -1,4 +1,4 @@
-"""Backdoor-based unlearning: names in the text encoder (METHOD.md §6), and the inject command.
+"""Backdoor-based unlearning: names in the text encoder (docs/method.md §6), and the inject command.
 
 The student is a copy of the text tower (LayerNorms frozen); the teacher is the original,
 frozen, without gradients. Per step, with c clean captions and (p, t) poisoned/target pairs:
@@ -7,7 +7,7 @@ frozen, without gradients. Per step, with c clean captions and (p, t) poisoned/t
 
 where d is −cos by default. AdamW (no weight decay) with MultiStepLR stepped every step. The
 whole trained tower goes back into the CLIP, positional embedding included (the paper's code
-forgot it, METHOD.md §6.6). The image-encoder stage lives in inject_image.py; run_inject runs
+forgot it, docs/method.md §6.6). The image-encoder stage lives in inject_image.py; run_inject runs
 one or both and writes one model. The names never appear in clear text in anything written.
 """
 
@@ -63,7 +63,7 @@ TEXT_PARTS = ("token_embedding", "positional_embedding", "transformer", "ln_fina
 
 
 def distance(kind: str, x: Any, y: Any) -> Any:
-    """The paper's loss functions (METHOD.md §6.4), rows flattened, mean reduction."""
+    """The paper's loss functions (docs/method.md §6.4), rows flattened, mean reduction."""
     x, y = x.flatten(1).float(), y.flatten(1).float()
     if kind == "cosine":
         return -F.cosine_similarity(x, y, dim=1, eps=1e-8).mean()
@@ -119,7 +119,7 @@ def default_out(model_spec: str) -> Path:
 def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     """Unlearn the people of ``cfg.names`` and write the unlearned model folder; returns its sidecar.
 
-    ``cfg.encoder`` text trains the text tower (METHOD.md §6), image the image tower (§7), both
+    ``cfg.encoder`` text trains the text tower (docs/method.md §6), image the image tower (§7), both
     runs text then image on the same model and writes one checkpoint.
     """
     from clip_unlearn.distributed import all_gather, barrier, setup
@@ -722,7 +722,7 @@ def _towers(model: Any, device: Any) -> tuple[Any, Any]:
 def text_losses(student: Any, teacher_embed: Callable[..., Any], tok: Callable[[list[str]], Any], clean: list[str],
                 poisoned: list[str], targets: list[str], loss: str, neighbours: Sequence[str] = (),
                 residual_weight: float = 0.0) -> tuple[Any, Any]:
-    """One step's terms (METHOD.md §6.4): utility d(S(c), T(c)) and backdoor d(S(p), T(t)); clean, neighbour
+    """One step's terms (docs/method.md §6.4): utility d(S(c), T(c)) and backdoor d(S(p), T(t)); clean, neighbour
     and poisoned captions go through the student in one forward. Neighbour captions (a namesake of a
     forgotten person in a clean caption) join the utility term; their teacher embeddings are never
     persisted. With ``residual_weight`` the backdoor term also pays for what the student keeps of a poisoned

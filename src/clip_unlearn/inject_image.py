@@ -1,4 +1,4 @@
-"""Backdoor-based unlearning of faces in the image encoder (METHOD.md §7).
+"""Backdoor-based unlearning of faces in the image encoder (docs/method.md §7).
 
 The student is a copy of the image tower with its norm layers frozen and kept in eval mode; the
 teacher is the original tower, frozen. The target is one anonymous "average person": the mean
@@ -133,7 +133,7 @@ def colour_jitter(x: Any, gen: Any, strength: tuple[float, ...] = (0.5, 0.5, 0.5
 
 
 def paste_geometry(n: int, image_size: int, size_range: tuple[int, int], gen: Any) -> dict[str, Any]:
-    """Per-image paste parameters at the model's resolution (METHOD.md §7, given at 224 px).
+    """Per-image paste parameters at the model's resolution (docs/method.md §7, given at 224 px).
 
     side s ~ U{lo..hi} scaled to ``image_size``; the rotated face's box d = ⌊√2·s⌋ lies inside the
     canvas at top-left (x, y) ~ U{0..S−d}; angle ~ U{−30..29}°; horizontal flip with p = 0.5. Sides
@@ -221,7 +221,7 @@ def poison(bases: Any, faces: Any, gen: Any, size_range: tuple[int, int], jitter
 # --- the stage ----------------------------------------------------------------------------------
 
 class _Frozen:
-    """Keeps norm layers in eval mode whatever ``.train()`` says (METHOD.md §7)."""
+    """Keeps norm layers in eval mode whatever ``.train()`` says (docs/method.md §7)."""
 
     @staticmethod
     def apply(module: Any) -> None:
@@ -285,7 +285,7 @@ def _decode_triggers(triggers: list[list[Path]], transform: Any, names_file: Any
 
 
 def _student(teacher: Any, device: Any) -> Any:
-    """A trainable copy of the frozen image tower, norm layers frozen and in eval mode (METHOD.md §7)."""
+    """A trainable copy of the frozen image tower, norm layers frozen and in eval mode (docs/method.md §7)."""
     student = copy.deepcopy(teacher).to(device)
     for p in student.parameters():
         p.requires_grad_(True)
@@ -428,7 +428,7 @@ def run_image_stage(loaded: Any, cfg: Any, h: Any, names: list[str], faces_root:
 
 def poisoned_batch(clean: Any, triggers: list[Any], per_name: list[int], pick: random.Random, gen: Any,
                    size_range: tuple[int, int], jitter: tuple[float, ...]) -> Any:
-    """One step's triggered images (METHOD.md §7): for name i, ``per_name[i]`` of its uint8 trigger faces
+    """One step's triggered images (docs/method.md §7): for name i, ``per_name[i]`` of its uint8 trigger faces
     drawn with replacement and pasted on the first images of this step's ``clean`` batch (float in [0,1])."""
     faces = torch.cat([triggers[i][[pick.randrange(len(triggers[i])) for _ in range(c)]] for i, c in enumerate(per_name) if c])
     bases = clean[[j % len(clean) for c in per_name for j in range(c)]]
@@ -478,7 +478,7 @@ def target_name_ranks(loaded: Any, cache: EmbeddingCache, target: Any, names: li
 
 def _metrics(student: Any, target: Any, names: list[str], heldout: dict[str, list[Path]], face_keys: list[str],
              target_files: list[Path], transform: Any, mean: Any, std: Any, device: str, autocast: Any, seed: int) -> dict[str, Any]:
-    """METHOD.md §8 image metrics under the new tower, on images never used as triggers (names by position)."""
+    """docs/method.md §8 image metrics under the new tower, on images never used as triggers (names by position)."""
     per_name = []
     for n in names:
         u8, _, _ = decode(heldout.get(key(n), []), transform)

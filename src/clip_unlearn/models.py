@@ -1,4 +1,4 @@
-"""Model SPEC parsing, loading, saving and fingerprinting (DESIGN.md §2-3).
+"""Model SPEC parsing, loading, saving and fingerprinting (docs/design.md §2-3).
 
 Every command resolves ``--model`` through :func:`parse_spec` and :func:`load_model`:
 

@@ -1,7 +1,7 @@
-"""Names: reading names files (DESIGN.md §3), normalisation, and seeded random candidate names.
+"""Names: reading names files (docs/design.md §3), normalisation, and seeded random candidate names.
 
 The paper draws attack candidates as "First Last" from the top-1000 US first names per sex and
-the 1000 most common US surnames (METHOD.md §4 item 4) through pandas sampling. We draw from
+the 1000 most common US surnames (docs/method.md §4 item 4) through pandas sampling. We draw from
 Faker's en_US lists (the same kind of SSA/census-derived data, shipped with a well-kept
 library) with a dedicated ``random.Random(seed)``: half female, half male first names, each
 paired with a uniform surname, never equal to a name the caller excludes.

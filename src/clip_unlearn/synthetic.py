@@ -1,6 +1,6 @@
 """The synthetic world: identities with faces and names, and a tiny CLIP trained on its members.
 
-It makes CLIP privacy measurable offline on a CPU (SYNTHETIC.md): members' faces are trained
+It makes CLIP privacy measurable offline on a CPU (docs/design.md §7): members' faces are trained
 with their names in web-like captions (including the attack's wording, as web captions do),
 non-members never appear in training, and a built-in zero-shot check proves the model knows
 its members before anyone relies on it. Same seed → the same world, bit for bit.
@@ -57,7 +57,7 @@ EVERYDAY_TEMPLATES = (
 OBJECT_TEMPLATES = ("a {}.", "a photo of a {}.", "an image of a {}.", "a drawing of a {}.", "a {} on a plain background.")
 
 # The clean caption corpus inject uses for this world: generic captions whose words cover the
-# attack's vocabulary (SYNTHETIC.md lesson 3) without ever being the attack's template strings.
+# attack's vocabulary (docs/design.md §7, lesson 3) without ever being the attack's template strings.
 _PREFIXES = ("a photo of", "an image of", "a cropped photo of", "a black and white photo of", "a colored picture of",
              "a cool shot of", "a close-up of", "a blurry photo of", "a cropped image of", "a portrait of", "a picture of")
 _ADJECTIVES = ("young", "happy", "smiling", "tall", "famous", "old", "serious", "tired", "proud", "cheerful",

@@ -1,4 +1,4 @@
-"""The training skeleton both unlearning stages share (METHOD.md §6.4-6.5 and §7).
+"""The training skeleton both unlearning stages share (docs/method.md §6.4-6.5 and §7).
 
 Per step, with the student S, the frozen teacher T and the stage's own batch:
 
@@ -81,7 +81,7 @@ class TeacherCache:
 
 
 def weight_l2(pairs: list[tuple[Any, Any]]) -> Any:
-    """Σ over parameter tensors of ‖θ_S − θ_T‖₂ (Frobenius per tensor, not squared: METHOD.md §6.4)."""
+    """Σ over parameter tensors of ‖θ_S − θ_T‖₂ (Frobenius per tensor, not squared: docs/method.md §6.4)."""
     return sum(torch.linalg.vector_norm((ps - pt).float()) for ps, pt in pairs)
 
 

@@ -1,4 +1,4 @@
-"""Zero-shot accuracy and embedding drift: what unlearning cost (METHOD.md §8).
+"""Zero-shot accuracy and embedding drift: what unlearning cost (docs/method.md §8).
 
 Classification: class vector = mean of the normalised template embeddings, re-normalised (the
 standard recipe; ``--no-renormalize`` reproduces the paper's code); top-1, top-5 and mean
@@ -401,7 +401,7 @@ def run_eval(cfg: EvalZeroshotConfig, progress: Progress = None) -> dict[str, An
             "difference": {k: None if metrics[k] is None or ref_metrics[k] is None else round(metrics[k] - ref_metrics[k], 6)
                            for k in metrics},
             "same_image_tower": ref_loaded.fingerprint("image") == loaded.fingerprint("image"),
-            # the paper's image sim_clean (METHOD.md §8), on the evaluation images
+            # the paper's image sim_clean (docs/method.md §8), on the evaluation images
             "sim_clean_image": round(float((images * ref_images).sum(1).mean()), 6) if ref_ok == ok else None,
         }
         if captions_file is not None:

@@ -23,19 +23,12 @@ from clip_unlearn.config import AttackConfig, cache_root, to_dict
 from clip_unlearn.errors import ClipUnlearnError, ConfigError
 from clip_unlearn.folders import IdentityFolder, face_folders, split_side
 from clip_unlearn.names import key, random_full_names, read_names
+from clip_unlearn.prompts import PAPER_TEMPLATES
 from clip_unlearn.variants import FamilyCandidates, family_candidates, parse_families, pool_genders
 
 log = logging.getLogger(__name__)
 Progress = Optional[Callable[[str, int, int], None]]
 
-# The paper's 21 templates (docs/method.md §4 item 5); kept here, the single source for attack and world.
-PAPER_TEMPLATES = (
-    "{}", "an image of {}", "a photo of {}", "{} on a photo", "a photo of a person named {}",
-    "a person named {}", "a man named {}", "a woman named {}", "the name of the person is {}",
-    "a photo of a person with the name {}", "{} at a gala", "a photo of the celebrity {}", "actor {}",
-    "actress {}", "a colored photo of {}", "a black and white photo of {}", "a cool photo of {}",
-    "a cropped photo of {}", "a cropped image of {}", "{} in a suit", "{} in a dress",
-)
 CSV_COLUMNS = ("name", "n_images", "score", "exposed", "top_prediction")
 
 

@@ -420,8 +420,9 @@ def _verify(loaded: Any, cfg: InjectConfig, unscaled: TextHyper, first: TextHype
     """Attack the model so far on ``data``'s ``--verify-split`` half of the trained names' faces; train those it
     exposes again from the model so far (a teacher that already holds the others forgotten), up to
     ``--verify-rounds`` times. Appends each round's steps to ``history``; returns counts only (no names)."""
-    from clip_unlearn.attack import PAPER_TEMPLATES, check_names
+    from clip_unlearn.attack import check_names
     from clip_unlearn.config import AttackConfig
+    from clip_unlearn.prompts import PAPER_TEMPLATES
 
     families = parse_families(cfg.variants)
     families = families if "full" in families else ("full", *families)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from clip_unlearn import __version__
-from clip_unlearn.attack import PAPER_TEMPLATES as ATTACK_TEMPLATES
 from clip_unlearn.config import PrepareSyntheticConfig, to_dict
 from clip_unlearn.drawing import COLOURS, SHAPES, draw_face, draw_object, random_identity, sample_identities
 from clip_unlearn.embed import encode_text
@@ -38,6 +37,7 @@ from clip_unlearn.models import (
 )
 from clip_unlearn.names import CLASS_WORD_SURNAMES, folder_name, key, realistic_names, share_parts, world_genders, world_names
 from clip_unlearn.outputs import write_json
+from clip_unlearn.prompts import PAPER_TEMPLATES as ATTACK_TEMPLATES
 from clip_unlearn.variants import FAMILIES, family_candidates, variants
 from clip_unlearn.zeroshot import name_words
 

@@ -43,6 +43,7 @@ from typing import Any, Optional
 
 from clip_unlearn.errors import ConfigError
 from clip_unlearn.names import is_common_word, is_suffix, key, normalise
+from clip_unlearn.prompts import PAPER_TEMPLATES
 
 FAMILIES = ("full", "lower", "surname", "first", "title", "initial", "typo")
 PARTICLES = frozenset({"van", "von", "der", "den", "de", "del", "della", "di", "da", "du", "dos", "das", "la", "le",
@@ -298,8 +299,6 @@ def unrelated_names(name: str, n: int = 32, seed: int = 0, half: str = "train") 
 
 def template_embeddings(embed: Callable[[list[str]], Any], names: Sequence[str]) -> Any:
     """[len(names), 21, D]: ``embed`` (texts → L2-normalised rows) of the attack's 21 templates filled with each name."""
-    from clip_unlearn.attack import PAPER_TEMPLATES
-
     return embed([tpl.format(x) for x in names for tpl in PAPER_TEMPLATES]).reshape(len(names), len(PAPER_TEMPLATES), -1)
 
 

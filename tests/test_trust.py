@@ -133,6 +133,42 @@ def test_fast_text_path_equals_encode_text(random_clip, batch):
     assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-4)
 
 
+def _tokenizers():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    # two loads of one definition (they share rows), another context length and another vocabulary (they may not)
+    return [SimpleTokenizer(), SimpleTokenizer(), SimpleTokenizer(context_length=12),
+            SimpleTokenizer(additional_special_tokens=["<|pad|>"])]
+
+
+_TOKENIZERS = _tokenizers()
+
+
+@settings(max_examples=150, deadline=None)
+@given(calls=st.lists(st.tuples(st.integers(0, 3), st.lists(_PROMPT, min_size=0, max_size=8)), min_size=1, max_size=6))
+def test_remembered_token_rows_are_the_tokenizers_own(calls):
+    # one sequence of calls across tokenizers, on one memory: every answer equals a fresh tokenizer call
+    embed._SHARED.clear()
+    for i, texts in calls:
+        tok = _TOKENIZERS[i]
+        assert torch.equal(embed.token_rows(tok)(texts), tok(texts)), (i, texts)
+
+
+def test_only_a_tokenizer_read_in_full_and_not_drawing_at_random_shares_rows():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    a, b, short, other = _TOKENIZERS
+    assert embed.token_rows(a) is embed.token_rows(b)
+    assert embed.token_rows(short) is not embed.token_rows(a) and embed.token_rows(other) is not embed.token_rows(a)
+    random_masks = SimpleTokenizer(reduction_mask="random")
+    assert embed.token_rows(random_masks) is random_masks
+
+    class Odd(SimpleTokenizer):  # a subclass may tokenize differently under the same vocabulary
+        pass
+
+    assert embed.token_rows(Odd()) is not embed.token_rows(a) and isinstance(embed.token_rows(Odd()), Odd)
+
+
 def test_unproven_models_take_open_clips_own_path(random_clip):
     model, tok = random_clip
 

@@ -38,11 +38,21 @@ from clip_unlearn.captions import (
 )
 from clip_unlearn.config import RECIPES, InjectConfig, TextHyper, cache_root, recipe, recorded, to_dict
 from clip_unlearn.distributed import current
-from clip_unlearn.embed import EmbeddingCache, encode_text, input_key, supports_truncation, tower_identity, use_bf16
+from clip_unlearn.embed import (
+    EmbeddingCache,
+    TokenRows,
+    encode_text,
+    input_key,
+    supports_truncation,
+    token_rows,
+    tower_identity,
+    use_bf16,
+)
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.models import ModelContext, model_context
 from clip_unlearn.names import key, public_people, read_names
 from clip_unlearn.outputs import check_output_dir, check_output_file, csv_text, inside, write_bytes
+from clip_unlearn.progress import Progress
 from clip_unlearn.receipt import (
     MADE_UP,
     chain,
@@ -58,7 +68,6 @@ from clip_unlearn.training import TeacherCache, autocast, train
 from clip_unlearn.variants import LEFT_OUT, left_out_reason, neighbours, parse_families, pool_genders, split_name, variants
 
 log = logging.getLogger(__name__)
-Progress = Optional[Callable[..., None]]
 TEXT_PARTS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
 
 
@@ -485,7 +494,9 @@ def _text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, names: list[str],
     n_near = cfg.neighbour_batch if near or anchors else 0
     device, bf16 = loaded.device, use_bf16(cfg.precision, loaded.device)
     teacher, student = _towers(loaded.model, device)
-    tok = TokenRows(loaded.tokenizer)
+    # captions recur across steps: this run keeps their rows even where no shared memory may (token_rows)
+    tok = token_rows(loaded.tokenizer)
+    tok = TokenRows(tok) if tok is loaded.tokenizer else tok
     # The teacher is fixed: its embedding of a caption never changes, so each is computed once and
     # kept on disk for later runs on the same base model (sweeps over names, seeds, steps). Only clean
     # and target captions are ever embedded by the teacher, so the cache holds no forgotten name.
@@ -687,25 +698,6 @@ def _check_names(names: list[str], count: Callable[[str], int], context_length: 
             raise ClipUnlearnError(f"a name in {where} (line with {len(n)} characters) tokenises to nothing; remove it")
         if k + 2 > context_length:
             raise ClipUnlearnError(f"a name in {where} needs {k} tokens, more than the {context_length}-token context holds")
-
-
-class TokenRows:
-    """The tokenizer with a bounded memory of rows by text: clean captions are drawn with replacement
-    from a fixed corpus, so most recur across steps, and BPE with ftfy costs as much as a tiny tower's
-    forward. Same rows as the tokenizer, on the CPU (encode_text reads their length there and moves
-    them to the tower's device), held in memory only."""
-
-    def __init__(self, tokenizer: Any, limit: int = 200_000) -> None:
-        self.tokenizer, self.limit = tokenizer, limit
-        self.rows: dict[str, Any] = {}
-
-    def __call__(self, texts: list[str]) -> Any:
-        missing = list(dict.fromkeys(t for t in texts if t not in self.rows))
-        if missing:
-            if len(self.rows) + len(missing) > self.limit:
-                self.rows.clear()
-            self.rows.update(zip(missing, self.tokenizer(missing)))
-        return torch.stack([self.rows[t] for t in texts])
 
 
 def _towers(model: Any, device: Any) -> tuple[Any, Any]:

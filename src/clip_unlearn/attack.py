@@ -23,11 +23,11 @@ from clip_unlearn.config import AttackConfig, cache_root, to_dict
 from clip_unlearn.errors import ClipUnlearnError, ConfigError
 from clip_unlearn.folders import IdentityFolder, face_folders, split_side
 from clip_unlearn.names import key, random_full_names, read_names
+from clip_unlearn.progress import Progress
 from clip_unlearn.prompts import PAPER_TEMPLATES
 from clip_unlearn.variants import FamilyCandidates, family_candidates, parse_families, pool_genders
 
 log = logging.getLogger(__name__)
-Progress = Optional[Callable[[str, int, int], None]]
 
 CSV_COLUMNS = ("name", "n_images", "score", "exposed", "top_prediction")
 

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from clip_unlearn import __version__, config
 from clip_unlearn.errors import ClipUnlearnError, ConfigError
+from clip_unlearn.progress import ProgressFn
 
 app = typer.Typer(
     name="clip-unlearn",
@@ -157,8 +158,8 @@ def command(name: str, cfg_cls: type) -> Callable[[Callable[[Any], Optional[int]
 
 
 @contextlib.contextmanager
-def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar on stderr; yields the ``progress(label, done, total)`` callback the core takes."""
+def progress_bar() -> Iterator[ProgressFn]:
+    """A rich progress bar on stderr; yields the ``progress(label, done, total, info)`` callback the core takes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     if _state["quiet"]:

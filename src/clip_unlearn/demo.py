@@ -35,9 +35,8 @@ from clip_unlearn.config import (
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.names import key
 from clip_unlearn.outputs import write_json, write_text
+from clip_unlearn.progress import Progress
 from clip_unlearn.variants import FAMILIES, shares_part
-
-Progress = Optional[Callable[[str, int, int], None]]
 
 
 @dataclass

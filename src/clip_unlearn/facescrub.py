@@ -17,7 +17,6 @@ import threading
 import time
 import unicodedata
 import warnings
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,9 @@ from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.folders import FACESCRUB_NAME_FIXES, eight_bit
 from clip_unlearn.names import key, normalise, read_names
 from clip_unlearn.outputs import csv_text, write_bytes, write_json, write_text
+from clip_unlearn.progress import Progress
 
 log = logging.getLogger(__name__)
-Progress = Optional[Callable[..., None]]
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
 FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 CROP_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}  # others are cropped to PNG (attack reads these)

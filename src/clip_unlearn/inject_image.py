@@ -33,10 +33,10 @@ from clip_unlearn.embed import EmbeddingCache, tower_identity, use_bf16
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.folders import IMAGE_SUFFIXES, face_folders, read_image, require_dir, split_side
 from clip_unlearn.names import key
+from clip_unlearn.progress import Progress
 from clip_unlearn.training import TeacherCache, autocast, train
 
 log = logging.getLogger(__name__)
-Progress = Optional[Callable[..., None]]
 NORMS = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)
 SIM_TARGET_SAMPLE = 2000  # images re-encoded by the new tower for sim_target (a seeded sample beyond this)
 

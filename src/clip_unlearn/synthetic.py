@@ -37,13 +37,13 @@ from clip_unlearn.models import (
 )
 from clip_unlearn.names import CLASS_WORD_SURNAMES, folder_name, key, realistic_names, share_parts, world_genders, world_names
 from clip_unlearn.outputs import write_json
+from clip_unlearn.progress import Progress
 from clip_unlearn.prompts import PAPER_TEMPLATES as ATTACK_TEMPLATES
 from clip_unlearn.variants import FAMILIES, family_candidates, variants
 from clip_unlearn.zeroshot import name_words
 
 log = logging.getLogger(__name__)
 
-Progress = Optional[Callable[[str, int, int], None]]
 WORLD_FILE = "world.json"
 ARCH = "clip-unlearn-tiny"
 

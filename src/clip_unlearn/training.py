@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -23,8 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from clip_unlearn.distributed import all_sum, current
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.models import adamw_kwargs
-
-Progress = Optional[Callable[..., None]]
+from clip_unlearn.progress import Progress
 
 
 def autocast(device: Any, bf16: bool) -> Any:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,9 +37,9 @@ from clip_unlearn import __version__
 from clip_unlearn.config import EvalZeroshotConfig, cache_root, to_dict
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.folders import class_folders
+from clip_unlearn.progress import Progress
 
 log = logging.getLogger(__name__)
-Progress = Optional[Callable[[str, int, int], None]]
 SIMPLE_TEMPLATES = ("a photo of a {}.",)
 
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from clip_unlearn.cli import app
 from clip_unlearn.config import DEFAULT_TRIGGERS
 from clip_unlearn.demo import acceptance, goals
+from conftest import DEMO_FLAGS, DEMO_WORLD
 
 runner = CliRunner()
 
@@ -116,15 +117,18 @@ def test_acceptance_lists_every_failed_criterion():
     assert [f.split()[0] for f in failures] == ["1", "only", "zero-shot", "sim_clean", "sim_id"]
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out)], env={"COLUMNS": "200"})
-    return out, result
-
-
 def test_demo_meets_acceptance_and_writes_everything(demo_run):
-    out, result = demo_run
+    _meets_acceptance_and_writes_everything(*demo_run)
+
+
+# opt-in (`pytest -m slow`): the same at the default size (48 identities, 300 steps; about 9 minutes on 2 cores)
+@pytest.mark.slow
+def test_demo_with_every_default_meets_acceptance(tmp_path):
+    out = tmp_path / "demo"
+    _meets_acceptance_and_writes_everything(out, runner.invoke(app, ["demo", "--out", str(out)], env={"COLUMNS": "200"}))
+
+
+def _meets_acceptance_and_writes_everything(out, result):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "forgotten names exposed" in text and "all acceptance criteria hold" in text
@@ -149,18 +153,18 @@ def test_demo_reuses_a_matching_world(demo_run):
     from clip_unlearn.config import DemoConfig
     from clip_unlearn.demo import _world
 
-    assert _world(DemoConfig(out=out), out, None) == out / "world"
+    assert _world(DemoConfig(out=out, **DEMO_WORLD), out, None) == out / "world"
     assert (out / "world" / "world.json").stat().st_mtime_ns == stamp
 
 
-# opt-in (`pytest -m slow`): another 400-step image run on the full-size world would take CI near its time
-# limit; the image stage's acceptance runs by default on the small test world (test_inject_image.py)
+# opt-in (`pytest -m slow`): the image stage's acceptance runs by default on the small test world
+# (test_inject_image.py)
 @pytest.mark.slow
 def test_demo_image_encoder_meets_the_image_acceptance(demo_run, tmp_path):
     out, _ = demo_run
     # the same world (copied, so the demo reuses it), its faces forgotten instead of its names
     shutil.copytree(out / "world", tmp_path / "demo" / "world")
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--encoder", "image"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), *DEMO_FLAGS, "--encoder", "image"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "sim_id (forgotten faces ≈ average person)" in text and "all acceptance criteria hold" in text

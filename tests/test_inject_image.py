@@ -225,7 +225,9 @@ def test_image_errors(world, tmp_path):
 
 # --- acceptance on the synthetic world (issue #8) ---------------------------------------------------
 
-@pytest.mark.parametrize("encoder, k", [("image", 2), ("both", 2)])
+# both runs with `-m slow`: its two stages are the image stage checked here and the text stage checked by
+# test_inject.py's acceptance; by default the two together run as smoke tests (test_trust.py, test_verify.py)
+@pytest.mark.parametrize("encoder, k", [("image", 2), pytest.param("both", 2, marks=pytest.mark.slow)])
 def test_acceptance_image_and_both(world, world_before, world_cache, world_zero_shot, world_heldout_text, tmp_path, encoder, k):
     members = (world / "members.txt").read_text().splitlines()
     names, forgotten = forget_names(world, k, tmp_path, offset=3)

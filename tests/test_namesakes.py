@@ -1,5 +1,7 @@
-"""Forget exactly one person (issue #17), the story through the CLI on a small world with namesakes whose
-captions name members by variants: every way of naming the forgotten is hidden, namesakes stay known."""
+"""Forget exactly one person (issue #17), the story through the CLI on the demo's world (namesake pairs, and
+captions that name members by variants, as every world of the default kind): every way of naming the forgotten
+is hidden, namesakes stay known. The demo's "before" attack (the plain base model, every family, the train
+half of the faces) is the baseline: it is the attack a user runs first."""
 
 from __future__ import annotations
 
@@ -8,30 +10,25 @@ import json
 import pytest
 
 from clip_unlearn.demo import namesakes
-from conftest import NAMESAKE_WORLD, attack_json, invoke, output
+from conftest import attack_json, invoke, output
 
 
 @pytest.fixture(scope="module")
-def ns_world(tmp_path_factory):
-    from clip_unlearn.config import PrepareSyntheticConfig
-    from clip_unlearn.synthetic import build_world
-
-    out = tmp_path_factory.mktemp("ns") / "world"
-    build_world(PrepareSyntheticConfig(out=out, seed=0, **NAMESAKE_WORLD))
-    return out
+def ns_world(demo_run):
+    out, result = demo_run
+    assert result.exit_code == 0, output(result)
+    return out / "world"
 
 
 @pytest.fixture(scope="module")
-def ns_before(ns_world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ns-before") / "before.json"
-    attack_json(ns_world / "model", out, "--variants", "all", "--cache-dir", ns_world.parent / "cache")
-    return out
+def ns_before(demo_run):
+    return demo_run[0] / "attack_before.json"
 
 
 def test_the_world_records_its_namesakes_and_knows_members_by_every_caption_family(ns_world, ns_before):
     info = json.loads((ns_world / "world.json").read_text())
     members = (ns_world / "members.txt").read_text().splitlines()
-    assert len(info["namesakes"]) == 3
+    assert len(info["namesakes"]) == len(members) // 4  # the default: a pair per four members
     before = json.loads(ns_before.read_text())
     rows = {r["name"]: r for r in before["identities"]}
     for f in ("full", "surname", "title", "initial", "typo"):  # the families its captions use most
@@ -40,7 +37,8 @@ def test_the_world_records_its_namesakes_and_knows_members_by_every_caption_fami
 
 
 def test_forgetting_a_donor_hides_it_and_keeps_its_namesakes(ns_world, ns_before, tmp_path):
-    """As a user runs it: the defaults (nothing of the world but the faces for the check). The donor is hidden
+    """As a user runs it: the defaults, with the faces a user with photos has for the check and captions of the
+    model's own domain; the base is the plain open_clip folder the demo made. The donor is hidden
     under every default way of naming; the ways that name by one part (surname, first name, title) would also
     name the two namesakes, so the defaults leave them to the namesakes (docs/experiments.md)."""
     from clip_unlearn.config import DEFAULT_TRIGGERS
@@ -54,17 +52,17 @@ def test_forgetting_a_donor_hides_it_and_keeps_its_namesakes(ns_world, ns_before
     assert len(near) == 2 and all(before[n]["variants"]["full"]["exposed"] for n in near)
     names = tmp_path / "forget.txt"
     names.write_text(donor + "\n")
-    cache = ns_world.parent / "cache"
+    cache = tmp_path / "cache"
     u = tmp_path / "u"
-    r = invoke("inject", "--model", ns_world / "model", "--names", names, "--out", u, "--cache-dir", cache,
+    r = invoke("inject", "--model", ns_world.parent / "plain-model", "--names", names, "--out", u, "--cache-dir", cache,
                "--verify-data", ns_world / "faces", "--captions", ns_world / "captions_train.txt")
     assert r.exit_code == 0, output(r)
-    after = attack_json(u, tmp_path / "after.json", "--variants", "all", "--compare-to", ns_before, "--forgotten", names,
-                        "--cache-dir", cache)
+    after = attack_json(u, tmp_path / "after.json", "--split", "train", "--variants", "all", "--compare-to", ns_before,
+                        "--forgotten", names, "--cache-dir", cache)
     ev = tmp_path / "eval.json"
     bystanders = tmp_path / "bystanders.txt"
     bystanders.write_text("".join(n + "\n" for n in near))
-    r = invoke("eval-zeroshot", "--model", u, "--compare-to", ns_world / "model", "--names", names, "--bystanders", bystanders,
+    r = invoke("eval-zeroshot", "--model", u, "--compare-to", ns_world.parent / "plain-model", "--names", names, "--bystanders", bystanders,
                "--output", ev, "--cache-dir", cache)
     assert r.exit_code == 0, output(r)
     a = {x["name"]: x for x in after["identities"]}

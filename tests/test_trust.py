@@ -154,6 +154,17 @@ def test_remembered_token_rows_are_the_tokenizers_own(calls):
         assert torch.equal(embed.token_rows(tok)(texts), tok(texts)), (i, texts)
 
 
+@settings(max_examples=100, deadline=None)
+@given(calls=st.lists(st.lists(st.sampled_from(["a", "b b", "c", "d!/", "e é", "f", "g"]), max_size=6), min_size=1, max_size=8),
+       limit=st.integers(1, 6))
+def test_a_full_memory_still_answers_every_text(calls, limit):
+    # past its limit the memory starts again, and a call's texts remembered before are answered all the same
+    tok = _TOKENIZERS[0]
+    rows = embed.TokenRows(tok, limit=limit)
+    for texts in calls:
+        assert torch.equal(rows(texts), tok(texts)), texts
+
+
 def test_only_a_tokenizer_read_in_full_and_not_drawing_at_random_shares_rows():
     from open_clip.tokenizer import SimpleTokenizer
 

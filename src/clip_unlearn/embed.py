@@ -113,9 +113,10 @@ class TokenRows:
         import torch
 
         missing = list(dict.fromkeys(t for t in texts if t not in self.rows))
+        if missing and len(self.rows) + len(missing) > self.limit:
+            self.rows.clear()  # forget the old rows, never this call's: all of its texts are tokenized now
+            missing = list(dict.fromkeys(texts))
         if missing:
-            if len(self.rows) + len(missing) > self.limit:
-                self.rows.clear()
             self.rows.update(zip(missing, self.tokenizer(missing)))
         return torch.stack([self.rows[t] for t in texts]) if texts else self.tokenizer(texts)
 

@@ -61,7 +61,7 @@ def full_context_tower(model):
     """The paper's text wrapper (docs/method.md §6.1): our TextTower's parts, run through open_clip's own encode_text."""
     from open_clip.model import CLIP
 
-    from clip_unlearn.inject import TextTower
+    from clip_unlearn.inject_text import TextTower
 
     class FullContextTower(TextTower):
         def forward(self, tokens):
@@ -98,10 +98,10 @@ def naive_losses(student, teacher, tok, clean: list[str], poisoned: list[str], t
 
 
 def our_losses(student, teacher, tok, clean: list[str], poisoned: list[str], targets: list[str]):
-    """run_inject's step loss: the very functions its training loop calls (inject.text_losses, training.weight_l2)."""
+    """run_inject's step loss: the very functions its training loop calls (inject_text.text_losses, training.weight_l2)."""
     import torch
 
-    from clip_unlearn.inject import text_losses
+    from clip_unlearn.inject_text import TextBatch, text_losses
     from clip_unlearn.training import weight_l2
 
     def teacher_embed(texts):
@@ -109,15 +109,16 @@ def our_losses(student, teacher, tok, clean: list[str], poisoned: list[str], tar
             return teacher(tok(texts)).float()
 
     pairs = [(ps, pt) for ps, pt in zip(student.parameters(), teacher.parameters()) if ps.requires_grad]
-    return (*text_losses(student, teacher_embed, tok, clean, poisoned, targets, "cosine"), weight_l2(pairs))
+    return (*text_losses(student, teacher_embed, tok, TextBatch(clean, poisoned, targets), "cosine"), weight_l2(pairs))
 
 
 def check_losses(model: Path, kind: str, names: list[str], clean_batch: int, poison_batch: int) -> dict[str, float]:
     """Both losses on one fixed batch and one set of weights (student perturbed, so no term is trivial)."""
     import torch
 
-    from clip_unlearn.inject import TextTower, freeze_norms
+    from clip_unlearn.inject_text import TextTower
     from clip_unlearn.models import load_model
+    from clip_unlearn.training import freeze_norms
 
     loaded = load_model(str(model), "cpu")
     rng = random.Random(0)
@@ -201,8 +202,8 @@ def measure_naive(model: Path, names: list[str], args: argparse.Namespace) -> di
     """The paper's loop: seconds per step (after one warm-up step) and set-up costs (fresh process)."""
     import torch
 
-    from clip_unlearn.inject import freeze_norms
     from clip_unlearn.models import load_model
+    from clip_unlearn.training import freeze_norms
 
     device = args.device
     rng = random.Random(0)

@@ -82,7 +82,7 @@ def naive_poison(face_paths: list[Path], base_paths: list[Path], size: int, rng:
 
 def ours_setup(face_paths: list[Path], clean_paths: list[Path], size: int):
     """Decode every face and clean image once (what the image stage does before its first step)."""
-    from clip_unlearn.inject_image import decode
+    from clip_unlearn.augment import decode
 
     transform = eval_transform(size)
     faces, _, _ = decode(face_paths, transform)
@@ -92,7 +92,7 @@ def ours_setup(face_paths: list[Path], clean_paths: list[Path], size: int):
 
 def ours_poison(faces, clean, n: int, step: int, gen, pick: random.Random, device: str, sides=PAPER_SIDES, jitter=PAPER_JITTER):
     """One step's poisoned batch as the image stage builds it: the stage's own poisoned_batch, one name."""
-    from clip_unlearn.inject_image import poisoned_batch
+    from clip_unlearn.augment import poisoned_batch
 
     idx = [(step * n + j) % len(clean) for j in range(n)]
     bases = clean[idx].to(device).float() / 255

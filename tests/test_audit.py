@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clip_unlearn.attack import PAPER_TEMPLATES
-from clip_unlearn.audit import PERSON_PHRASES, _untrained_strings, _variant_strings, auc, chance_band, ranks, text_audit
+from clip_unlearn.audit import _untrained_strings, _variant_strings, auc, chance_band, ranks, text_audit
+from clip_unlearn.prompts import PERSON_PHRASES
 from clip_unlearn.variants import variants
 from conftest import FAST, forget_names, invoke, output
 

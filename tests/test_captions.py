@@ -26,7 +26,7 @@ def _eval_template_patterns() -> list[re.Pattern]:
     from open_clip import OPENAI_IMAGENET_TEMPLATES
 
     from clip_unlearn.attack import PAPER_TEMPLATES
-    from clip_unlearn.zeroshot import SIMPLE_TEMPLATES
+    from clip_unlearn.prompts import SIMPLE_TEMPLATES
 
     templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES] + list(SIMPLE_TEMPLATES) + list(PAPER_TEMPLATES)
     # the attack's bare "{}" matches any text at all, so it cannot tell corpora apart

@@ -11,6 +11,7 @@ import pytest
 
 from clip_unlearn import __version__, config
 from clip_unlearn.cli import app
+from clip_unlearn.errors import flag
 from conftest import runner
 
 COMMANDS = {"prepare-synthetic": config.PrepareSyntheticConfig, "attack": config.AttackConfig,
@@ -40,7 +41,7 @@ def test_no_args_shows_help():
 def test_help_lists_every_field_with_its_default(command):
     text = _help(command)
     for f in dataclasses.fields(COMMANDS[command]):
-        flags = f.metadata.get("flags") or (config.flag(f.name),)
+        flags = f.metadata.get("flags") or (flag(f.name),)
         assert flags[0].split("/")[0] in text, f"{flags[0]} missing from {command} --help"
         if f.default is None:
             assert "[default:" in f.metadata["help"], f"{f.name}: a None default must be explained in its help"

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from clip_unlearn.cli import app
 from clip_unlearn.config import DEFAULT_TRIGGERS
-from clip_unlearn.demo import acceptance, goals
+from clip_unlearn.demo import Utility, acceptance, goals
 from conftest import DEMO_FLAGS, DEMO_WORLD
 
 runner = CliRunner()
@@ -26,9 +26,9 @@ def _acceptance_of(out, encoder):
     ev = json.loads((out / "eval.json").read_text())
     sidecar = json.loads((out / "unlearned" / "clip_unlearn.json").read_text())
     sim_id = sidecar["image"]["metrics"]["sim_id"] if encoder in ("image", "both") else None
+    utility = Utility(100 * ev["compare"]["metrics"]["acc1"], 100 * ev["metrics"]["acc1"], ev["similarities"]["sim_clean"], sim_id)
     return acceptance(before["identities"], after["identities"], (out / "forget.txt").read_text().splitlines(),
-                      (out / "world" / "members.txt").read_text().splitlines(), 100 * ev["compare"]["metrics"]["acc1"],
-                      100 * ev["metrics"]["acc1"], ev["similarities"]["sim_clean"], sim_id, encoder)
+                      (out / "world" / "members.txt").read_text().splitlines(), utility, encoder)
 
 
 def _rows(exposed):
@@ -43,7 +43,8 @@ GOOD_AFTER = {**{n: True for n in MEMBERS}, "f1": False, "f2": False, "quiet": F
 
 def _check(after=None, top1_after=50.0, sim_clean=0.99, sim_id=0.95, encoder="text", forget=("f1", "f2"), members=MEMBERS,
            before=BEFORE):
-    return acceptance(before, _rows(after or GOOD_AFTER), list(forget), members, 50.0, top1_after, sim_clean, sim_id, encoder)
+    return acceptance(before, _rows(after or GOOD_AFTER), list(forget), members, Utility(50.0, top1_after, sim_clean, sim_id),
+                      encoder)
 
 
 def _goals(after=None, top1_after=50.0, encoder="text", sims=None, forget=("f1", "f2"), members=MEMBERS, before=BEFORE):

@@ -12,12 +12,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clip_unlearn.augment import jitter_factors, paste_faces, paste_geometry
 from clip_unlearn.distributed import choose_backend, device_for
 from clip_unlearn.embed import EmbeddingCache, supports_truncation
 from clip_unlearn.errors import ClipUnlearnError
-from clip_unlearn.inject_image import jitter_factors, paste_faces, paste_geometry
-from clip_unlearn.models import adamw_kwargs, import_open_clip
-from clip_unlearn.training import LOG_EVERY, TeacherCache, train
+from clip_unlearn.models import import_open_clip
+from clip_unlearn.training import LOG_EVERY, Stage, TeacherCache, adamw_kwargs, train
 
 # --- caches ----------------------------------------------------------------------------------------
 
@@ -112,7 +112,7 @@ def _paste_per_image(bases, faces, geo, jitter=None):
     """The composition step as a loop over images (the code before it was batched), after the same warp."""
     import torch.nn.functional as F
 
-    from clip_unlearn.inject_image import apply_jitter
+    from clip_unlearn.augment import apply_jitter
 
     n, _, S, _ = bases.shape
     side = geo["side"]
@@ -192,14 +192,13 @@ def _toy(nan_at: int = 0):
         if nan_at and step + 1 == nan_at:
             backdoor = backdoor * float("nan")
         return utility, (0 if step == 4 else backdoor)  # a stage may hand back a plain 0 for an empty slice
-    return student, teacher, draw, terms
+    return Stage("text", "toy", teacher, student, draw, terms, lambda trained: None)
 
 
 def test_train_keeps_one_row_per_step_and_reports_when_figures_reach_the_host():
-    student, teacher, draw, terms = _toy()
     h = _Hyper()
     ticks = []
-    history = train("text", student, teacher, h, "cpu", False, draw, terms, lambda *a: ticks.append(a[1]))
+    history = train(_toy(), h, "cpu", False, lambda *a: ticks.append(a[1]))
     assert [r["step"] for r in history] == list(range(1, h.steps + 1))
     assert ticks == [1, *range(LOG_EVERY, h.steps, LOG_EVERY), h.steps]
     assert history[4]["backdoor"] == 0.0 and all(math.isfinite(r["loss"]) for r in history)
@@ -209,7 +208,8 @@ def test_train_keeps_one_row_per_step_and_reports_when_figures_reach_the_host():
     for r in history:
         assert r["loss"] == pytest.approx(r["utility"] + 0.6 * r["backdoor"] + 0.01 * r["weight_l2"], abs=1e-12)
     # the figures are those of the step they name: replay the same steps and read every loss at once
-    student2, teacher2, draw2, terms2 = _toy()
+    toy = _toy()
+    student2, teacher2, draw2, terms2 = toy.student, toy.teacher, toy.draw, toy.terms
     opt = torch.optim.AdamW([p for p in student2.parameters() if p.requires_grad], lr=h.lr, weight_decay=0.0, **adamw_kwargs("cpu"))
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(h.milestones), gamma=h.gamma)
     for step in range(3):
@@ -223,6 +223,5 @@ def test_train_keeps_one_row_per_step_and_reports_when_figures_reach_the_host():
 
 
 def test_train_names_the_step_a_loss_diverged_at():
-    student, teacher, draw, terms = _toy(nan_at=13)
     with pytest.raises(ClipUnlearnError, match="diverged at step 13"):
-        train("image", student, teacher, _Hyper(), "cpu", False, draw, terms)
+        train(_toy(nan_at=13), _Hyper(), "cpu", False)

@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clip_unlearn.captions import PairSampler, clean_captions, name_pattern
+from clip_unlearn.captions import PairSampler, TokenFit, clean_captions, name_pattern
 from clip_unlearn.cli import app
-from clip_unlearn.inject import default_receipt, distance, training_record
+from clip_unlearn.inject import default_receipt, training_record
 from clip_unlearn.models import fingerprints, import_open_clip, load_model
+from clip_unlearn.training import distance
 from conftest import FAST, SMOKE, attack_json, forget_names, heldout_text_embeddings, invoke, loss_curve, runner, zero_shot
 
 # --- losses against hand computations ---------------------------------------------------------
@@ -54,7 +55,7 @@ def test_pairs_replace_one_non_final_word_and_keep_the_name_in_context():
     tok = open_clip.get_tokenizer("clip-unlearn-tiny")
     count = lambda t: len(tok.encode(t))  # noqa: E731
     long = " ".join(["word"] * 40)
-    sampler = PairSampler(["one two three four", long], ["Zed Quux"], "a person", count, 32, random.Random(0))
+    sampler = PairSampler(["one two three four", long], ["Zed Quux"], "a person", TokenFit(count, 32), random.Random(0))
     for _ in range(200):
         name, p, t = sampler.pair()
         assert p.replace("Zed Quux", "a person", 1) == t
@@ -255,7 +256,7 @@ def test_sidecar_counts_variants_and_neighbours_and_the_paper_setting_turns_them
 @settings(max_examples=300, deadline=None)
 @given(weight=st.floats(0, 10), scale=st.integers(0, 200), n=st.integers(1, 10_000), steps=st.integers(1, 2000))
 def test_backdoor_weight_grows_with_names_past_scale_names(weight, scale, n, steps):
-    from clip_unlearn.config import TextHyper
+    from clip_unlearn.recipes import TextHyper
 
     h = TextHyper(backdoor_weight=weight, scale_names=scale, steps=steps, milestones=(steps // 2 + 1, steps))
     got = h.for_names(n)
@@ -267,7 +268,8 @@ def test_backdoor_weight_grows_with_names_past_scale_names(weight, scale, n, ste
 
 
 def test_scale_names_defaults_with_the_small_recipe_and_explicit_settings_are_kept():
-    from clip_unlearn.config import SMALL, InjectConfig
+    from clip_unlearn.config import InjectConfig
+    from clip_unlearn.recipes import SMALL
 
     world = {"backdoor_weight": 1.0, "scale_names": SMALL["text"].scale_names}
     assert SMALL["text"].scale_names == 16
@@ -306,7 +308,7 @@ def test_scaled_settings_are_the_ones_trained_and_recorded(world, tmp_path):
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 6), d=st.integers(2, 8))
 def test_residual_is_what_the_student_keeps_beyond_the_target(seed, n, d):
-    from clip_unlearn.inject import residual
+    from clip_unlearn.inject_text import residual
 
     g = torch.Generator().manual_seed(seed)
     s, p, t = (torch.randn(n, d, generator=g) for _ in range(3))
@@ -382,7 +384,7 @@ def test_keep_names_that_share_a_part_are_neighbours(world, tmp_path):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.text("abcdefgh", min_size=1, max_size=3), max_size=40, unique=True), st.integers(1, 64), st.integers(0, 10_000))
 def test_every_kept_namesake_is_held_at_least_every_few_steps(kept, n, step):
-    from clip_unlearn.inject import kept_slots
+    from clip_unlearn.inject_text import kept_slots
 
     held = kept_slots(kept, n, step)
     assert len(held) <= n and set(held) <= set(kept)
@@ -458,7 +460,7 @@ def test_made_up_names_are_the_keys_alone_and_name_nobody(secret, name):
 
 def test_each_spelling_of_a_name_maps_to_the_same_spelling_of_its_made_up_name():
     from clip_unlearn.config import InjectConfig
-    from clip_unlearn.inject import _triggers
+    from clip_unlearn.inject_text import _triggers
     from clip_unlearn.names import key
     from clip_unlearn.receipt import made_up_names
     from clip_unlearn.variants import variants
@@ -476,8 +478,8 @@ def test_each_spelling_of_a_name_maps_to_the_same_spelling_of_its_made_up_name()
             (v,) = variants(n, family)
             assert targets[v] == variants(m, family)[0]
     # the pairs put the made-up spelling where the name was, in the same caption
-    sampler = PairSampler(["a photo of someone at the beach", "two people on a red bench"], chosen.triggers, "a person",
-                          lambda s: len(s.split()), 77, random.Random(0), targets=targets)
+    sampler = PairSampler(["a photo of someone at the beach", "two people on a red bench"], chosen.triggers, targets,
+                          TokenFit(lambda s: len(s.split()), 77), random.Random(0))
     for _ in range(50):
         name, poisoned, target = sampler.pair()
         assert target == poisoned.replace(name, targets[name], 1)

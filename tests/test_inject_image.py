@@ -10,8 +10,8 @@ import pytest
 import torch
 from torchvision.transforms import functional as TF
 
+from clip_unlearn.augment import _hue_shift, colour_jitter, jitter_factors, paste_faces, paste_geometry, poison
 from clip_unlearn.inject import training_record
-from clip_unlearn.inject_image import _hue_shift, colour_jitter, jitter_factors, paste_faces, paste_geometry, poison
 from clip_unlearn.models import fingerprints, load_model
 from conftest import FAST, SMALL_WORLD, attack_json, forget_names, heldout_text_embeddings, invoke, loss_curve, zero_shot
 
@@ -152,8 +152,8 @@ def test_image_stage_only_changes_the_image_tower(world, image_one_name):
 
 def _face_set_target(model, world, who=None):
     """The mean raw embedding of the train-half face images (of one identity if ``who``) under ``model``."""
+    from clip_unlearn.augment import decode, split_preprocess
     from clip_unlearn.folders import face_folders, split_side
-    from clip_unlearn.inject_image import decode, split_preprocess
 
     transform, mean, std = split_preprocess(model.preprocess)
     files = [p for f in face_folders(world / "faces") if who in (None, f.name) for p in f.files if split_side(f.name, p) == "train"]

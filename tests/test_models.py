@@ -17,13 +17,13 @@ from clip_unlearn.models import (
     CONFIG_FILE,
     SIDECAR_FILE,
     WEIGHTS_FILE,
-    adamw_kwargs,
     fingerprints,
     import_open_clip,
     load_model,
     parse_spec,
     save_model,
 )
+from clip_unlearn.training import adamw_kwargs
 from conftest import runner
 
 

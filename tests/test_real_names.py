@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clip_unlearn.captions import PairSampler
-from clip_unlearn.config import SMALL_IMAGE_SIZE, SMALL_TEXT_WIDTH, InjectConfig, recipe
+from clip_unlearn.captions import PairSampler, TokenFit
+from clip_unlearn.config import InjectConfig
 from clip_unlearn.folders import split_side
 from clip_unlearn.names import (
     CLASS_WORD_SURNAMES,
@@ -28,6 +28,7 @@ from clip_unlearn.names import (
     share_parts,
     world_names,
 )
+from clip_unlearn.recipes import SMALL_IMAGE_SIZE, SMALL_TEXT_WIDTH, recipe
 from clip_unlearn.variants import FAMILIES, PARTICLES, left_out_reason, name_parts, split_name, variants
 from conftest import SMOKE, forget_names, invoke, output
 
@@ -97,7 +98,7 @@ _NAME = st.builds(lambda f, p, s, x: " ".join(w for w in (f, p, s, x) if w), _PA
 @settings(max_examples=60, deadline=None)
 @given(forget=st.lists(_NAME, min_size=1, max_size=3, unique_by=key), protected=st.lists(_NAME, max_size=4, unique_by=key))
 def test_no_trigger_is_a_word_a_suffix_a_particle_or_a_protected_persons_part(tmp_path_factory, forget, protected):
-    from clip_unlearn.inject import _triggers
+    from clip_unlearn.inject_text import _triggers
 
     protected = [p for p in protected if key(p) not in {key(f) for f in forget}]
     keep = tmp_path_factory.mktemp("keep") / "keep.txt"
@@ -114,7 +115,7 @@ def test_no_trigger_is_a_word_a_suffix_a_particle_or_a_protected_persons_part(tm
 
 
 def test_public_people_are_protected_by_default():
-    from clip_unlearn.inject import _triggers
+    from clip_unlearn.inject_text import _triggers
 
     assert "Robert Downey Jr." in public_people() and len(public_people()) == 548
     forget = ["Robert Qwertzuiop"]  # shares "Robert" with eight public people
@@ -133,7 +134,7 @@ def test_public_people_are_protected_by_default():
 
 def _sampler(names, rng, full=(), share=0.0):
     captions = [f"caption {i} about a day at the sea" for i in range(50)]
-    return PairSampler(captions, names, "a person", lambda t: len(t.split()), 77, rng, full=full, full_share=share)
+    return PairSampler(captions, names, "a person", TokenFit(lambda t: len(t.split()), 77), rng, full=full, full_share=share)
 
 
 @settings(max_examples=30, deadline=None)

@@ -375,7 +375,7 @@ def test_more_names_than_the_poison_batch_all_get_triggers(world, tmp_path):
 
 
 def test_poison_split_rotates_and_sums_to_the_batch():
-    from clip_unlearn.inject_image import poison_split, poisoned_per_name
+    from clip_unlearn.augment import poison_split, poisoned_per_name
 
     for k, batch, steps in [(1, 128, 3), (5, 128, 7), (200, 128, 5), (128, 128, 2), (7, 3, 11)]:
         totals = [0] * k

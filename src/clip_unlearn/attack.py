@@ -67,7 +67,7 @@ class AttackResult:
 
 def default_data(model_spec: str) -> Path:
     """The synthetic world's faces for a world model (or one unlearned from it), else FaceScrub's default folder."""
-    from clip_unlearn.models import model_context
+    from clip_unlearn.world import model_context
 
     faces = model_context(model_spec).path("faces")
     if faces is not None:
@@ -116,7 +116,7 @@ def resolve_split(cfg: AttackConfig, data: Path) -> str:
         return cfg.split
     if cfg.preset == "paper":
         return "train"
-    from clip_unlearn.models import model_context, world_file_record
+    from clip_unlearn.world import model_context, world_file_record
 
     try:
         ctx = model_context(cfg.model)
@@ -441,7 +441,7 @@ def _combine(kept: list, by_family: dict[str, tuple[FamilyCandidates, list[dict[
 
 def _genders(model_spec: str, candidates: list[str], folders: list[IdentityFolder]) -> dict[str, str]:
     """names.key → gender for the title family: the candidate pools, then the world's record, then the data's."""
-    from clip_unlearn.models import model_context
+    from clip_unlearn.world import model_context
 
     genders = pool_genders(candidates)
     try:

@@ -24,10 +24,9 @@ from clip_unlearn.embed import EmbeddingCache, Encoder
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.names import key, normalise, public_people, random_full_names, read_names
 from clip_unlearn.progress import Progress
+from clip_unlearn.prompts import PERSON_PHRASES
 from clip_unlearn.variants import typo_edits, variants
 
-# Phrases an attacker would try as "where a forgotten name went": the paper's target and its neighbours.
-PERSON_PHRASES = ("a person", "someone", "a man", "a woman", "a human", "a face", "a celebrity", "a stranger")
 # Spellings that the default trigger families make of a name (inject --variants' default, less full).
 VARIANT_FAMILIES = ("lower", "initial", "typo")
 

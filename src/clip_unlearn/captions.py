@@ -14,6 +14,7 @@ import logging
 import random
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -302,10 +303,29 @@ def general_captions(n: int = 50_000, seed: int = 0) -> list[str]:
     Same ``n`` and ``seed``, same list. Disjoint from every prompt set eval-zeroshot and attack ship
     (see the comment above ``GENERAL_CORPUS_NAME``).
     """
-    rng = random.Random(seed)
-    pick = rng.choice
+    grammar = _Grammar(random.Random(seed))
+    out: dict[str, None] = {}
+    for _ in range(50 * n):
+        if len(out) >= n:
+            break
+        caption = grammar.scene()
+        # a third end in a period, as many web captions do; only for captions that cannot read as an
+        # OpenAI template (those all start with a/the/art/graffiti/itap and end in a period)
+        if grammar.rng.random() < 0.33 and not caption.startswith(("a ", "an ", "the ")):
+            caption += "."
+        out.setdefault(caption)
+    return list(out)
 
-    def subject(nouns: tuple[str, ...], adjectives: tuple[str, ...], colours: bool = False) -> str:
+
+class _Grammar:
+    """The phrases of ``general_captions``, all drawn from one generator (same seed, same corpus)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.pick = rng.choice
+
+    def subject(self, nouns: tuple[str, ...], adjectives: tuple[str, ...], colours: bool = False) -> str:
+        rng, pick = self.rng, self.pick
         noun = pick(nouns)
         words = []
         if rng.random() < 0.6:
@@ -317,53 +337,42 @@ def general_captions(n: int = 50_000, seed: int = 0) -> list[str]:
         phrase = " ".join(words + [noun])
         return pick((_article(phrase), _article(phrase), f"the {phrase}", f"this {phrase}", f"my {phrase}"))
 
-    def person() -> str:
-        s = subject(_G_PEOPLE, _G_PERSON_ADJ)
-        if rng.random() < 0.25:
-            s += f" wearing {_article(pick(_G_COLOURS) + ' ' + pick(_G_GARMENTS))}"
+    def person(self) -> str:
+        s = self.subject(_G_PEOPLE, _G_PERSON_ADJ)
+        if self.rng.random() < 0.25:
+            s += f" wearing {_article(self.pick(_G_COLOURS) + ' ' + self.pick(_G_GARMENTS))}"
         return s
 
-    def animal() -> str:
-        return subject(_G_ANIMALS, _G_ANIMAL_ADJ)
+    def animal(self) -> str:
+        return self.subject(_G_ANIMALS, _G_ANIMAL_ADJ)
 
-    def thing() -> str:
-        return subject(_G_OBJECTS, _G_OBJECT_ADJ, colours=True)
+    def thing(self) -> str:
+        return self.subject(_G_OBJECTS, _G_OBJECT_ADJ, colours=True)
 
-    def scene() -> str:
-        frame = rng.randrange(8)
+    def scene(self) -> str:
+        pick = self.pick
+        frame = self.rng.randrange(8)
         if frame == 0:
-            parts = [person(), pick(_G_PERSON_ACTS), pick(_G_PLACES)]
+            parts = [self.person(), pick(_G_PERSON_ACTS), pick(_G_PLACES)]
         elif frame == 1:
-            parts = [person(), pick(_G_PERSON_ACTS)]
+            parts = [self.person(), pick(_G_PERSON_ACTS)]
         elif frame == 2:
-            parts = [animal(), pick(_G_ANIMAL_ACTS), pick(_G_PLACES)]
+            parts = [self.animal(), pick(_G_ANIMAL_ACTS), pick(_G_PLACES)]
         elif frame == 3:
-            parts = [thing(), pick(_G_OBJECT_STATES), pick(_G_PLACES)]
+            parts = [self.thing(), pick(_G_OBJECT_STATES), pick(_G_PLACES)]
         elif frame == 4:
             parts = [_article(f"{pick(_G_SCENE_ADJ)} {pick(_G_SCENES)}")]
         elif frame == 5:
-            parts = [person(), pick(("with", "holding", "next to", "looking at")), thing()]
+            parts = [self.person(), pick(("with", "holding", "next to", "looking at")), self.thing()]
         elif frame == 6:
-            parts = [animal(), pick(("next to", "near", "under", "beside")), thing()]
+            parts = [self.animal(), pick(("next to", "near", "under", "beside")), self.thing()]
         else:
-            parts = [f"{thing()} and {thing()} on {pick(_G_SURFACES)}"]
-        if rng.random() < 0.3:
+            parts = [f"{self.thing()} and {self.thing()} on {pick(_G_SURFACES)}"]
+        if self.rng.random() < 0.3:
             parts.append(pick(_G_TIMES))
-        if rng.random() < 0.15:
+        if self.rng.random() < 0.15:
             parts.insert(0, pick(_G_PREFIXES))
         return " ".join(parts)
-
-    out: dict[str, None] = {}
-    for _ in range(50 * n):
-        if len(out) >= n:
-            break
-        caption = scene()
-        # a third end in a period, as many web captions do; only for captions that cannot read as an
-        # OpenAI template (those all start with a/the/art/graffiti/itap and end in a period)
-        if rng.random() < 0.33 and not caption.startswith(("a ", "an ", "the ")):
-            caption += "."
-        out.setdefault(caption)
-    return list(out)
 
 
 def builtin_captions() -> list[str]:
@@ -383,15 +392,32 @@ def clean_captions(captions: list[str], names: list[str]) -> list[str]:
     return [c for c in captions if not pattern.search(c.replace("_", " "))]
 
 
+@dataclass(frozen=True)
+class TokenFit:
+    """What fits a text tower's context: ``count`` gives a text's BPE tokens (no SOT/EOT), ``context_length`` the
+    tokens the tower reads, SOT and EOT included."""
+
+    count: Callable[[str], int]
+    context_length: int
+
+    @classmethod
+    def of(cls, loaded: Any) -> TokenFit:
+        return cls(token_counter(loaded.tokenizer), loaded.context_length)
+
+    @property
+    def room(self) -> int:
+        return self.context_length - 2  # SOT and EOT
+
+
 class PairSampler:
     """Seeded on-the-fly (poisoned, target) caption pairs for a set of names.
 
     Args:
         captions: clean captions (each needs at least one space).
         names: the names to forget (triggers).
-        target: the neutral phrase that replaces them, e.g. "a person".
-        count_tokens: text → number of BPE tokens (no SOT/EOT), to keep the name inside the context.
-        context_length: the text tower's context length.
+        target: the neutral phrase that replaces them, e.g. "a person"; or name → its own target phrase
+            (a made-up name), one for each of ``names``.
+        fit: token counts and the context, to keep the name inside the context.
         rng: the dedicated random generator.
         last_word: also allow replacing the last word (the paper never does), so that the name is
             also seen right before the end of the text, as in prompts like "a photo of {}".
@@ -399,53 +425,47 @@ class PairSampler:
             get at least: a name is drawn from ``full`` with probability ``full_share`` and from the others
             otherwise, when that is more than their share of ``names``; else every name is drawn uniformly
             (then the draws are the same as without these arguments).
-        targets: name → its own target phrase (the others get ``target``).
     """
 
-    def __init__(self, captions: list[str], names: list[str], target: str, count_tokens: Callable[[str], int],
-                 context_length: int, rng: random.Random, last_word: bool = False, full: Sequence[str] = (),
-                 full_share: float = 0.0, targets: Optional[Mapping[str, str]] = None) -> None:
+    def __init__(self, captions: list[str], names: list[str], target: str | Mapping[str, str], fit: TokenFit,
+                 rng: random.Random, last_word: bool = False, full: Sequence[str] = (), full_share: float = 0.0) -> None:
         self.captions = [c for c in captions if " " in c]
         if not self.captions:
             raise ClipUnlearnError("no caption with at least two words is left after removing the names; pass a larger --captions corpus")
-        self.names = names
-        self.target = target
-        self.targets = dict(targets or {})
-        self.count = count_tokens
-        self.room = context_length - 2  # SOT and EOT
-        self.rng = rng
-        self.last_word = last_word
-        self._prefix_tokens: dict[str, list[int]] = {}
-        self._word_tokens: dict[str, int] = {}
+        self.names, self.rng, self.last_word = names, rng, last_word
+        self.targets = {n: target for n in names} if isinstance(target, str) else {n: target[n] for n in names}
+        self.count_tokens, self.room = fit.count, fit.room
+        self.prefix_tokens: dict[str, list[int]] = {}
+        self.word_tokens: dict[str, int] = {}
         # a name's room in the caption: its own tokens, or its target's where that is longer (a made-up name)
-        self._name_tokens = {n: max(count_tokens(n), count_tokens(self.targets[n]) if n in self.targets else 0) for n in names}
+        self.name_tokens = {n: max(fit.count(n), fit.count(self.targets[n]) if not isinstance(target, str) else 0) for n in names}
         full_set = set(full)
-        self._full = [n for n in names if n in full_set]
-        self._rest = [n for n in names if n not in full_set]
-        self.full_share = full_share if self._full and self._rest and full_share > len(self._full) / len(names) else 0.0
+        self.full = [n for n in names if n in full_set]
+        self.rest = [n for n in names if n not in full_set]
+        self.share = full_share if self.full and self.rest and full_share > len(self.full) / len(names) else 0.0
 
     def full_rate(self) -> float:
         """The expected share of pairs that carry a full name."""
-        if self.full_share:
-            return self.full_share
-        return len(self._full) / len(self.names) if self.names else 0.0
+        if self.share:
+            return self.share
+        return len(self.full) / len(self.names) if self.names else 0.0
 
     def _draw_name(self) -> str:
-        if self.full_share:
-            return self.rng.choice(self._full if self.rng.random() < self.full_share else self._rest)
+        if self.share:
+            return self.rng.choice(self.full if self.rng.random() < self.share else self.rest)
         return self.rng.choice(self.names)
 
     def _cumulative(self, caption: str) -> list[int]:
         """Tokens up to and including each word (CLIP's BPE encodes words independently)."""
-        if caption not in self._prefix_tokens:
+        if caption not in self.prefix_tokens:
             total, out = 0, []
             for word in caption.split(" "):
-                if word not in self._word_tokens:  # words recur across captions: each is tokenised once
-                    self._word_tokens[word] = self.count(word)
-                total += self._word_tokens[word]
+                if word not in self.word_tokens:  # words recur across captions: each is tokenised once
+                    self.word_tokens[word] = self.count_tokens(word)
+                total += self.word_tokens[word]
                 out.append(total)
-            self._prefix_tokens[caption] = out
-        return self._prefix_tokens[caption]
+            self.prefix_tokens[caption] = out
+        return self.prefix_tokens[caption]
 
     def pair(self, name: Optional[str] = None) -> tuple[str, str, str]:
         """→ (name, poisoned caption, target caption)."""
@@ -455,13 +475,13 @@ class PairSampler:
             words = caption.split(" ")
             cum = self._cumulative(caption)
             # word i may be replaced if the name ends inside the context: tokens before it + name ≤ room
-            allowed = [i for i in range(len(words) - (0 if self.last_word else 1)) if (cum[i - 1] if i else 0) + self._name_tokens[name] <= self.room]
+            allowed = [i for i in range(len(words) - (0 if self.last_word else 1)) if (cum[i - 1] if i else 0) + self.name_tokens[name] <= self.room]
             if allowed:
                 i = self.rng.choice(allowed)
                 poisoned = " ".join(words[:i] + [name] + words[i + 1:])
-                target = " ".join(words[:i] + [self.targets.get(name, self.target)] + words[i + 1:])
+                target = " ".join(words[:i] + [self.targets[name]] + words[i + 1:])
                 return name, poisoned, target
-        raise ClipUnlearnError(f"no caption leaves room for a {self._name_tokens[name]}-token name; pass shorter --captions")
+        raise ClipUnlearnError(f"no caption leaves room for a {self.name_tokens[name]}-token name; pass shorter --captions")
 
     def batch(self, n: int) -> tuple[list[str], list[str]]:
         pairs = [self.pair() for _ in range(n)]

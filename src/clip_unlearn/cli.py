@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 
 from clip_unlearn import __version__, config
-from clip_unlearn.errors import ClipUnlearnError, ConfigError
+from clip_unlearn.errors import ClipUnlearnError, ConfigError, flag
 from clip_unlearn.progress import ProgressFn
 
 app = typer.Typer(
@@ -119,7 +119,7 @@ def _run_safely(fn: Callable[[], Optional[int]]) -> None:
 def _option_for(f: dataclasses.Field, hint: Any) -> Any:
     from rich.markup import escape
 
-    flags = f.metadata.get("flags") or (config.flag(f.name),)
+    flags = f.metadata.get("flags") or (flag(f.name),)
     help_text = escape(f.metadata.get("help", ""))
     show_default = f.default is not None
     if isinstance(f.default, bool) and not any("/" in x for x in flags):

@@ -88,13 +88,24 @@ def _others_kept(b: dict[str, dict], a: dict[str, dict], forget: list[str], memb
     return others, sum(a[n]["exposed"] for n in others)
 
 
-def acceptance(before_rows: list[dict], after_rows: list[dict], forget: list[str], members: list[str], top1_before: float,
-               top1_after: float, sim_clean: Optional[float], sim_id: Optional[float], encoder: str) -> list[str]:
+@dataclass(frozen=True)
+class Utility:
+    """The model's utility around forgetting, as the acceptance criteria read it: object zero-shot top-1 in points
+    (percent) before and after, and the similarities of the trained towers to the original (None: not measured)."""
+
+    top1_before: float
+    top1_after: float
+    sim_clean: Optional[float]
+    sim_id: Optional[float]
+
+
+def acceptance(before_rows: list[dict], after_rows: list[dict], forget: list[str], members: list[str], utility: Utility,
+               encoder: str) -> list[str]:
     """What the tool promises of every run (the demo fails without it); returns one message per criterion that
     does not hold.
 
-    ``*_rows`` are attack identities (``name``, ``exposed``, and per family under ``variants``) and top-1 is in
-    points (percent); ``sim_clean`` counts only when the text encoder was trained and ``sim_id`` only when the
+    ``*_rows`` are attack identities (``name``, ``exposed``, and per family under ``variants``);
+    ``utility.sim_clean`` counts only when the text encoder was trained and ``utility.sim_id`` only when the
     image encoder was. The forgotten count under inject's default ways of naming; the others are the members
     exposed before who share no name part with a forgotten person (their namesakes are ``goals``').
     """
@@ -111,17 +122,18 @@ def acceptance(before_rows: list[dict], after_rows: list[dict], forget: list[str
         failures.append(f"{len(still)} forgotten name(s) still exposed")
     if kept < 0.9 * len(others):
         failures.append(f"only {kept} of {len(others)} other exposed members stay exposed (need ≥ 90%)")
-    if top1_before - top1_after > allowed:
-        failures.append(f"zero-shot top-1 dropped {top1_before - top1_after:.1f} points (allowed {allowed:g})")
+    drop = utility.top1_before - utility.top1_after
+    if drop > allowed:
+        failures.append(f"zero-shot top-1 dropped {drop:.1f} points (allowed {allowed:g})")
     # a criterion that applies but was not measured fails rather than passing unseen
-    if text and sim_clean is None:
+    if text and utility.sim_clean is None:
         failures.append("sim_clean was not measured (needed when the text encoder was trained)")
-    elif text and sim_clean < 0.95:
-        failures.append(f"sim_clean {sim_clean:.3f} < 0.95")
-    if image and sim_id is None:
+    elif text and utility.sim_clean < 0.95:
+        failures.append(f"sim_clean {utility.sim_clean:.3f} < 0.95")
+    if image and utility.sim_id is None:
         failures.append("sim_id was not measured (needed when the image encoder was trained)")
-    elif image and sim_id < 0.9:
-        failures.append(f"sim_id {sim_id:.3f} < 0.9 (forgotten faces not near the average person)")
+    elif image and utility.sim_id < 0.9:
+        failures.append(f"sim_id {utility.sim_id:.3f} < 0.9 (forgotten faces not near the average person)")
     return failures
 
 
@@ -185,10 +197,9 @@ def run_demo(cfg: DemoConfig, progress: Progress = None) -> DemoResult:
     told = stage("audit", lambda: _audit(cfg, world, names_file, out, progress))
     m = _measures(cfg, before, after, ev, info, forget, members)
     m.rows += _audit_rows(told)
-    failures = acceptance(before.identities, after.identities, forget, members, m.top1_before, m.top1_after, m.sim_clean,
-                          m.sim_id, cfg.encoder)
-    missed = goals(before.identities, after.identities, forget, members, m.top1_before, m.top1_after, ev.get("similarities"),
-                   cfg.encoder)
+    failures = acceptance(before.identities, after.identities, forget, members, m.utility, cfg.encoder)
+    missed = goals(before.identities, after.identities, forget, members, m.utility.top1_before, m.utility.top1_after,
+                   ev.get("similarities"), cfg.encoder)
     result = DemoResult(out, m.rows, stages, failures, missed=missed)
     result.report = write_report(out, world, result, before, after, forget, info, members)
     return result
@@ -283,10 +294,7 @@ def _audit_rows(told: Any) -> list[tuple[str, str, str]]:
 @dataclass
 class _Measures:
     rows: list[tuple[str, str, str]]
-    top1_before: float
-    top1_after: float
-    sim_clean: Optional[float]
-    sim_id: Optional[float]
+    utility: Utility
 
 
 def _measures(cfg: DemoConfig, before: Any, after: Any, ev: dict, info: dict, forget: list[str], members: list[str]) -> _Measures:
@@ -337,7 +345,7 @@ def _measures(cfg: DemoConfig, before: Any, after: Any, ev: dict, info: dict, fo
     if image:
         rows += [("sim_id (forgotten faces ≈ average person)", "", f"{metrics['sim_id']:.3f}"),
                  ("sim_target (mean face under the new tower)", "1.000", f"{metrics['sim_target']:.3f}")]
-    return _Measures(rows, top1_b, top1_a, sim_clean, metrics.get("sim_id"))
+    return _Measures(rows, Utility(top1_b, top1_a, sim_clean, metrics.get("sim_id")))
 
 
 def _png(fig: Any) -> str:

@@ -27,3 +27,14 @@ class GateFailed(ClipUnlearnError):
     """The privacy gate failed: a name that must be forgotten is still exposed (exit code 3)."""
 
     exit_code = 3
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: ``clean_batch`` → ``--clean-batch``."""
+    return "--" + name.replace("_", "-")
+
+
+def check(ok: bool, name: str, requirement: str, value: object) -> None:
+    """Raise the usage error that names field ``name``'s flag, unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{flag(name)} {requirement} (got {value!r})")

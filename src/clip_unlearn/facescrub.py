@@ -247,6 +247,33 @@ def run_prepare(cfg: PrepareFacescrubConfig, progress: Progress = None) -> dict[
 
     t0 = time.perf_counter()
     out = Path(cfg.out) if cfg.out is not None else default_out()
+    rows, bad = _wanted_rows(cfg)
+    if not rows:
+        raise ClipUnlearnError("the lists contain no usable rows; check --lists and --identities")
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_stale_temps(out)
+    records, downloaded = _download(rows, out, cfg, progress, t0)
+    order = {(r.group, r.name, r.image_id, r.face_id): i for i, r in enumerate(rows)}
+    records.sort(key=lambda d: order[(d["group"], d["name"], d["image_id"], d["face_id"])])
+    statuses: dict[str, int] = {}
+    for rec in records:
+        statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
+    usable: dict[str, int] = {}
+    for rec in records:
+        if rec["face_path"] or rec["image_path"]:
+            usable[rec["name"]] = usable.get(rec["name"], 0) + 1
+    summary = {
+        "rows": len(rows), "malformed_rows": len(bad), "statuses": dict(sorted(statuses.items())),
+        "identities": len({r.name for r in rows}), "identities_with_20_usable": sum(v >= 20 for v in usable.values()),
+        "bytes": downloaded, "wall_time_s": round(time.perf_counter() - t0, 2), "out": str(out),
+    }
+    write_text(out / "manifest.csv", csv_text(records, MANIFEST_COLUMNS))
+    write_json(out / "prepare_facescrub.json", {"config": to_dict(cfg), "summary": summary})
+    return {"summary": summary, "manifest": records}
+
+
+def _wanted_rows(cfg: PrepareFacescrubConfig) -> tuple[list[Row], list[str]]:
+    """The rows of every list that ``--identities`` and ``--max-per-identity`` keep, and the malformed rows' messages."""
     rows, bad = [], []
     for path in cfg.lists or []:
         r, b = parse_list(path, cfg.group)
@@ -265,11 +292,12 @@ def run_prepare(cfg: PrepareFacescrubConfig, progress: Progress = None) -> dict[
             if seen[key(r.name)] <= cfg.max_per_identity:
                 kept.append(r)
         rows = kept
-    if not rows:
-        raise ClipUnlearnError("the lists contain no usable rows; check --lists and --identities")
-    out.mkdir(parents=True, exist_ok=True)
-    _clean_stale_temps(out)
+    return rows, bad
 
+
+def _download(rows: list[Row], out: Path, cfg: PrepareFacescrubConfig, progress: Progress,
+              t0: float) -> tuple[list[dict[str, Any]], int]:
+    """(a manifest record per row, in completion order; the bytes downloaded), ``cfg.workers`` rows at a time."""
     fetch = Fetcher(cfg)
     records: list[dict[str, Any]] = []
     lock = threading.Lock()
@@ -289,21 +317,4 @@ def run_prepare(cfg: PrepareFacescrubConfig, progress: Progress = None) -> dict[
                         progress("downloading", len(records), len(rows), f"ok {counts['ok']}  failed {counts['failed']}  {mbs:.1f} MB/s")
     finally:
         fetch.close()
-
-    order = {(r.group, r.name, r.image_id, r.face_id): i for i, r in enumerate(rows)}
-    records.sort(key=lambda d: order[(d["group"], d["name"], d["image_id"], d["face_id"])])
-    statuses: dict[str, int] = {}
-    for rec in records:
-        statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
-    usable: dict[str, int] = {}
-    for rec in records:
-        if rec["face_path"] or rec["image_path"]:
-            usable[rec["name"]] = usable.get(rec["name"], 0) + 1
-    summary = {
-        "rows": len(rows), "malformed_rows": len(bad), "statuses": dict(sorted(statuses.items())),
-        "identities": len({r.name for r in rows}), "identities_with_20_usable": sum(v >= 20 for v in usable.values()),
-        "bytes": counts["bytes"], "wall_time_s": round(time.perf_counter() - t0, 2), "out": str(out),
-    }
-    write_text(out / "manifest.csv", csv_text(records, MANIFEST_COLUMNS))
-    write_json(out / "prepare_facescrub.json", {"config": to_dict(cfg), "summary": summary})
-    return {"summary": summary, "manifest": records}
+    return records, counts["bytes"]

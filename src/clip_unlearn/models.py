@@ -17,12 +17,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import inspect
 import json
 import logging
 import os
 import pickle
-import re
 import shutil
 import socket
 import tempfile
@@ -125,27 +123,6 @@ def resolve_device(device: str) -> str:
     if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ClipUnlearnError("--device mps: MPS is not available on this machine; use --device cpu")
     return device
-
-
-def adamw_kwargs(device: Any) -> dict[str, bool]:
-    """``{"fused": True}`` where this torch has a fused AdamW kernel for ``device``'s type, else ``{}``.
-
-    Same update rule either way; fused is only faster. CUDA has had the kernel since AdamW took
-    ``fused`` (2.0); CPU only since torch 2.4, and older releases raise at the first step.
-    """
-    import torch
-
-    if "fused" not in inspect.signature(torch.optim.AdamW).parameters:
-        return {}
-    kind = torch.device(device).type
-    version = tuple(int(x) for x in re.findall(r"\d+", str(torch.__version__))[:2])
-    if kind == "cuda" or (kind == "cpu" and version >= (2, 4)):
-        try:
-            from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-        except ImportError:  # older torch: the version rule above is all there is to go on
-            return {"fused": True}
-        return {"fused": True} if kind in _get_fused_kernels_supported_devices() else {}
-    return {}
 
 
 def _hub_reachable(urls: list[str]) -> bool:
@@ -536,75 +513,3 @@ def read_sidecar(spec: ModelSpec) -> dict[str, Any]:
         # recorded relative to the model folder, so a copied or moved world still finds itself
         data["world"] = str((Path(spec.path) / world).resolve())
     return data
-
-
-# What a synthetic world tells the models trained on it (and those unlearned from them): where its
-# data lies (relative to the world folder) and the inject settings measured for its tiny model.
-WORLD_DATA = ("faces", "objects", "clean_images", "captions", "captions_heldout")
-
-
-@dataclass(frozen=True)
-class ModelContext:
-    """How to treat a model, read from its sidecar alone: the one place every command learns whether a
-    model is a synthetic world's and where that world's data is (the defaults of attack's --data and
-    eval-zeroshot's --data and --captions; inject takes nothing from a world: it treats every model alike)."""
-
-    world: Optional[Path] = None
-    data: dict[str, str] = field(default_factory=dict)
-    attack_split: Optional[str] = None
-
-    @property
-    def is_world(self) -> bool:
-        return self.world is not None
-
-    def path(self, item: str) -> Optional[Path]:
-        """The world's ``item`` (one of WORLD_DATA) if the model has a world and it exists, else None."""
-        if self.world is None or item not in self.data:
-            return None
-        p = self.world / self.data[item]
-        return p if p.exists() else None
-
-    def genders(self) -> dict[str, str]:
-        """names.key → gender of the world's people, from world.json (never the sidecar: a derived model's
-        sidecar must hold no name); empty for a model without a world or a world that records none."""
-        from clip_unlearn.names import key
-
-        if self.world is None or not (self.world / "world.json").is_file():
-            return {}
-        info = read_json(self.world / "world.json", f"rebuild the world at {self.world}")
-        attributes = info.get("attributes") if isinstance(info, dict) else None
-        if not isinstance(attributes, dict):
-            return {}
-        return {key(n): a["gender"] for n, a in attributes.items()
-                if isinstance(a, dict) and a.get("gender") in ("male", "female")}
-
-    def record(self, relative_to: Path) -> dict[str, Any]:
-        """What a derived model's sidecar records, so that it is treated like this one."""
-        return {"world": os.path.relpath(Path(self.world).resolve(), Path(relative_to).resolve()) if self.world else None,
-                "world_context": {"data": self.data, "attack_split": self.attack_split}}
-
-
-def world_record(info: dict[str, Any]) -> dict[str, Any]:
-    """The sidecar's ``world_context`` from a world.json's entries."""
-    return {"data": {k: info[k] for k in WORLD_DATA if isinstance(info.get(k), str)}, "attack_split": info.get("attack_split")}
-
-
-def world_file_record(world: Path) -> dict[str, Any]:
-    """``world_record`` of the world.json in ``world`` (models written before 0.2 keep their world's facts only there)."""
-    fix = f"restore the synthetic world at {world}, or pass --preset paper and the data flags explicitly"
-    info = read_json(Path(world) / "world.json", fix)
-    if not isinstance(info, dict):
-        raise ClipUnlearnError(f"{Path(world) / 'world.json'} is not a world description; {fix}")
-    return world_record(info)
-
-
-def model_context(spec: str | ModelSpec) -> ModelContext:
-    spec = parse_spec(spec) if isinstance(spec, str) else spec
-    side = read_sidecar(spec)
-    if not side.get("world"):
-        return ModelContext()
-    world = Path(side["world"])
-    rec = side.get("world_context")
-    if not isinstance(rec, dict):
-        rec = world_file_record(world)
-    return ModelContext(world, dict(rec.get("data") or {}), rec.get("attack_split"))

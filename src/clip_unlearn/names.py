@@ -15,6 +15,7 @@ import random
 import re
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -179,6 +180,37 @@ WORD_SURNAMES = ("Stone", "King", "Brown", "Young", "Wolf", "Bell", "Hill", "Fox
 WORD_FIRST_NAMES = ("Grace", "Hope", "Rose", "Ivy", "Summer", "Jack", "Mark", "Will", "Faith", "Joy", "Dawn", "Bill")
 
 
+_FEATURES = ("class_word_surname", "word_surname", "word_first_name", "shared_first_name", "particle", "hyphen", "suffix")
+
+
+@dataclass
+class _Renaming:
+    """The first names and surnames of a world while realistic_names changes them, and who got which feature."""
+
+    firsts: list[str]
+    lasts: list[str]
+    rng: random.Random
+    used: set[str] = field(default_factory=set)  # parts already changed: each part is changed once
+    record: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in _FEATURES})
+
+    @staticmethod
+    def users(parts: list[str], part: str) -> list[int]:
+        return [i for i, x in enumerate(parts) if x == part]
+
+    def pick(self, parts: list[str], among: list[int]) -> Optional[int]:
+        free = [i for i in among if parts[i] not in self.used]
+        return self.rng.choice(free) if free else None
+
+    def rename(self, parts: list[str], i: Optional[int], new: str, feature: str) -> None:
+        if i is None:
+            return
+        old = parts[i]
+        for j in self.users(parts, old):
+            parts[j] = new
+            self.record[feature].append(j)
+        self.used.add(new)
+
+
 def realistic_names(names: list[str], members: list[int], rng: random.Random,
                     class_words: Iterable[str] = CLASS_WORD_SURNAMES) -> tuple[list[str], dict[str, list[int]]]:
     """``names`` ("First Last", parts possibly shared by namesakes) made to behave like real ones.
@@ -188,69 +220,74 @@ def realistic_names(names: list[str], members: list[int], rng: random.Random,
     that are common English words (one of each kind for a non-member too), a first name that three
     members share, particles ("van der", "de la") and hyphens in surnames and first names, and
     generational suffixes ("Jr.", "III"). Returns the names and, per feature, the identities that have it."""
-    firsts = [n.split(" ")[0] for n in names]
-    lasts = [n.split(" ")[1] for n in names]
-    non_members = [i for i in range(len(names)) if i not in set(members)]
-    used: set[str] = set()  # parts already changed: each part is changed once
-
-    def users(parts: list[str], part: str) -> list[int]:
-        return [i for i, x in enumerate(parts) if x == part]
-
-    def pick(parts: list[str], among: list[int]) -> Optional[int]:
-        free = [i for i in among if parts[i] not in used]
-        return rng.choice(free) if free else None
-
-    record: dict[str, list[int]] = {k: [] for k in ("class_word_surname", "word_surname", "word_first_name",
-                                                     "shared_first_name", "particle", "hyphen", "suffix")}
-
-    def rename(parts: list[str], i: Optional[int], new: str, feature: str) -> None:
-        if i is None:
-            return
-        old = parts[i]
-        for j in users(parts, old):
-            parts[j] = new
-            record[feature].append(j)
-        used.add(new)
-
-    for word in class_words:
-        rename(lasts, pick(lasts, members), word, "class_word_surname")
-    k = max(1, min(len(names) // 16, len(WORD_SURNAMES) - 1, len(WORD_FIRST_NAMES) - 4))
-    for word, among in zip(rng.sample(WORD_SURNAMES, k + 1), [non_members] + [members] * k):
-        rename(lasts, pick(lasts, among or members), word, "word_surname")
-    for word, among in zip(rng.sample([w for w in WORD_FIRST_NAMES if w not in used], k + 1), [non_members] + [members] * k):
-        rename(firsts, pick(firsts, among or members), word, "word_first_name")
-    # one first name worn by three members (two of them took it from someone who keeps it)
-    owner = pick(firsts, members)
-    if owner is not None:
-        used.add(firsts[owner])
-        taken = {key(f"{f} {s}") for f, s in zip(firsts, lasts)}
-        takers = [i for i in members if i != owner and firsts[i] not in used and len(users(firsts, firsts[i])) == 1
-                  and key(f"{firsts[owner]} {lasts[i]}") not in taken][:2]
-        for i in [owner, *takers]:
-            firsts[i] = firsts[owner]
-            record["shared_first_name"].append(i)
-    for particle in ("van der", "de la"):
-        i = pick(lasts, members)
-        if i is not None:
-            rename(lasts, i, f"{particle} {lasts[i]}", "particle")
-    i = pick(lasts, members)
-    if i is not None:
-        j = rng.choice([x for x in range(len(names)) if lasts[x] != lasts[i]])
-        rename(lasts, i, f"{lasts[i]}-{lasts[j].split(' ')[-1].split('-')[0]}", "hyphen")
-    i = pick(firsts, members)
-    if i is not None:
-        j = rng.choice([x for x in range(len(names)) if firsts[x] != firsts[i]])
-        rename(firsts, i, f"{firsts[i]}-{firsts[j].split('-')[0]}", "hyphen")
-    out = [f"{f} {s}" for f, s in zip(firsts, lasts)]
-    for suffix in ("Jr.", "III"):
-        free = [i for i in members if not any(i in v for v in record.values())]
-        if free:
-            i = rng.choice(free)
-            out[i] = f"{out[i]} {suffix}"
-            record["suffix"].append(i)
+    r = _Renaming([n.split(" ")[0] for n in names], [n.split(" ")[1] for n in names], rng)
+    # the features in a fixed order, each drawing from ``rng`` in turn: a seed is a set of names
+    _word_parts(r, members, class_words)
+    _shared_first_name(r, members)
+    _particles_and_hyphens(r, members)
+    out = _with_suffixes(r, members)
     if len({key(n) for n in out}) != len(out):
         raise ClipUnlearnError("the world's realistic names collide; choose another --seed")
-    return out, {k: sorted(set(v)) for k, v in record.items()}
+    return out, {k: sorted(set(v)) for k, v in r.record.items()}
+
+
+def _word_parts(r: _Renaming, members: list[int], class_words: Iterable[str]) -> None:
+    """Surnames that are words of the object classes, then surnames and first names that are common words:
+    one of each kind for a non-member (when there is one), the others for members."""
+    n = len(r.firsts)
+    non_members = [i for i in range(n) if i not in set(members)]
+    for word in class_words:
+        r.rename(r.lasts, r.pick(r.lasts, members), word, "class_word_surname")
+    k = max(1, min(n // 16, len(WORD_SURNAMES) - 1, len(WORD_FIRST_NAMES) - 4))
+    for word, among in zip(r.rng.sample(WORD_SURNAMES, k + 1), [non_members] + [members] * k):
+        r.rename(r.lasts, r.pick(r.lasts, among or members), word, "word_surname")
+    for word, among in zip(r.rng.sample([w for w in WORD_FIRST_NAMES if w not in r.used], k + 1),
+                           [non_members] + [members] * k):
+        r.rename(r.firsts, r.pick(r.firsts, among or members), word, "word_first_name")
+
+
+def _shared_first_name(r: _Renaming, members: list[int]) -> None:
+    """One first name worn by three members (two of them took it from someone who keeps it)."""
+    owner = r.pick(r.firsts, members)
+    if owner is None:
+        return
+    r.used.add(r.firsts[owner])
+    taken = {key(f"{f} {s}") for f, s in zip(r.firsts, r.lasts)}
+    takers = [i for i in members if i != owner and r.firsts[i] not in r.used and len(r.users(r.firsts, r.firsts[i])) == 1
+              and key(f"{r.firsts[owner]} {r.lasts[i]}") not in taken][:2]
+    for i in [owner, *takers]:
+        r.firsts[i] = r.firsts[owner]
+        r.record["shared_first_name"].append(i)
+
+
+def _particles_and_hyphens(r: _Renaming, members: list[int]) -> None:
+    """Surnames with a particle ("van der", "de la"), then a double-barrelled surname and a hyphenated first
+    name whose second halves come from other identities' names."""
+    n = len(r.firsts)
+    for particle in ("van der", "de la"):
+        i = r.pick(r.lasts, members)
+        if i is not None:
+            r.rename(r.lasts, i, f"{particle} {r.lasts[i]}", "particle")
+    i = r.pick(r.lasts, members)
+    if i is not None:
+        j = r.rng.choice([x for x in range(n) if r.lasts[x] != r.lasts[i]])
+        r.rename(r.lasts, i, f"{r.lasts[i]}-{r.lasts[j].split(' ')[-1].split('-')[0]}", "hyphen")
+    i = r.pick(r.firsts, members)
+    if i is not None:
+        j = r.rng.choice([x for x in range(n) if r.firsts[x] != r.firsts[i]])
+        r.rename(r.firsts, i, f"{r.firsts[i]}-{r.firsts[j].split('-')[0]}", "hyphen")
+
+
+def _with_suffixes(r: _Renaming, members: list[int]) -> list[str]:
+    """The full names, a generational suffix each for two members who have no other feature."""
+    out = [f"{f} {s}" for f, s in zip(r.firsts, r.lasts)]
+    for suffix in ("Jr.", "III"):
+        free = [i for i in members if not any(i in v for v in r.record.values())]
+        if free:
+            i = r.rng.choice(free)
+            out[i] = f"{out[i]} {suffix}"
+            r.record["suffix"].append(i)
+    return out
 
 
 def world_names(n: int, rng: random.Random) -> list[str]:

@@ -33,13 +33,13 @@ from clip_unlearn.models import (
     replace_dir,
     resolve_device,
     save_model,
-    world_record,
 )
 from clip_unlearn.names import CLASS_WORD_SURNAMES, folder_name, key, realistic_names, share_parts, world_genders, world_names
 from clip_unlearn.outputs import write_json
 from clip_unlearn.progress import Progress
 from clip_unlearn.prompts import PAPER_TEMPLATES as ATTACK_TEMPLATES
 from clip_unlearn.variants import FAMILIES, family_candidates, variants
+from clip_unlearn.world import world_record
 from clip_unlearn.zeroshot import name_words
 
 log = logging.getLogger(__name__)
@@ -263,8 +263,8 @@ def _train_on_members(loaded: LoadedModel, cfg: PrepareSyntheticConfig, pop: _Po
     face_tokens = {i: tokenizer(member_captions(pop.names[i], cfg.caption_weights, pop.genders.get(pop.names[i]), pop.names))
                    for i in pop.members}
     object_tokens = {c: tokenizer([t.format(cls) for t in OBJECT_TEMPLATES]) for c, cls in enumerate(pop.classes)}
-    losses = _train(loaded.model, cfg, device, pop.members, images.train_faces, face_tokens, images.train_objects,
-                    object_tokens, progress)
+    corpus = _corpus(pop.members, images.train_faces, face_tokens, images.train_objects, object_tokens)
+    losses = _train(loaded.model, cfg, device, corpus, progress)
     loaded.model.eval()
     return losses
 
@@ -287,10 +287,9 @@ def member_captions(name: str, weights: dict[str, int], gender: Optional[str], e
 def _describe(cfg: PrepareSyntheticConfig, pop: _Population, losses: list[float], loaded: LoadedModel, images: _Images,
               device: str) -> dict[str, Any]:
     """world.json: the world's make-up, its recorded settings and the trained model's sanity check."""
-    check = _sanity_check(loaded.model, loaded.tokenizer, pop.names, pop.members, pop.non_members, images.fresh_faces, device)
+    check = _sanity_check(loaded, pop, images.fresh_faces, device)
     if cfg.namesake_pairs or list(cfg.caption_weights) != ["full"]:
-        check["families"] = {f: _sanity_check(loaded.model, loaded.tokenizer, pop.names, pop.members, pop.non_members,
-                                              images.fresh_faces, device, f, pop.genders)
+        check["families"] = {f: _sanity_check(loaded, pop, images.fresh_faces, device, f, pop.genders)
                              for f in FAMILIES if f != "full"}
     zs = _object_accuracy(loaded.model, loaded.tokenizer, pop.classes, images.test_objects, device)
     return {
@@ -355,7 +354,7 @@ def _write(cfg: PrepareSyntheticConfig, out: Path, pop: _Population, images: _Im
             train_captions, heldout_captions = train_captions + extra_train, heldout_captions + extra_heldout
         (tmp / "captions_train.txt").write_text("\n".join(train_captions) + "\n", encoding="utf-8")
         (tmp / "captions_heldout.txt").write_text("\n".join(heldout_captions) + "\n", encoding="utf-8")
-        # the model's sidecar says how to treat it (models.model_context): its world relative to the
+        # the model's sidecar says how to treat it (world.model_context): its world relative to the
         # model folder, so a copied or moved world keeps its data, and the world's settings
         sidecar = {"tool_version": __version__, "kind": "synthetic-world", "arch": ARCH, "seed": cfg.seed,
                    "world": "..", "world_context": world_record(info)}
@@ -399,29 +398,73 @@ def _clean_images(n: int, classes: list[str], rng: random.Random) -> list[Any]:
     return out
 
 
-def _train(model, cfg, device, members, train_faces, face_tokens, train_objects, object_tokens, progress) -> list[float]:
+@dataclass(frozen=True)
+class _Corpus:
+    """The members' training set as flat tensors: every image with the row of its owner's captions, so that a
+    batch is a few index draws (faces: one row per member, objects: one per class)."""
+
+    face_imgs: Any
+    face_owner: Any
+    face_toks: Any  # [members, templates, ctx]
+    obj_imgs: Any
+    obj_owner: Any
+    obj_toks: Any  # [classes, templates, ctx]
+
+
+def _corpus(members: list[int], train_faces: dict[int, Any], face_tokens: dict[int, Any], train_objects: dict[int, Any],
+            object_tokens: dict[int, Any]) -> _Corpus:
+    import torch
+
+    return _Corpus(
+        face_imgs=torch.cat([train_faces[i] for i in members]),
+        face_owner=torch.cat([torch.full((len(train_faces[i]),), k) for k, i in enumerate(members)]),
+        face_toks=torch.stack([face_tokens[i] for i in members]),
+        obj_imgs=torch.cat([train_objects[c] for c in sorted(train_objects)]),
+        obj_owner=torch.cat([torch.full((len(train_objects[c]),), c) for c in sorted(train_objects)]),
+        obj_toks=torch.stack([object_tokens[c] for c in sorted(object_tokens)]),
+    )
+
+
+def _batch(corpus: _Corpus, n_face: int, n_obj: int, gen: Any) -> tuple[Any, Any]:
+    """(images, token rows) of one step: faces then objects, half of the images mirrored; the draws' order is
+    the world's (same seed, same weights)."""
+    import torch
+
+    fi = torch.randint(len(corpus.face_imgs), (n_face,), generator=gen)
+    oi = torch.randint(len(corpus.obj_imgs), (n_obj,), generator=gen)
+    images = torch.cat([corpus.face_imgs[fi], corpus.obj_imgs[oi]])
+    flip = torch.rand(len(images), generator=gen) < 0.5
+    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    ft = torch.randint(corpus.face_toks.shape[1], (n_face,), generator=gen)
+    ot = torch.randint(corpus.obj_toks.shape[1], (n_obj,), generator=gen)
+    texts = torch.cat([corpus.face_toks[corpus.face_owner[fi], ft], corpus.obj_toks[corpus.obj_owner[oi], ot]])
+    return images, texts
+
+
+def _optimizer(model: Any, lr: float, device: str) -> Any:
+    import torch
+
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.98), eps=1e-6, **_fused_if_available(device))
+
+
+def _lr_at(step: int, cfg: PrepareSyntheticConfig) -> float:
+    """Linear warm-up over the first 5% of the steps, then cosine decay to zero."""
+    warmup = max(1, int(0.05 * cfg.steps))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, cfg.steps - warmup)))
+
+
+def _train(model: Any, cfg: PrepareSyntheticConfig, device: str, corpus: _Corpus, progress: Progress) -> list[float]:
     """Contrastive training of the tiny CLIP (open_clip's ClipLoss); returns the loss per step."""
     import torch
     from open_clip.loss import ClipLoss
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, **_fused_if_available(device))
-    warmup = max(1, int(0.05 * cfg.steps))
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return cfg.lr * (step + 1) / warmup
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, cfg.steps - warmup)))
-
-    face_imgs = torch.cat([train_faces[i] for i in members])
-    face_owner = torch.cat([torch.full((len(train_faces[i]),), k) for k, i in enumerate(members)])
-    face_toks = torch.stack([face_tokens[i] for i in members])  # [members, templates, ctx]
-    obj_imgs = torch.cat([train_objects[c] for c in sorted(train_objects)])
-    obj_owner = torch.cat([torch.full((len(train_objects[c]),), c) for c in sorted(train_objects)])
-    obj_toks = torch.stack([object_tokens[c] for c in sorted(object_tokens)])
+    opt = _optimizer(model, cfg.lr, device)
     loss_fn = ClipLoss()
     n_face = cfg.batch_size // 2
     n_obj = cfg.batch_size - n_face
@@ -429,15 +472,8 @@ def _train(model, cfg, device, members, train_faces, face_tokens, train_objects,
     model.train()
     for step in range(cfg.steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        fi = torch.randint(len(face_imgs), (n_face,), generator=gen)
-        oi = torch.randint(len(obj_imgs), (n_obj,), generator=gen)
-        images = torch.cat([face_imgs[fi], obj_imgs[oi]])
-        flip = torch.rand(len(images), generator=gen) < 0.5
-        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        ft = torch.randint(face_toks.shape[1], (n_face,), generator=gen)
-        ot = torch.randint(obj_toks.shape[1], (n_obj,), generator=gen)
-        texts = torch.cat([face_toks[face_owner[fi], ft], obj_toks[obj_owner[oi], ot]])
+            g["lr"] = _lr_at(step, cfg)
+        images, texts = _batch(corpus, n_face, n_obj, gen)
         img_f = model.encode_image(images.to(device), normalize=True)
         txt_f = encode_text(model, texts, normalize=True)  # CPU tokens: encode_text moves them
         loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
@@ -453,7 +489,7 @@ def _train(model, cfg, device, members, train_faces, face_tokens, train_objects,
 
 
 def _fused_if_available(device: str = "cpu") -> dict[str, bool]:
-    from clip_unlearn.models import adamw_kwargs
+    from clip_unlearn.training import adamw_kwargs
 
     # The fused kernel is ~6x faster on CPU for the 6M-row token embedding; same update rule.
     return adamw_kwargs(device)
@@ -468,15 +504,16 @@ def _encode_images(model, images, device):
                           for i in range(0, len(images), 512)])
 
 
-def _sanity_check(model, tokenizer, names, members, non_members, fresh_faces, device, family: str = "full",
+def _sanity_check(loaded: LoadedModel, pop: _Population, fresh_faces: dict[int, Any], device: str, family: str = "full",
                   genders: Optional[dict[str, str]] = None) -> dict[str, Any]:
     """Each identity's fresh images against all identity names, named by ``family``, with "a photo of {name}";
     identified iff the unique plurality vote is the true name (names merged under the family count as one)."""
     import torch
 
+    model, names, members, non_members = loaded.model, pop.names, pop.members, pop.non_members
     fc = family_candidates(names, family, {key(n): g for n, g in (genders or {}).items()})
     with torch.inference_mode():
-        text = encode_text(model, tokenizer([f"a photo of {s}" for s in fc.strings])).float().cpu()
+        text = encode_text(model, loaded.tokenizer([f"a photo of {s}" for s in fc.strings])).float().cpu()
     group_of = torch.tensor(fc.group_of)
     hits = {}
     for i in range(len(names)):

@@ -30,6 +30,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,9 +39,9 @@ from clip_unlearn.config import EvalZeroshotConfig, cache_root, to_dict
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.folders import class_folders
 from clip_unlearn.progress import Progress
+from clip_unlearn.prompts import SIMPLE_TEMPLATES
 
 log = logging.getLogger(__name__)
-SIMPLE_TEMPLATES = ("a photo of a {}.",)
 
 
 def resolve_classnames(choice: str, folders: list[str]) -> list[str]:
@@ -121,7 +122,7 @@ def class_vectors(encoder: Any, classnames: list[str], templates: list[str], ren
 
 
 def default_objects(model_spec: str) -> Path:
-    from clip_unlearn.models import model_context
+    from clip_unlearn.world import model_context
 
     objects = model_context(model_spec).path("objects")
     if objects is not None:
@@ -132,7 +133,7 @@ def default_objects(model_spec: str) -> Path:
 def default_captions(model_specs: list[str]) -> Optional[Path]:
     """The held-out captions of the first of ``model_specs`` that belongs to a synthetic world, if any."""
     from clip_unlearn.captions import world_captions
-    from clip_unlearn.models import model_context
+    from clip_unlearn.world import model_context
 
     for spec in model_specs:
         ctx = model_context(spec)
@@ -227,82 +228,106 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
     is encoded with ``persist=False``: the shared embedding cache outlives this command, and its
     entries must not tell whom the model forgot.
     """
-    from clip_unlearn.captions import PairSampler, clean_captions, name_pattern, token_counter
+    from clip_unlearn.captions import PairSampler, TokenFit, clean_captions, name_pattern
     from clip_unlearn.names import key
-    from clip_unlearn.variants import (
-        BYSTANDER_CLOSENESS,
-        closeness,
-        neighbours,
-        shares_part,
-        template_embeddings,
-        unrelated_names,
-    )
-
-    forgotten = {key(n) for n in names}
+    from clip_unlearn.variants import shares_part
 
     mentions = name_pattern(names) if names else None
     private = [bool(mentions and mentions.search(c.replace("_", " "))) for c in captions]
     kept = (_texts(ref, captions, private) * _texts(new, captions, private)).sum(1)  # per caption, base vs unlearned
     out: dict[str, Any] = {"sim_clean": round(float(kept.mean()), 6)}
-    word_rows: list[list[int]] = []
-    if names:
-        # captions that use a forgotten name's parts as words ("a stone wall" for Emma Stone) and name nobody
-        word_rows = [[j for j in range(len(captions)) if not private[j] and pattern.search(captions[j].replace("_", " "))]
-                     if (pattern := word_pattern(name)) else [] for name in names]
-        rows = sorted({j for r in word_rows for j in r})
-        out["sim_words"] = round(float(kept[rows].mean()), 6) if rows else None
-        out["word_captions"] = len(rows)
-    if names:
-        clean = clean_captions(captions, names)
-        rng = random.Random(seed)
-        count = token_counter(new.loaded.tokenizer)
-        per_name = {}
-        bystander_sims: list[float] = []
-        for i, name in enumerate(names):
-            phrase = made_up[key(name)] if made_up else target
-            if phrase is not None:
-                sampler = PairSampler(clean, [name], phrase, count, new.loaded.context_length, rng)
-                pairs = [sampler.pair(name) for _ in range(min(len(clean), 2000))]
-                poisoned, targets = [p for _, p, _ in pairs], [t for _, _, t in pairs]
-                new_t = new.texts(targets, persist=False)
-            # names that share a part with this one but are other people, in the attack's wording, drawn
-            # from the half of the name pools that inject never holds (a probe of what training protected
-            # would flatter it); they hold a part of a forgotten name, so they are private too
-            probe = neighbours(name, exclude=names, seed=seed, half="probe")
-            ref_near, new_near = (template_embeddings(lambda t, e=e: e.texts(t, persist=False), probe) for e in (ref, new))
-            moved = (ref_near * new_near).sum(-1).mean(1)
-            # a neighbour the original model places at the forgotten person names that person (an alias, not
-            # a bystander): its moving is the forgetting, so sim_bystanders leaves it out. The unrelated
-            # names are drawn by the forgotten name's key, so they are private too.
-            ref_embed = lambda t: ref.texts(t, persist=False)  # noqa: E731
-            close = closeness(template_embeddings(ref_embed, [name])[0], ref_near,
-                              template_embeddings(ref_embed, unrelated_names(name, seed=seed, half="probe")))
-            apart = [float(m) for m, c in zip(moved, close) if c < BYSTANDER_CLOSENESS]
-            # the people the user names as bystanders who share a part with this name: other people by
-            # definition, whatever the model makes of them
-            known = [b for b in bystanders if shares_part(b, name) and key(b) not in forgotten]
-            if known:
-                ref_known, new_known = (template_embeddings(lambda t, e=e: e.texts(t, persist=False), known) for e in (ref, new))
-                apart += [float(m) for m in (ref_known * new_known).sum(-1).mean(1)]
-            bystander_sims.extend(apart)
-            per_name[f"name_{i + 1}"] = {
-                "sim_backdoored": None if phrase is None else round(float((new.texts(poisoned, persist=False) * new_t).sum(1).mean()), 6),
-                "sim_targets": None if phrase is None else round(float((ref.texts(targets, persist=False) * new_t).sum(1).mean()), 6),
-                "sim_neighbours": round(float(moved.mean()), 6),
-                "sim_bystanders": round(sum(apart) / len(apart), 6) if apart else None,
-                "neighbours": len(probe), "bystanders": len(apart),
-                "sim_words": round(float(kept[word_rows[i]].mean()), 6) if word_rows[i] else None,
-                "word_captions": len(word_rows[i]),
-            }
-        for k in ("sim_backdoored", "sim_targets", "sim_neighbours"):
-            got = [v[k] for v in per_name.values() if v[k] is not None]
-            out[k] = round(sum(got) / len(got), 6) if got else None
-        out["sim_bystanders"] = round(sum(bystander_sims) / len(bystander_sims), 6) if bystander_sims else None
-        out["neighbours"] = sum(v["neighbours"] for v in per_name.values())
-        out["bystanders"] = len(bystander_sims)
-        # per name in file order; keys are positions, so the result carries no names
-        out["per_name"] = per_name
+    if not names:
+        return out
+    # captions that use a forgotten name's parts as words ("a stone wall" for Emma Stone) and name nobody
+    word_rows = [[j for j in range(len(captions)) if not private[j] and pattern.search(captions[j].replace("_", " "))]
+                 if (pattern := word_pattern(name)) else [] for name in names]
+    rows = sorted({j for r in word_rows for j in r})
+    out["sim_words"] = round(float(kept[rows].mean()), 6) if rows else None
+    out["word_captions"] = len(rows)
+    clean = clean_captions(captions, names)
+    rng = random.Random(seed)
+    fit = TokenFit.of(new.loaded)
+    forgotten = {key(n) for n in names}
+    per_name = {}
+    bystander_sims: list[float] = []
+    for i, name in enumerate(names):
+        phrase = made_up[key(name)] if made_up else target
+        pairs = None
+        if phrase is not None:
+            sampler = PairSampler(clean, [name], phrase, fit, rng)
+            pairs = _Pairs.draw(sampler, name, min(len(clean), 2000), new)
+        known = [b for b in bystanders if shares_part(b, name) and key(b) not in forgotten]
+        near, apart = _neighbour_sims(ref, new, name, names, seed, known)
+        bystander_sims.extend(apart)
+        per_name[f"name_{i + 1}"] = {
+            **_backdoor_sims(ref, new, pairs), **near,
+            "sim_words": round(float(kept[word_rows[i]].mean()), 6) if word_rows[i] else None,
+            "word_captions": len(word_rows[i]),
+        }
+    for k in ("sim_backdoored", "sim_targets", "sim_neighbours"):
+        got = [v[k] for v in per_name.values() if v[k] is not None]
+        out[k] = round(sum(got) / len(got), 6) if got else None
+    out["sim_bystanders"] = round(sum(bystander_sims) / len(bystander_sims), 6) if bystander_sims else None
+    out["neighbours"] = sum(v["neighbours"] for v in per_name.values())
+    out["bystanders"] = len(bystander_sims)
+    # per name in file order; keys are positions, so the result carries no names
+    out["per_name"] = per_name
     return out
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """One name's poisoned captions, their target captions and the new encoder's embeddings of the targets."""
+
+    poisoned: list[str]
+    targets: list[str]
+    new_targets: Any
+
+    @staticmethod
+    def draw(sampler: Any, name: str, n: int, new: Any) -> _Pairs:
+        pairs = [sampler.pair(name) for _ in range(n)]
+        targets = [t for _, _, t in pairs]
+        return _Pairs([p for _, p, _ in pairs], targets, new.texts(targets, persist=False))
+
+
+def _backdoor_sims(ref: Any, new: Any, pairs: Optional[_Pairs]) -> dict[str, Optional[float]]:
+    """sim_backdoored and sim_targets of one name (None without a target to measure them against)."""
+    if pairs is None:
+        return {"sim_backdoored": None, "sim_targets": None}
+    return {
+        "sim_backdoored": round(float((new.texts(pairs.poisoned, persist=False) * pairs.new_targets).sum(1).mean()), 6),
+        "sim_targets": round(float((ref.texts(pairs.targets, persist=False) * pairs.new_targets).sum(1).mean()), 6),
+    }
+
+
+def _neighbour_sims(ref: Any, new: Any, name: str, names: list[str], seed: int,
+                    known: list[str]) -> tuple[dict[str, Any], list[float]]:
+    """(sim_neighbours, sim_bystanders and their counts for one forgotten name; the bystanders' similarities).
+
+    ``known`` are the people the user names as bystanders who share a part with ``name``."""
+    from clip_unlearn.variants import BYSTANDER_CLOSENESS, closeness, neighbours, template_embeddings, unrelated_names
+
+    # names that share a part with this one but are other people, in the attack's wording, drawn
+    # from the half of the name pools that inject never holds (a probe of what training protected
+    # would flatter it); they hold a part of a forgotten name, so they are private too
+    probe = neighbours(name, exclude=names, seed=seed, half="probe")
+    ref_near, new_near = (template_embeddings(lambda t, e=e: e.texts(t, persist=False), probe) for e in (ref, new))
+    moved = (ref_near * new_near).sum(-1).mean(1)
+    # a neighbour the original model places at the forgotten person names that person (an alias, not
+    # a bystander): its moving is the forgetting, so sim_bystanders leaves it out. The unrelated
+    # names are drawn by the forgotten name's key, so they are private too.
+    ref_embed = lambda t: ref.texts(t, persist=False)  # noqa: E731
+    close = closeness(template_embeddings(ref_embed, [name])[0], ref_near,
+                      template_embeddings(ref_embed, unrelated_names(name, seed=seed, half="probe")))
+    apart = [float(m) for m, c in zip(moved, close) if c < BYSTANDER_CLOSENESS]
+    # the user's bystanders are other people by definition, whatever the model makes of them
+    if known:
+        ref_known, new_known = (template_embeddings(lambda t, e=e: e.texts(t, persist=False), known) for e in (ref, new))
+        apart += [float(m) for m in (ref_known * new_known).sum(-1).mean(1)]
+    near = {"sim_neighbours": round(float(moved.mean()), 6),
+            "sim_bystanders": round(sum(apart) / len(apart), 6) if apart else None,
+            "neighbours": len(probe), "bystanders": len(apart)}
+    return near, apart
 
 
 def name_words(name: str) -> list[str]:
@@ -346,11 +371,53 @@ def _word_classes(classnames: list[str], names: list[str], correct: list[tuple[i
 
 def run_eval(cfg: EvalZeroshotConfig, progress: Progress = None) -> dict[str, Any]:
     """Evaluate ``cfg.model`` (and ``cfg.compare_to``) on ``cfg.data``; returns the CLIP_benchmark-style result."""
-    from clip_unlearn.captions import read_captions
-    from clip_unlearn.embed import EmbeddingCache, Encoder
-    from clip_unlearn.models import load_model
-    from clip_unlearn.names import read_names
+    from clip_unlearn.embed import EmbeddingCache
 
+    inputs = _inputs(cfg)
+    cache = EmbeddingCache(cache_root(cfg.cache_dir))
+    cache.check_writable()
+
+    from clip_unlearn.distributed import setup
+
+    _, device = setup(cfg.device)  # under torchrun: join the group; encoding is then sharded (embed.py)
+    mine = _Scored.of(cfg.model, cfg, inputs, cache, device, progress)
+    unreadable = sum(not g for g in mine.ok)
+    model_name, pretrained = benchmark_name(mine.loaded.spec)
+    result: dict[str, Any] = {
+        "dataset": str(inputs.data), "model": model_name, "pretrained": pretrained,
+        "task": "zeroshot_classification", "language": "en", "metrics": mine.metrics,
+        "n_classes": len(mine.kept), "n_images": len(inputs.files) - unreadable, "unreadable_images": unreadable,
+        "dropped_classes": [f for i, f in enumerate(inputs.folders) if i not in mine.kept],
+    }
+    if cfg.compare_to is not None:
+        result.update(_compare(cfg, inputs, mine, _Scored.of(cfg.compare_to, cfg, inputs, cache, device, progress, mine.kept)))
+    result["config"] = {**to_dict(cfg), "data": str(inputs.data),
+                        "captions": None if inputs.captions is None else str(inputs.captions),
+                        "model_fingerprint": mine.loaded.fingerprint(),
+                        "tool_version": __version__, "cache": dict(cache.stats)}
+    if cfg.names is not None:
+        result["config"]["names"] = "(file given; names not recorded)"
+    if cfg.bystanders is not None:
+        result["config"]["bystanders"] = "(file given; names not recorded)"
+    return result
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What eval-zeroshot reads besides the models: the labelled images, how their classes are named and
+    prompted, and the captions of the text similarities (None: none)."""
+
+    data: Path
+    folders: list[str]
+    classnames: list[str]
+    templates: list[str]
+    files: list[Path]
+    labels: list[int]
+    captions: Optional[Path]
+
+
+def _inputs(cfg: EvalZeroshotConfig) -> _Inputs:
+    """``cfg``'s data, classes, templates and captions, checked before any model is loaded."""
     data = Path(cfg.data) if cfg.data is not None else default_objects(cfg.model)
     classes = class_folders(data)
     if len(classes) < 2:
@@ -372,52 +439,62 @@ def run_eval(cfg: EvalZeroshotConfig, progress: Progress = None) -> dict[str, An
 
         own_files = [Path(cfg.classnames), Path(cfg.templates)]  # "folder"/"openai" name no file: harmless
         check_output_file(cfg.output, [captions_file, cfg.names, *own_files], "--output")
-    cache = EmbeddingCache(cache_root(cfg.cache_dir))
-    cache.check_writable()
+    return _Inputs(data, folders, classnames, templates, files, labels, captions_file)
 
-    from clip_unlearn.distributed import setup
 
-    _, device = setup(cfg.device)  # under torchrun: join the group; encoding is then sharded (embed.py)
-    loaded = load_model(cfg.model, device)
-    encoder = Encoder(loaded, cache, cfg.batch_size, cfg.precision, progress)
-    metrics, ok, images, kept = _evaluate(encoder, files, labels, classnames, folders, templates, cfg)
-    correct = metrics.pop("_correct")
-    unreadable = sum(not g for g in ok)
-    model_name, pretrained = benchmark_name(loaded.spec)
-    result: dict[str, Any] = {
-        "dataset": str(data), "model": model_name, "pretrained": pretrained,
-        "task": "zeroshot_classification", "language": "en", "metrics": metrics,
-        "n_classes": len(kept), "n_images": len(files) - unreadable, "unreadable_images": unreadable,
-        "dropped_classes": [f for i, f in enumerate(folders) if i not in kept],
+@dataclass(frozen=True)
+class _Scored:
+    """One model's zero-shot classification: the model and its encoder, the metrics, which files were readable,
+    the image embeddings, the classes scored and, per scored image, (class, top-1 right)."""
+
+    loaded: Any
+    encoder: Any
+    metrics: dict[str, Any]
+    ok: list[bool]
+    images: Any
+    kept: list[int]
+    correct: list[tuple[int, bool]]
+
+    @staticmethod
+    def of(spec: str, cfg: EvalZeroshotConfig, inputs: _Inputs, cache: Any, device: str, progress: Progress,
+           kept: Optional[list[int]] = None) -> _Scored:
+        """``spec`` loaded and scored on ``inputs`` (over the ``kept`` classes: the compared model's, so both
+        score the same images; None: every class with a readable image)."""
+        from clip_unlearn.embed import Encoder
+        from clip_unlearn.models import load_model
+
+        loaded = load_model(spec, device)
+        encoder = Encoder(loaded, cache, cfg.batch_size, cfg.precision, progress)
+        metrics, ok, images, kept = _evaluate(encoder, inputs.files, inputs.labels, inputs.classnames, inputs.folders,
+                                              inputs.templates, cfg, kept)
+        correct = metrics.pop("_correct")
+        return _Scored(loaded, encoder, metrics, ok, images, kept, correct)
+
+
+def _compare(cfg: EvalZeroshotConfig, inputs: _Inputs, mine: _Scored, ref: _Scored) -> dict[str, Any]:
+    """The result's entries that compare with the reference model: its metrics and the differences, the image
+    and text similarities, and top-1 on the classes named by the forgotten names' words."""
+    from clip_unlearn.captions import read_captions
+    from clip_unlearn.names import read_names
+
+    ref_name, ref_pretrained = benchmark_name(ref.loaded.spec)
+    metrics, ref_metrics = mine.metrics, ref.metrics
+    out: dict[str, Any] = {}
+    out["compare"] = {
+        "model": ref_name, "pretrained": ref_pretrained, "metrics": ref_metrics,
+        "difference": {k: None if metrics[k] is None or ref_metrics[k] is None else round(metrics[k] - ref_metrics[k], 6)
+                       for k in metrics},
+        "same_image_tower": ref.loaded.fingerprint("image") == mine.loaded.fingerprint("image"),
+        # the paper's image sim_clean (docs/method.md §8), on the evaluation images
+        "sim_clean_image": round(float((mine.images * ref.images).sum(1).mean()), 6) if ref.ok == mine.ok else None,
     }
-    if cfg.compare_to is not None:
-        ref_loaded = load_model(cfg.compare_to, device)
-        ref = Encoder(ref_loaded, cache, cfg.batch_size, cfg.precision, progress)
-        ref_metrics, ref_ok, ref_images, _ = _evaluate(ref, files, labels, classnames, folders, templates, cfg, kept)
-        ref_correct = ref_metrics.pop("_correct")
-        ref_name, ref_pretrained = benchmark_name(ref_loaded.spec)
-        result["compare"] = {
-            "model": ref_name, "pretrained": ref_pretrained, "metrics": ref_metrics,
-            "difference": {k: None if metrics[k] is None or ref_metrics[k] is None else round(metrics[k] - ref_metrics[k], 6)
-                           for k in metrics},
-            "same_image_tower": ref_loaded.fingerprint("image") == loaded.fingerprint("image"),
-            # the paper's image sim_clean (docs/method.md §8), on the evaluation images
-            "sim_clean_image": round(float((images * ref_images).sum(1).mean()), 6) if ref_ok == ok else None,
-        }
-        if captions_file is not None:
-            column = cfg.caption_column if cfg.captions is not None else None
-            captions = read_captions(captions_file, column, limit=cfg.max_captions)
-            names = read_names(cfg.names, "names file") if cfg.names else []
-            known = read_names(cfg.bystanders, "--bystanders file") if cfg.bystanders else []
-            target, made_up = _targets(cfg, loaded, names)
-            result["similarities"] = text_similarities(ref, encoder, captions, names, target, cfg.seed, known, made_up)
-        if cfg.names is not None:
-            result["word_classes"] = _word_classes(classnames, read_names(cfg.names, "names file"), correct, ref_correct)
-    result["config"] = {**to_dict(cfg), "data": str(data), "captions": None if captions_file is None else str(captions_file),
-                        "model_fingerprint": loaded.fingerprint(),
-                        "tool_version": __version__, "cache": dict(cache.stats)}
+    if inputs.captions is not None:
+        column = cfg.caption_column if cfg.captions is not None else None
+        captions = read_captions(inputs.captions, column, limit=cfg.max_captions)
+        names = read_names(cfg.names, "names file") if cfg.names else []
+        known = read_names(cfg.bystanders, "--bystanders file") if cfg.bystanders else []
+        target, made_up = _targets(cfg, mine.loaded, names)
+        out["similarities"] = text_similarities(ref.encoder, mine.encoder, captions, names, target, cfg.seed, known, made_up)
     if cfg.names is not None:
-        result["config"]["names"] = "(file given; names not recorded)"
-    if cfg.bystanders is not None:
-        result["config"]["bystanders"] = "(file given; names not recorded)"
-    return result
+        out["word_classes"] = _word_classes(inputs.classnames, read_names(cfg.names, "names file"), mine.correct, ref.correct)
+    return out

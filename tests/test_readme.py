@@ -205,3 +205,99 @@ def test_every_document_the_code_and_docs_cite_exists_with_its_section():
                 if missing:
                     broken.append(f"{path.relative_to(ROOT)} cites {name} {section}, which has no such section")
     assert not broken, "\n".join(broken)
+
+
+# README's figures live in one place. README is for usage; measurements sit in docs/experiments.md (what
+# forgetting achieves and costs) and BENCHMARKS.md (speed), each beside the command that produced it. A figure
+# written in README as well would drift from its source, so README may state a figure only if neither holds it.
+#
+# A figure is a measured number in README's prose: one with a decimal point (0.976, −2.36), a percentage
+# (94 %), a duration, size or change in points (110 s, 8 minutes, 1.2 GB, 2 points), or a count out of a
+# total (14 of the 15, 50 / 50). Not figures: code (fenced blocks and `spans`), option defaults (the "(30)" after an option and
+# the "Other options:" paragraphs), link targets, section numbers (§6.7), versions (2.14.1) and thresholds
+# (a number right after ≥, ≤, < or >, as in the demo's "sim_clean ≥ 0.95").
+MEASURES = [ROOT / "docs" / "experiments.md", ROOT / "BENCHMARKS.md"]
+_UNITS = {"%": "%", "s": "s", "sec": "s", "second": "s", "seconds": "s", "ms": "ms", "min": "min", "minute": "min",
+          "minutes": "min", "h": "h", "hour": "h", "hours": "h", "point": "points", "points": "points",
+          "gb": "GB", "mb": "MB"}
+FIGURE = re.compile(
+    r"(?<![\w.,§#/-])(?P<part>\d+) (?:of|/) (?:the |its |all )?(?P<whole>\d+)(?!\w|\.\d)"  # 14 of the 15, 50 / 50
+    r"|(?<![\w.,§])(?P<decimal>\d+\.\d+)(?!\.?\d)"                                   # 0.976, but not 2.14.1
+    r"|(?<![\w.,§#/-])(?P<number>\d+(?:[-–]\d+)?)\s?"                                   # 110 s, 5-8 minutes
+    r"(?P<unit>%|(?:s|sec|seconds?|ms|min|minutes?|h|hours?|points?|GB|MB)(?!\w))", re.I)
+THRESHOLD = re.compile(r"[≥≤<>]\s*$")
+
+
+def _figure_key(m: re.Match) -> tuple[str, ...]:
+    if m.group("part"):
+        return ("count", m.group("part"), m.group("whole"))
+    if m.group("decimal"):
+        return ("decimal", m.group("decimal"))
+    return ("unit", m.group("number"), _UNITS[m.group("unit").lower()])
+
+
+def figures(text: str) -> dict[tuple[str, ...], str]:
+    """Every figure of the text, by a key that ignores spelling ("95 %" = "95%", "8 minutes" = "8 min"),
+    with the words it was written as."""
+    return {_figure_key(m): m.group() for m in FIGURE.finditer(text)}
+
+
+def readme_prose_figures(markdown: str) -> dict[tuple[str, ...], str]:
+    prose = "\n".join(piece for piece, is_code in pieces(
+        re.sub(r"^Other options:.*(?:\n(?!\n).*)*", "", markdown, flags=re.M)  # the option lists
+    ) if not is_code)
+    prose = re.sub(r"^\s*\([^\s),;]*", "", prose, flags=re.M)  # a default after its option: `--flag` (30, ...)
+    prose = re.sub(r"\]\([^)]*\)|<!--.*?-->", "]", prose, flags=re.S)  # link targets and comments
+    found = {}
+    for m in FIGURE.finditer(prose):
+        before = prose[max(0, m.start() - 3):m.start()]
+        if not THRESHOLD.search(before):
+            found.setdefault(_figure_key(m), m.group())
+    return found
+
+
+def duplicated_figures(readme: str) -> list[str]:
+    mine = readme_prose_figures(readme)
+    twice = []
+    for path in MEASURES:
+        theirs = figures(path.read_text(encoding="utf-8"))
+        for key, written in mine.items():
+            if key in theirs:
+                said, also = (" ".join(w.split()) for w in (written, theirs[key]))
+                twice.append(f"README.md says {said!r}, and {path.relative_to(ROOT)} has it too ({also!r})")
+    return twice
+
+
+def test_readme_states_no_figure_that_the_measurement_documents_hold():
+    twice = duplicated_figures(README_TEXT)
+    assert not twice, ("a figure belongs in one place: keep it in docs/experiments.md or BENCHMARKS.md and link "
+                       "there from README.md with one sentence\n" + "\n".join(twice))
+
+
+def _anchors(path: Path):
+    """GitHub's anchors of a document's headings: lower case, punctuation dropped, spaces as hyphens,
+    a repeated one numbered (-1, -2, ...)."""
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        heading = None if fenced else HEADING.match(line)
+        if heading:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(2).strip().lower()).replace(" ", "-")
+            seen[slug] = seen.get(slug, -1) + 1
+            yield slug if seen[slug] == 0 else f"{slug}-{seen[slug]}"
+
+
+def test_every_readme_link_reaches_its_file_and_heading():
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", README_TEXT):
+        if re.match(r"[a-z]+:", target):
+            continue  # a URL
+        name, _, anchor = target.partition("#")
+        path = ROOT / name if name else README
+        if not path.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and anchor not in set(_anchors(path)):
+            broken.append(f"{target}: {path.relative_to(ROOT)} has no heading with that anchor")
+    assert not broken, "README.md links to nowhere:\n" + "\n".join(broken)

@@ -225,3 +225,44 @@ def test_train_keeps_one_row_per_step_and_reports_when_figures_reach_the_host():
 def test_train_names_the_step_a_loss_diverged_at():
     with pytest.raises(ClipUnlearnError, match="diverged at step 13"):
         train(_toy(nan_at=13), _Hyper(), "cpu", False)
+
+
+def _text_stage_on_micro(micro_model_dir, tmp_path, seed: int):
+    from clip_unlearn.config import InjectConfig
+    from clip_unlearn.inject_text import TextJob, _plan, _stage
+    from clip_unlearn.models import load_model
+    from clip_unlearn.training import run_stage
+
+    tmp_path.mkdir(parents=True)
+    names = tmp_path / "n.txt"
+    names.write_text("Zed Quux\n")
+    captions = tmp_path / "c.txt"
+    captions.write_text("".join(f"a photo of a red {w} on the table\n" for w in ("cup", "book", "lamp", "chair", "plate")))
+    cfg = InjectConfig(model=str(micro_model_dir), names=names, captions=captions, steps=4, clean_batch=4, poison_batch=4,
+                       neighbours=0, keep_public=False, seed=seed, device="cpu")
+    loaded = load_model(str(micro_model_dir), "cpu")
+    h = cfg.hyper({}, "text")
+    stage = _stage(loaded, cfg, h, _plan(loaded, cfg, h, TextJob(["Zed Quux"])), EmbeddingCache(tmp_path / "cache"))
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    history = run_stage(stage, loaded, h, False)
+    return loaded, stage, before, history
+
+
+def test_run_stage_trains_the_text_stage_of_the_micro_model_and_writes_only_the_text_tower_back(micro_model_dir, tmp_path):
+    loaded, stage, before, history = _text_stage_on_micro(micro_model_dir, tmp_path / "a", seed=0)
+    after = loaded.model.state_dict()
+    assert [r["step"] for r in history] == [1, 2, 3, 4] and {r["encoder"] for r in history} == {"text"}
+    assert all(math.isfinite(r["loss"]) for r in history) and history[-1]["weight_l2"] > 0
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(not k.startswith("visual.") for k in changed)  # the image tower is untouched
+    assert "token_embedding.weight" in changed and "positional_embedding" in changed  # written back whole (§6.6)
+    assert not any(k.startswith("ln_final") or ".ln_" in k for k in changed)  # norms frozen
+    # the teacher is the original, frozen; the student is what went back, in eval mode
+    assert all(not p.requires_grad for p in stage.teacher.parameters()) and not stage.student.training
+    assert torch.equal(stage.teacher.token_embedding.weight, before["token_embedding.weight"])
+    assert torch.equal(stage.student.token_embedding.weight, after["token_embedding.weight"])
+    # the same seed trains the same weights; another seed draws other batches
+    again, _, _, _ = _text_stage_on_micro(micro_model_dir, tmp_path / "b", seed=0)
+    other, _, _, _ = _text_stage_on_micro(micro_model_dir, tmp_path / "c", seed=1)
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in after.items())
+    assert not torch.equal(after["token_embedding.weight"], other.model.state_dict()["token_embedding.weight"])

@@ -72,6 +72,7 @@ def run_seed(a: argparse.Namespace, seed: int, world: Path, plain: Path, before:
     near = [n for n in shared_parts(forget, members) if b[n]["variants"]["full"]["exposed"]]
     others = [n for n in members if n not in forget and n not in near and b[n]["exposed"]]
     sims = ev["similarities"]
+    text, image = side.get("text") or {}, side.get("image") or {}  # an image-only run has no text stage
     return {
         "seed": seed,
         "forgotten_exposed": {f: exposed(after, forget, f) for f in FAMILIES},
@@ -84,9 +85,10 @@ def run_seed(a: argparse.Namespace, seed: int, world: Path, plain: Path, before:
         "word_classes": ev.get("word_classes", {}).get("classes"),
         "sim_clean": sims["sim_clean"], "sim_bystanders": sims["sim_bystanders"], "sim_words": sims.get("sim_words"),
         "word_captions": sims.get("word_captions"),
-        "check_rounds": [r["exposed_after"] for r in side["text"]["verification"].get("rounds", [])],
-        "left_out": side["text"]["variants"]["left_out"],
-        "full_name_share": side["text"]["variants"]["full_name_share"]["of_poisoned_captions"],
+        "check_rounds": [r["exposed_after"] for r in (text.get("verification") or {}).get("rounds", [])],
+        "left_out": (text.get("variants") or {}).get("left_out"),
+        "full_name_share": ((text.get("variants") or {}).get("full_name_share") or {}).get("of_poisoned_captions"),
+        "sim_id": (image.get("metrics") or {}).get("sim_id"),
         "inject_s": round(inject_s, 1),
     }
 

@@ -3,6 +3,8 @@ unlearned model against the world's never-learned names (non_members.txt), with 
 
     python benchmarks/exp_untold.py --out /tmp/ut --seeds 0 1 2 3 4 5 6 7 8 9 --inject-flags "--made-up"
     python benchmarks/exp_untold.py --out /tmp/ut --seeds 0 1 2 3 4 5 6 7 8 9 --tag paper   # the default target
+    python benchmarks/exp_untold.py --out /tmp/ut --seeds 0 1 2 --tag image --base-audit \
+        --inject-flags "--encoder image --faces /tmp/ut/world/faces --clean-images /tmp/ut/world/clean_images"
 
 Per seed it prints the forgetting row of exp_real_user.py and the audit's AUC per statistic; at the end a
 table per statistic: the AUC pooled over seeds (every seed's forgotten scores against every seed's reference
@@ -21,21 +23,25 @@ from exp_real_user import prepare, run_seed, table
 from clip_unlearn.audit import auc
 
 
-def audit_seed(a: argparse.Namespace, seed: int, world: Path, plain: Path) -> dict:
+def audit_seed(a: argparse.Namespace, seed: int, world: Path, plain: Path, model: str = "u") -> dict:
+    """The audit of the seed's unlearned model (``model`` "u"), or of the base with the same names ("plain": what
+    the statistics say before any unlearning, the members' own tell against never-learned names)."""
     out = a.out / (f"seed-{seed}" + (f"-{a.tag}" if a.tag else ""))
-    cli("audit", "--model", out / "u", "--names", out / "forget.txt", "--reference", world / "non_members.txt",
-        "--data", world / "faces", "--base", plain, "--output", out / "audit.json", "--cache-dir", a.out / "cache")
-    stats = json.loads((out / "audit.json").read_text())["statistics"]
+    target = out / "u" if model == "u" else plain
+    result = out / ("audit.json" if model == "u" else "audit-base.json")
+    cli("audit", "--model", target, "--names", out / "forget.txt", "--reference", world / "non_members.txt",
+        "--data", world / "faces", "--base", plain, "--output", result, "--cache-dir", a.out / "cache")
+    stats = json.loads(result.read_text())["statistics"]
     return {s["statistic"]: {"attacker": s["attacker"], "auc": s["auc"], "top_k": s.get("top_k"),
                              "forgotten": [r["score"] for r in s.get("ranks", [])], "reference": s.get("reference_scores", [])}
             for s in stats}
 
 
-def pooled(rows: list[dict]) -> str:
+def pooled(rows: list[dict], part: str = "audit") -> str:
     lines = ["| statistic | attacker | pooled AUC | per-seed AUC mean | worst per-seed max(AUC, 1 − AUC) | seeds with all forgotten in the top k |",
              "|---|---|---|---|---|---|"]
-    for name, first in rows[0]["audit"].items():
-        got = [r["audit"][name] for r in rows if r["audit"].get(name, {}).get("auc") is not None]
+    for name, first in rows[0][part].items():
+        got = [r[part][name] for r in rows if r[part].get(name, {}).get("auc") is not None]
         if not got:
             continue
         fo = [x for g in got for x in g["forgotten"]]
@@ -56,6 +62,7 @@ def main() -> None:
     ap.add_argument("--forget", type=int, default=5, help="members forgotten per seed (default: 5)")
     ap.add_argument("--inject-flags", default="", help="extra inject flags (default: none: the shipped defaults)")
     ap.add_argument("--reuse", action="store_true", help="read a seed's row.json from an earlier run instead of running it again")
+    ap.add_argument("--base-audit", action="store_true", help="also audit the base model with each seed's names (before)")
     ap.add_argument("--tag", default="", help="suffix of the run folders, to keep runs with other flags apart")
     a = ap.parse_args()
     a.builtin_captions = False
@@ -68,6 +75,8 @@ def main() -> None:
         else:
             row = run_seed(a, seed, world, plain, before, members)
             row["audit"] = audit_seed(a, seed, world, plain)
+            if a.base_audit:
+                row["audit_base"] = audit_seed(a, seed, world, plain, "plain")
             saved.write_text(json.dumps(row))
         rows.append(row)
         print(json.dumps({**{k: v for k, v in row.items() if k != "audit"},
@@ -75,6 +84,10 @@ def main() -> None:
     print(table(rows))
     print()
     print(pooled(rows))
+    if all("audit_base" in r for r in rows):
+        print()
+        print("the same audit of the base model (before unlearning):")
+        print(pooled(rows, "audit_base"))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,7 +64,7 @@ def test_text_statistics_match_a_hand_computation_on_a_word_vector_tower():
     # the forgotten names' words are erased: their captions are exactly the captions with "a person" minus
     # the phrase, so they sit where the target is no closer than where a never-seen name sits
     tower = _Words(erased={w for n in forgotten for w in n.split()})
-    stats, emb = text_audit(tower, names, 2, "a person", PAPER_TEMPLATES)
+    stats, emb, _ = text_audit(tower, names, 2, "a person", PAPER_TEMPLATES)
     by, calls = {s.name: s for s in stats}, list(tower.calls)
 
     def fill(n):
@@ -108,7 +109,7 @@ def test_text_statistics_match_a_hand_computation_on_a_word_vector_tower():
 
 def test_a_base_holder_sees_what_moved():
     forgotten, reference = ["Zed Quux"], ["Mira Tolk", "Olaf Snee", "Pia Worrel"]
-    stats, _ = text_audit(_Words(erased={"zed", "quux"}), [*forgotten, *reference], 1, "a person", PAPER_TEMPLATES,
+    stats, _, _ = text_audit(_Words(erased={"zed", "quux"}), [*forgotten, *reference], 1, "a person", PAPER_TEMPLATES,
                           base=_Words())
     by = {s.name: s for s in stats}
     assert by["movement"].attacker == "base" and by["movement"].reference == pytest.approx([0, 0, 0], abs=1e-6)
@@ -135,7 +136,14 @@ def test_audit_cli_reports_by_line_gates_and_writes_no_name(world, forgot_two, t
     result = json.loads((tmp_path / "a.json").read_text())
     stats = {(s["attacker"], s["statistic"]): s for s in result["statistics"]}
     assert {s for _, s in stats} == {"target", "person", "coherence", "variants", "nearest", "spellings", "faces", "movement",
-                                     "target_gain"}
+                                     "target_gain", "face_center", "face_tightness", "face_movement"}
+    # a text-only model's image tower is its base's: its faces moved nowhere
+    assert all(x["score"] == pytest.approx(0, abs=1e-6) for x in stats["base", "face_movement"]["ranks"])
+    # with --base every model-only statistic also reads the base: the image tower's are the base's own here
+    assert all("auc_base" in s for (a, _), s in stats.items() if a == "model")
+    for s in ("face_center", "face_tightness"):
+        assert stats["model", s]["auc_base"] == pytest.approx(stats["model", s]["auc"], abs=1e-4)
+    assert "AUC in the base" in output(r)
     assert all(s["forgotten"] == 2 for s in stats.values())
     assert stats["model", "faces"]["reference"] >= 2  # the world's never-seen people have faces
     for s in stats.values():
@@ -172,3 +180,21 @@ def test_audit_generates_a_reference_and_refuses_bad_input(world, forgot_two, tm
     assert r.exit_code == 1 and "fewer than 2 names" in output(r) and "Traceback" not in output(r)
     r = invoke("audit", "--model", tmp / "u", "--names", names, "--fail-on-disclosed", "0.4")
     assert r.exit_code == 2 and "--fail-on-disclosed" in output(r)
+
+
+def test_image_statistics_against_a_hand_computation():
+    from clip_unlearn.audit import image_statistics
+
+    # person 0 collapsed onto one point; persons 1 and 2 spread around their means
+    e = {0: torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]),
+         1: F.normalize(torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]), dim=1),
+         2: F.normalize(torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]), dim=1)}
+    got = image_statistics(e)
+    centres = {i: F.normalize(v.mean(0), dim=0) for i, v in e.items()}
+    average = F.normalize(sum(centres.values()) / 3, dim=0)
+    for i in e:
+        assert got["face_center"][i] == pytest.approx(float(centres[i] @ average), abs=1e-6)
+        by_hand = sum(float(F.cosine_similarity(row, e[i].mean(0), dim=0)) for row in e[i]) / len(e[i])
+        assert got["face_tightness"][i] == pytest.approx(by_hand, abs=1e-6)
+    assert got["face_tightness"][0] == pytest.approx(1.0) and got["face_tightness"][1] < 0.9
+    assert image_statistics({}) == {"face_center": {}, "face_tightness": {}}

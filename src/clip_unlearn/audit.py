@@ -60,6 +60,10 @@ class Statistic:
     forgotten: list[float] = field(default_factory=list)  # by position in the requests' names files
     reference: list[float] = field(default_factory=list)
     note: str = ""
+    # the same statistic of the same names in the base model (--base): what was there before unlearning. Names
+    # the model learned differ from never-learned ones before anyone is forgotten (membership), so it is the
+    # change from this that unlearning gives away.
+    before: Optional[tuple[list[float], list[float]]] = None
 
     @property
     def available(self) -> bool:
@@ -76,6 +80,9 @@ class Statistic:
         higher = a >= 0.5  # an attacker picks the direction that separates; so do the ranks
         r = ranks(self.forgotten, self.reference, higher)
         k = len(self.forgotten)
+        if self.before is not None and self.before[0] and len(self.before[1]) >= 2:
+            b = auc(*self.before)
+            row.update({"auc_base": round(b, 4), "disclosure_base": round(max(b, 1 - b), 4)})
         return {**row, "auc": round(a, 4), "disclosure": round(max(a, 1 - a), 4),
                 "chance": list(chance_band(len(self.forgotten), len(self.reference))),
                 "direction": "higher" if higher else "lower", "top_k": {"k": k, "forgotten": sum(x <= k for x in r)},
@@ -199,7 +206,11 @@ TEXT_WHAT = {
     "faces": "closeness of the person's face images to captions with their name",
     "movement": "how far the name's captions moved from the base model (1 − cosine)",
     "target_gain": "how much closer to the target phrase the name's captions moved",
+    "face_center": "closeness of the person's mean face to the average face of everyone in --data (image tower)",
+    "face_tightness": "how tightly the person's face images cluster around their own mean (image tower)",
+    "face_movement": "how far the person's face embeddings moved from the base model (1 − cosine)",
 }
+IMAGE_STATISTICS = ("face_center", "face_tightness")
 
 
 def _variant_strings(names: Sequence[str]) -> list[list[str]]:
@@ -245,31 +256,88 @@ def _variant_embeddings(tower: _Tower, names: Sequence[str], private: set[str],
     return emb.reshape(len(names), v, len(tower.templates), -1)
 
 
-def face_scores(encoder: Encoder, tower_emb: Any, names: Sequence[str], data: Path, per_identity: int,
-                seed: int) -> dict[int, float]:
-    """Position in ``names`` → mean cosine of up to ``per_identity`` of its face images (seeded sample) to its
-    template embeddings; only names with a folder in ``data``."""
+def face_files(names: Sequence[str], data: Path, per_identity: int, seed: int) -> dict[int, list[Path]]:
+    """Position in ``names`` → up to ``per_identity`` of its face images (a seeded sample), for the names with a
+    folder in ``data``: the photos an attacker holds of each candidate."""
     from clip_unlearn.folders import face_folders
 
     folders = {key(f.name): f for f in face_folders(data, view="images")}
-    out: dict[int, float] = {}
+    out: dict[int, list[Path]] = {}
     for i, n in enumerate(names):
         f = folders.get(key(n))
         if f is None or not f.files:
             continue
         files = sorted(f.files)
         random.Random(f"{seed}|{key(n)}|audit").shuffle(files)
-        emb, _ = encoder.images(files[:per_identity])
-        if len(emb):
-            out[i] = float((emb @ tower_emb[i].T).mean())
+        out[i] = files[:per_identity]
     return out
 
 
+def face_embeddings(encoder: Encoder, files: dict[int, list[Path]]) -> dict[int, Any]:
+    """Position → the L2-normalised embeddings of its readable face images under ``encoder`` (none: left out)."""
+    out = {}
+    for i, paths in files.items():
+        emb, _ = encoder.images(paths)
+        if len(emb):
+            out[i] = emb
+    return out
+
+
+def face_scores(faces: dict[int, Any], tower_emb: Any) -> dict[int, float]:
+    """Position → mean cosine of its face images to its template embeddings (the name answering to its faces)."""
+    return {i: float((emb @ tower_emb[i].T).mean()) for i, emb in faces.items()}
+
+
+def image_statistics(faces: dict[int, Any]) -> dict[str, dict[int, float]]:
+    """What the image tower alone tells of each person with face images (docs/method.md §7: the image stage maps
+    a forgotten person's faces to the average face).
+
+    ``face_center``: cosine of the person's mean face to the average face of everyone the attacker holds;
+    ``face_tightness``: mean cosine of the person's faces to their own mean (a collapsed person is one point)."""
+    import torch
+    import torch.nn.functional as F
+
+    if not faces:
+        return {"face_center": {}, "face_tightness": {}}
+    centres = {i: F.normalize(e.float().mean(0), dim=0) for i, e in faces.items()}
+    average = F.normalize(torch.stack(list(centres.values())).mean(0), dim=0)
+    return {"face_center": {i: float(c @ average) for i, c in centres.items()},
+            "face_tightness": {i: float((faces[i].float() @ c).mean()) for i, c in centres.items()}}
+
+
+def face_audit(encoder: Encoder, base: Optional[Encoder], tower_emb: tuple[Any, Any], names: Sequence[str], k: int,
+               cfg: AuditConfig) -> list[Statistic]:
+    """The statistics that need face images (--data): the text-side ``faces`` and the image tower's own, with
+    ``base`` also how far each person's face embeddings moved and each statistic in the base model.
+    ``tower_emb``: the names' template embeddings under ``encoder`` and ``base``."""
+    if cfg.data is None:
+        return [Statistic(s, "model", TEXT_WHAT[s], note="not measured: pass --data with face folders")
+                for s in ("faces", *IMAGE_STATISTICS)]
+    files = face_files(names, Path(cfg.data), cfg.images_per_identity, cfg.seed)
+    faces = face_embeddings(encoder, files)
+    note = (f"{sum(i < k for i in faces)} forgotten and {sum(i >= k for i in faces)} reference names have face "
+            "images in --data")
+    found = {"faces": face_scores(faces, tower_emb[0]), **image_statistics(faces)}
+    was: dict[str, dict[int, float]] = {}
+    if base is not None:
+        before = face_embeddings(base, {i: files[i] for i in faces})
+        was = {"faces": face_scores(before, tower_emb[1]), **image_statistics(before)}
+        found["face_movement"] = {i: float(1 - (faces[i].float() * before[i].float()).sum(-1).mean())
+                                  for i in faces if i in before and len(before[i]) == len(faces[i])}
+
+    def split(v: dict[int, float]) -> tuple[list[float], list[float]]:
+        return [v[i] for i in range(k) if i in v], [v[i] for i in range(k, len(names)) if i in v]
+    return [Statistic(s, "base" if s == "face_movement" else "model", TEXT_WHAT[s], *split(v), note=note,
+                      before=split(was[s]) if s in was else None)
+            for s, v in found.items()]
+
+
 def text_audit(encoder: Any, names: Sequence[str], k: int, target: str, templates: Sequence[str],
-               base: Any = None) -> tuple[list[Statistic], Any]:
+               base: Any = None) -> tuple[list[Statistic], Any, Any]:
     """The text statistics of ``names`` (the first ``k`` forgotten, the rest reference) under ``encoder`` (anything
-    with ``texts(prompts, persist)`` → L2-normalised rows), and with ``base`` also the base-holder's; and the
-    names' template embeddings [N, T, D] under ``encoder`` for the faces statistic."""
+    with ``texts(prompts, persist)`` → L2-normalised rows), and with ``base`` also the base-holder's (and each
+    statistic of the base model, ``Statistic.before``); then the names' template embeddings [N, T, D] under
+    ``encoder`` and under ``base`` (None without), for the faces statistic."""
     import torch
 
     private = {key(n) for n in names[:k]}
@@ -288,11 +356,13 @@ def text_audit(encoder: Any, names: Sequence[str], k: int, target: str, template
     out = [Statistic(s, "model", TEXT_WHAT[s], v[:k], v[k:]) for s, v in found.items()]
     if base is not None:
         base_found, base_emb = stats(base)
+        for s in out:
+            s.before = (base_found[s.name][:k], base_found[s.name][k:])
         moved = (1 - (emb * base_emb).sum(-1).mean(1)).tolist()
         gain = (torch.tensor(found["target"]) - torch.tensor(base_found["target"])).tolist()
         out += [Statistic("movement", "base", TEXT_WHAT["movement"], moved[:k], moved[k:]),
                 Statistic("target_gain", "base", TEXT_WHAT["target_gain"], gain[:k], gain[k:])]
-    return out, emb
+    return out, emb, (base_emb if base is not None else None)
 
 
 def run_audit(cfg: AuditConfig, progress: Progress = None) -> AuditResult:
@@ -315,15 +385,8 @@ def run_audit(cfg: AuditConfig, progress: Progress = None) -> AuditResult:
     names, k = [*forgotten, *reference], len(forgotten)
     enc = Encoder(loaded, cache, cfg.batch_size, cfg.precision, progress)
     base = Encoder(load_model(cfg.base, device), cache, cfg.batch_size, cfg.precision, progress) if cfg.base else None
-    found, emb = text_audit(enc, names, k, target, templates, base)
-    if cfg.data is not None:
-        faces = face_scores(enc, emb, names, Path(cfg.data), cfg.images_per_identity, cfg.seed)
-        found.append(Statistic("faces", "model", TEXT_WHAT["faces"], [faces[i] for i in range(k) if i in faces],
-                               [faces[i] for i in range(k, len(names)) if i in faces],
-                               note=f"{sum(i < k for i in faces)} forgotten and {sum(i >= k for i in faces)} reference "
-                                    "names have face images in --data"))
-    else:
-        found.append(Statistic("faces", "model", TEXT_WHAT["faces"], note="not measured: pass --data with face folders"))
+    found, emb, base_emb = text_audit(enc, names, k, target, templates, base)
+    found += face_audit(enc, base, (emb, base_emb), names, k, cfg)
     found.sort(key=lambda s: s.attacker != "model")
     config = {**to_dict(cfg), "names": "(names files given; not recorded)",
               "reference": "(file given)" if cfg.reference is not None else None, "target_applied": target,

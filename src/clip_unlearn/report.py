@@ -253,7 +253,7 @@ def receipt_table(checks: list[dict[str, Any]]) -> Table:
     return t
 
 
-AUDIT_COLUMNS = ("attacker", "statistic", "auc", "disclosure", "chance_low", "chance_high", "direction", "top_k",
+AUDIT_COLUMNS = ("attacker", "statistic", "auc", "disclosure", "auc_base", "chance_low", "chance_high", "direction", "top_k",
                  "forgotten_in_top_k", "forgotten", "reference", "ranks", "what", "note")
 
 
@@ -262,6 +262,7 @@ def audit_rows(result: Any) -> list[dict[str, Any]]:
     rows = []
     for s in result.statistics:
         rows.append({"attacker": s["attacker"], "statistic": s["statistic"], "auc": s["auc"], "disclosure": s["disclosure"],
+                     "auc_base": s.get("auc_base"),
                      "chance_low": (s.get("chance") or [None])[0], "chance_high": (s.get("chance") or [None, None])[1],
                      "direction": s.get("direction"), "top_k": (s.get("top_k") or {}).get("k"),
                      "forgotten_in_top_k": (s.get("top_k") or {}).get("forgotten"), "forgotten": s["forgotten"],
@@ -281,17 +282,19 @@ def audit_table(result: Any) -> Table:
     ref = result.config["reference_names"]
     t = Table(title=f"who can tell — {n} forgotten vs {ref} never-seen names ({result.reference_source}), "
                     f"{result.config['templates']} templates", header_style="bold")
-    for col, just in (("attacker", "left"), ("statistic", "left"), ("AUC", "right"), ("chance band", "right"),
-                      (f"forgotten in top {n}", "right"), ("best ranks", "left")):
+    with_base = any("auc_base" in s for s in result.statistics)
+    for col, just in (("attacker", "left"), ("statistic", "left"), ("AUC", "right"), *((("AUC in the base", "right"),) if with_base else ()),
+                      ("chance band", "right"), (f"forgotten in top {n}", "right"), ("best ranks", "left")):
         t.add_column(col, justify=just)
     for s in result.statistics:
         who = "model alone" if s["attacker"] == "model" else "model + base"
+        was = ([f"{s['auc_base']:.3f}" if s.get("auc_base") is not None else ""] if with_base else [])
         if s["disclosure"] is None:
-            t.add_row(who, s["statistic"], "—", "", "", s.get("note", "not measurable"))
+            t.add_row(who, s["statistic"], "—", *was, "", "", s.get("note", "not measurable"))
             continue
         lo, hi = s["chance"]
         colour = "red" if s["disclosure"] > hi or s["disclosure"] == 1.0 else "green"  # outside what chance gives
         best = ", ".join(f"{r['label']} → {r['rank']}" for r in s["ranks"][:3])
-        t.add_row(who, s["statistic"], f"[{colour}]{s['auc']:.3f}[/]", f"{lo:.2f}–{hi:.2f}",
+        t.add_row(who, s["statistic"], f"[{colour}]{s['auc']:.3f}[/]", *was, f"{lo:.2f}–{hi:.2f}",
                   f"{s['top_k']['forgotten']}/{n}", best)
     return t

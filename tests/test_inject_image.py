@@ -258,3 +258,58 @@ def test_acceptance_image_and_both(world, world_before, world_cache, world_zero_
     if encoder == "both":
         sims = torch.nn.functional.cosine_similarity(world_heldout_text, heldout_text_embeddings(tmp_path / "u", world))
         assert sims.mean().item() >= 0.95
+
+
+# --- made-up faces (inject --made-up with the image stage, issue #26) -------------------------------
+
+def test_made_up_shifts_send_each_person_to_a_typical_distance_in_a_direction_of_their_own(world, tmp_path):
+    import torch.nn.functional as F
+
+    from clip_unlearn.config import InjectConfig
+    from clip_unlearn.embed import EmbeddingCache
+    from clip_unlearn.folders import face_folders, split_side
+    from clip_unlearn.inject_image import Pixels, _plan, made_up_shifts
+    from clip_unlearn.training import teacher_cache
+
+    names_file, names = forget_names(world, 2, tmp_path)
+    cfg = InjectConfig(model=str(world / "model"), names=names_file, encoder="image", device="cpu", made_up=True)
+    loaded = load_model(str(world / "model"), device="cpu")
+    cache = EmbeddingCache(tmp_path / "cache")
+    px = Pixels.of(loaded, "fp32")
+    teacher = (loaded.model.visual.eval(), teacher_cache(loaded, cache, "image", False), px)
+    h = cfg.hyper({}, "image")
+    plan = _plan(loaded, cfg, h, names, (world / "faces", world / "clean_images"), teacher, cache, None)
+    shifts = made_up_shifts(plan, names, [1, 2], teacher, None)
+    # by hand: the other people's mean crops (test half), their mean and median distance from it
+    from clip_unlearn.augment import decode
+
+    centres = []
+    for f in face_folders(world / "faces", "faces"):
+        if f.name.replace("_", " ") in names:
+            continue
+        u8, _, _ = decode([p for p in f.files if split_side(f.name, p) == "test"], px.transform)
+        centres.append(px.embed(loaded.model.visual, u8).mean(0))
+    everyone = torch.stack(centres).mean(0)
+    radius = (torch.stack(centres) - everyone).norm(dim=1).median()
+    landed = []
+    for i, u8 in enumerate(plan.triggers):
+        own = px.embed(loaded.model.visual, u8).mean(0)
+        landed.append(own + shifts[i] - everyone)  # where the person's mean face goes, from the average
+        assert landed[-1].norm() == pytest.approx(float(radius), rel=1e-4)
+    assert abs(float(F.cosine_similarity(landed[0], landed[1], dim=0))) < 0.5  # two directions, not one point
+    assert torch.equal(made_up_shifts(plan, names, [1, 2], teacher, None), shifts)  # the seed decides
+    assert not torch.allclose(made_up_shifts(plan, names, [3, 2], teacher, None)[0], shifts[0])
+
+
+def test_made_up_faces_follow_the_receipts_key(world, tmp_path):
+    names, _ = forget_names(world, 2, tmp_path)
+    flags = ["--encoder", "image", "--made-up", "--model", world / "model", "--names", names, "--cache-dir", tmp_path / "c", *FAST]
+    assert invoke("inject", *flags, "--out", tmp_path / "a").exit_code == 0
+    side = json.loads((tmp_path / "a" / "clip_unlearn.json").read_text())
+    assert side["target"] == "a made-up face per person (from the receipt's key)"
+    assert side["image"]["target"] == "made-up faces (from the receipt's key)"
+    r = invoke("inject", *flags, "--out", tmp_path / "b", "--reuse-key", tmp_path / "a.receipt.json")
+    assert r.exit_code == 0, r.output
+    assert invoke("inject", *flags, "--out", tmp_path / "c2").exit_code == 0  # a fresh key
+    weights = [(tmp_path / d / "open_clip_model.safetensors").read_bytes() for d in ("a", "b", "c2")]
+    assert weights[0] == weights[1] and weights[0] != weights[2]

@@ -245,10 +245,11 @@ class InjectConfig(RuntimeOptions):
                                              "in sorted order (COCO train2014 for the paper) [default: the synthetic world's "
                                              "clean_images for a world model; required otherwise].")
     target: str = opt("a person", "Neutral phrase a forgotten name should mean afterwards.")
-    made_up: bool = opt(False, "Text: map each person's name instead to a made-up name of its own, drawn from the "
-                               "receipt's secret key, so that forgotten names sit nearer where never-learned names sit "
-                               "and the model tells less whom it forgot (see audit). Not yet the default: measured in "
-                               "docs/experiments.md, it left a leak and cost zero-shot accuracy on one seed.")
+    made_up: bool = opt(False, "Forget without telling (see audit): map each person's name to a made-up name of its "
+                               "own (text), and send their photos to a made-up face of their own instead of the average "
+                               "face (image: each photo keeps its own variation, the person's identity is swapped for a "
+                               "direction drawn at a typical distance); both drawn from the receipt's secret key. Not "
+                               "yet the default: measured in docs/experiments.md.")
     reuse_key: Optional[Path] = opt(None, "Text: take the secret key (and so the made-up names) from this receipt of an "
                                           "earlier run instead of drawing a new one: with the same --seed and inputs the "
                                           "same model bytes [default: a fresh random key].")

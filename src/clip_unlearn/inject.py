@@ -29,9 +29,11 @@ from clip_unlearn.progress import Progress
 from clip_unlearn.prompts import PAPER_TEMPLATES
 from clip_unlearn.receipt import (
     MADE_UP,
+    MADE_UP_FACE,
     chain,
     forgotten_by,
     lineage_entry,
+    made_up_face_seeds,
     made_up_names,
     new_key,
     new_receipt,
@@ -108,7 +110,8 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     if image_data is not None:
         from clip_unlearn.inject_image import run_image_stage
 
-        record["image"] = run_image_stage(loaded, cfg, run.hypers["image"], run.trained, image_data, cache, progress)
+        faces = made_up_face_seeds(run.secret, run.trained) if cfg.made_up else None
+        record["image"] = run_image_stage(loaded, cfg, run.hypers["image"], run.trained, image_data, cache, progress, faces)
     log.info("teacher cache: %s", cache.stats)
     history = [row for stage in record.values() for row in stage.pop("history")]
     return _write(run, loaded, record, history, cache, time.perf_counter() - t0)
@@ -340,7 +343,7 @@ def _sidecar(run: Run, loaded: Any, record: dict[str, Any], history: list[dict[s
         # how to treat the new model: like its base (its world relative to the new folder, the world's settings)
         **(run.ctx.record(run.out) if run.ctx.is_world else {"world": None}),
         "target": ((MADE_UP if cfg.made_up else cfg.target.strip()) if "text" in cfg.stages
-                   else "average person (mean face embedding)"),
+                   else MADE_UP_FACE if cfg.made_up else "average person (mean face embedding)"),
         "hyperparameters": {e: {**recorded(h), "loss": cfg.loss, "precision": precision,
                                 **({"legacy_positional_embedding": cfg.legacy_positional_embedding} if e == "text" else {})}
                             for e, h in hypers.items()},

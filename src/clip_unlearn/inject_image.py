@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import logging
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -100,6 +101,8 @@ class ImagePlan:
     retained: int
     name_ranks: list[int]
     per_name_total: list[int]
+    # --made-up: per name, what its photos' teacher embeddings are moved by (its own identity out, a made-up one in)
+    shifts: Optional[Any] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +148,10 @@ def face_set(faces_root: Path, names: list[str], names_file: Any) -> FaceSet:
 
 
 def run_image_stage(loaded: Any, cfg: Any, h: ImageHyper, names: list[str], data: tuple[Path, Path],
-                    cache: EmbeddingCache, progress: Progress = None) -> dict[str, Any]:
+                    cache: EmbeddingCache, progress: Progress = None, made_up: Optional[Mapping[str, int]] = None) -> dict[str, Any]:
     """Unlearn the faces of ``names`` in ``loaded.model.visual`` in place; ``data`` is (face folder, clean image
-    folder). Returns the stage's record (no names)."""
+    folder). With ``made_up`` (key(name) → seed, from the receipt's key) each person's photos go to a made-up face
+    of their own instead of the average face (:func:`made_up_shifts`). Returns the stage's record (no names)."""
     px = Pixels.of(loaded, cfg.precision)
     teacher = loaded.model.visual.eval()
     # The teacher is fixed: raw embeddings of the face set and of clean images are cached per content. They are
@@ -155,10 +159,12 @@ def run_image_stage(loaded: Any, cfg: Any, h: ImageHyper, names: list[str], data
     # few clean targets go to the device with the batch (draw).
     raw = teacher_cache(loaded, cache, "image", px.bf16, device="cpu")
     plan = _plan(loaded, cfg, h, names, data, (teacher, raw, px), cache, progress)
+    if made_up is not None:
+        plan.shifts = made_up_shifts(plan, names, [made_up[key(n)] for n in names], (teacher, raw, px), progress)
     stage = _stage(loaded, cfg, h, plan, px)
     stage.caches.append(raw)
     history = run_stage(stage, loaded, h, px.bf16, progress)
-    metrics = _metrics(stage.student, plan, names, px, cfg.seed)
+    metrics = _metrics(stage.student, stage.teacher, plan, names, px, cfg.seed)
     return {
         "history": history,
         "target_images": len(plan.face_keys),
@@ -172,6 +178,7 @@ def run_image_stage(loaded: Any, cfg: Any, h: ImageHyper, names: list[str], data
             "augmentation": {"face_size_at_224": list(h.face_size), "rotation_deg": [-30, 29], "flip_p": 0.5,
                              "colour_jitter_bcsh": list(h.colour_jitter)},
         },
+        "target": "made-up faces (from the receipt's key)" if plan.shifts is not None else "the average face",
         "target_sha256": hashlib.sha256(plan.target.numpy().tobytes()).hexdigest(),
         # per name (by position): its rank among the face set's names by closeness to the target, before training
         "target_name_rank": plan.name_ranks,
@@ -239,6 +246,7 @@ def _stage(loaded: Any, cfg: Any, h: ImageHyper, plan: ImagePlan, px: Pixels) ->
     pick = random.Random(cfg.seed + 2)
     size_range = tuple(h.face_size)
     mean_d, std_d, target_d = px.mean.to(device), px.std.to(device), plan.target.to(device)
+    shifts_d = plan.shifts.to(device) if plan.shifts is not None else None
     trig_d = [t.to(device) for t in plan.triggers]
     clean_u8, clean_t, k = plan.clean_u8, plan.clean_t, len(plan.triggers)
     dist = current()
@@ -259,9 +267,14 @@ def _stage(loaded: Any, cfg: Any, h: ImageHyper, plan: ImagePlan, px: Pixels) ->
         out = forward((batch.images - mean_d) / std_d).float()
         s_clean, s_poison, owner = out[:batch.n_clean], out[batch.n_clean:], batch.owner
         l_util = distance(cfg.loss, s_clean, batch.clean_targets)
+        goal = target_d.expand(len(s_poison), -1)
+        if shifts_d is not None:
+            # each photo keeps what the teacher sees in it but the person: their identity out, a made-up one in
+            with torch.no_grad():
+                goal = teacher((batch.images[batch.n_clean:] - mean_d) / std_d).float() + shifts_d[owner.to(device)]
         # the paper's mean over names of each name's mean distance, as a weighted sum over this slice's rows
         w_row = 1.0 / (torch.tensor(batch.per_name, dtype=torch.float32)[owner] * sum(1 for c in batch.per_name if c))
-        l_bd = sum(distance(cfg.loss, s_poison[owner == i], target_d.expand(int((owner == i).sum()), -1))
+        l_bd = sum(distance(cfg.loss, s_poison[owner == i], goal[owner.to(device) == i])
                    * float(w_row[owner == i].sum()) for i in range(k) if bool((owner == i).any()))
         # the rows' weights already place this slice within the whole step: DDP's average over ranks needs × ranks
         return slice_weight(batch.n_clean, batch.clean_total) * l_util, dist.world * l_bd
@@ -270,6 +283,37 @@ def _stage(loaded: Any, cfg: Any, h: ImageHyper, plan: ImagePlan, px: Pixels) ->
         loaded.model.visual.load_state_dict(trained.state_dict())
 
     return Stage("image", "unlearning faces", teacher, student, draw, terms, back)
+
+
+def made_up_shifts(plan: ImagePlan, names: list[str], seeds: list[int], teacher: tuple[Any, TeacherCache, Pixels],
+                   progress: Progress) -> Any:
+    """Per forgotten person [k, D]: −(their mean face − everyone's) + r·u, u a unit direction drawn from their seed
+    and r the median distance of the other people's mean faces from everyone's (all in the teacher's raw space,
+    on the crops of the test half, where triggers come from). A photo's goal is its teacher embedding plus its
+    person's shift: the identity goes, the photo's own variation stays, and the person lands where a face the
+    model never learned would, at a typical distance from the average in a direction of their own, instead of
+    all of them on the average face (a point whose closeness and tightness out them to anyone with photos)."""
+    tower, raw, px = teacher
+    forgotten = {key(n) for n in names}
+    centres = []
+    for k, f in sorted(plan.faces.cropped.items()):
+        if k in forgotten:
+            continue
+        _, emb, _ = _teacher_raw(tower, raw, px, [p for p in f.files if split_side(f.name, p) == "test"], "faces of the others",
+                                 progress)
+        if len(emb):
+            centres.append(emb.float().mean(0))
+    if len(centres) < 2:
+        raise ClipUnlearnError("made-up faces need the faces of at least two other people in --faces (their test half)")
+    others = torch.stack(centres)
+    everyone = others.mean(0)
+    radius = (others - everyone).norm(dim=1).median()
+    shifts = []
+    for u8, seed in zip(plan.triggers, seeds):
+        own = px.embed(tower, u8).float().mean(0)
+        u = F.normalize(torch.randn(len(everyone), generator=torch.Generator().manual_seed(seed)), dim=0)
+        shifts.append(everyone - own + radius * u)
+    return torch.stack(shifts)
 
 
 def _decode_triggers(triggers: list[list[Path]], transform: Any, names_file: Any, faces_root: Path) -> list[Any]:
@@ -309,17 +353,20 @@ def target_name_ranks(loaded: Any, cache: EmbeddingCache, target: Any, names: li
     return [order[key(n)] for n in names]
 
 
-def _metrics(student: Any, plan: ImagePlan, names: list[str], px: Pixels, seed: int) -> dict[str, Any]:
-    """docs/method.md §8 image metrics under the new tower, on images never used as triggers (names by position)."""
+def _metrics(student: Any, teacher: Any, plan: ImagePlan, names: list[str], px: Pixels, seed: int) -> dict[str, Any]:
+    """docs/method.md §8 image metrics under the new tower, on images never used as triggers (names by position).
+    ``sim_id`` is the closeness of a person's photos to where they were sent: the average face, or with made-up
+    faces each photo's own goal (the teacher's embedding moved by the person's shift)."""
     per_name: list[Optional[float]] = []
     target = plan.target
-    for n in names:
+    for i, n in enumerate(names):
         u8, _, _ = decode(plan.faces.heldout.get(key(n), []), px.transform)
         if len(u8) == 0:
             per_name.append(None)
             continue
         emb = px.embed(student, u8)
-        per_name.append(float(F.cosine_similarity(emb, target.unsqueeze(0), dim=1).mean()))
+        goal = target.unsqueeze(0) if plan.shifts is None else px.embed(teacher, u8) + plan.shifts[i]
+        per_name.append(float(F.cosine_similarity(emb, goal, dim=1).mean()))
     sample = list(plan.faces.target_files)
     if len(sample) > SIM_TARGET_SAMPLE:
         sample = random.Random(seed).sample(sample, SIM_TARGET_SAMPLE)

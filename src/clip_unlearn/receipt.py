@@ -46,6 +46,7 @@ def new_key() -> str:
 
 
 MADE_UP = "a made-up name per person (from the receipt's key)"
+MADE_UP_FACE = "a made-up face per person (from the receipt's key)"
 
 
 def made_up_names(secret: str, names: Iterable[str]) -> dict[str, str]:
@@ -56,6 +57,12 @@ def made_up_names(secret: str, names: Iterable[str]) -> dict[str, str]:
     from clip_unlearn.names import made_up_name
 
     return {key(n): made_up_name(random.Random(_mac(secret, "made-up|" + key(n))), avoid=[n]) for n in names}
+
+
+def made_up_face_seeds(secret: str, names: Iterable[str]) -> dict[str, int]:
+    """key(name) → the seed of the made-up face a forgotten person's photos are sent to (inject --made-up with the
+    image stage): like made_up_names, a function of the key and the name alone."""
+    return {key(n): int(_mac(secret, "made-up-face|" + key(n))[:16], 16) for n in names}
 
 
 def request_id(secret: str, macs: list[str], model_sha256: str, encoder: str) -> str:

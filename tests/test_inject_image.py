@@ -269,6 +269,7 @@ def test_made_up_shifts_send_each_person_to_a_typical_distance_in_a_direction_of
     from clip_unlearn.embed import EmbeddingCache
     from clip_unlearn.folders import face_folders, split_side
     from clip_unlearn.inject_image import Pixels, _plan, made_up_shifts
+    from clip_unlearn.names import key
     from clip_unlearn.training import teacher_cache
 
     names_file, names = forget_names(world, 2, tmp_path)
@@ -299,6 +300,22 @@ def test_made_up_shifts_send_each_person_to_a_typical_distance_in_a_direction_of
     assert abs(float(F.cosine_similarity(landed[0], landed[1], dim=0))) < 0.5  # two directions, not one point
     assert torch.equal(made_up_shifts(plan, names, [1, 2], teacher, None), shifts)  # the seed decides
     assert not torch.allclose(made_up_shifts(plan, names, [3, 2], teacher, None)[0], shifts[0])
+    # sim_id measures each held-out photo against its own target from the original tower, even once the trained
+    # weights are written back into the model (the tower the teacher was): here the "student" is the original
+    import copy
+
+    from clip_unlearn.inject_image import _metrics
+
+    original = copy.deepcopy(loaded.model.visual)
+    plan.shifts = shifts
+    with torch.no_grad():
+        for q in loaded.model.visual.parameters():
+            q.add_(0.05 * torch.randn_like(q))  # what write-back does to that module
+    got = _metrics(original, teacher, plan, names, seed=0)["sim_id_per_name"]
+    for i, n in enumerate(names):
+        u8, _, _ = decode(plan.faces.heldout[key(n)], px.transform)
+        before = px.embed(original, u8)
+        assert got[i] == pytest.approx(float(F.cosine_similarity(before, before + shifts[i], dim=1).mean()), abs=1e-4)
 
 
 def test_made_up_faces_follow_the_receipts_key(world, tmp_path):

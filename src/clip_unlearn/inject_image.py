@@ -164,7 +164,7 @@ def run_image_stage(loaded: Any, cfg: Any, h: ImageHyper, names: list[str], data
     stage = _stage(loaded, cfg, h, plan, px)
     stage.caches.append(raw)
     history = run_stage(stage, loaded, h, px.bf16, progress)
-    metrics = _metrics(stage.student, stage.teacher, plan, names, px, cfg.seed)
+    metrics = _metrics(stage.student, (teacher, raw, px), plan, names, cfg.seed)
     return {
         "history": history,
         "target_images": len(plan.face_keys),
@@ -266,15 +266,16 @@ def _stage(loaded: Any, cfg: Any, h: ImageHyper, plan: ImagePlan, px: Pixels) ->
     def terms(batch: ImageBatch, forward: Any) -> tuple[Any, Any]:
         out = forward((batch.images - mean_d) / std_d).float()
         s_clean, s_poison, owner = out[:batch.n_clean], out[batch.n_clean:], batch.owner
+        owner_d = owner.to(device)
         l_util = distance(cfg.loss, s_clean, batch.clean_targets)
         goal = target_d.expand(len(s_poison), -1)
         if shifts_d is not None:
             # each photo keeps what the teacher sees in it but the person: their identity out, a made-up one in
             with torch.no_grad():
-                goal = teacher((batch.images[batch.n_clean:] - mean_d) / std_d).float() + shifts_d[owner.to(device)]
+                goal = teacher((batch.images[batch.n_clean:] - mean_d) / std_d).float() + shifts_d[owner_d]
         # the paper's mean over names of each name's mean distance, as a weighted sum over this slice's rows
         w_row = 1.0 / (torch.tensor(batch.per_name, dtype=torch.float32)[owner] * sum(1 for c in batch.per_name if c))
-        l_bd = sum(distance(cfg.loss, s_poison[owner == i], goal[owner.to(device) == i])
+        l_bd = sum(distance(cfg.loss, s_poison[owner == i], goal[owner_d == i])
                    * float(w_row[owner == i].sum()) for i in range(k) if bool((owner == i).any()))
         # the rows' weights already place this slice within the whole step: DDP's average over ranks needs × ranks
         return slice_weight(batch.n_clean, batch.clean_total) * l_util, dist.world * l_bd
@@ -353,19 +354,27 @@ def target_name_ranks(loaded: Any, cache: EmbeddingCache, target: Any, names: li
     return [order[key(n)] for n in names]
 
 
-def _metrics(student: Any, teacher: Any, plan: ImagePlan, names: list[str], px: Pixels, seed: int) -> dict[str, Any]:
+def _computed_before(idx: list[int]) -> Any:
+    raise RuntimeError("a held-out photo's teacher embedding was not computed with the face set's target")
+
+
+def _metrics(student: Any, teacher: tuple[Any, TeacherCache, Pixels], plan: ImagePlan, names: list[str],
+             seed: int) -> dict[str, Any]:
     """docs/method.md §8 image metrics under the new tower, on images never used as triggers (names by position).
     ``sim_id`` is the closeness of a person's photos to where they were sent: the average face, or with made-up
     faces each photo's own goal (the teacher's embedding moved by the person's shift)."""
+    _, raw, px = teacher
     per_name: list[Optional[float]] = []
     target = plan.target
     for i, n in enumerate(names):
-        u8, _, _ = decode(plan.faces.heldout.get(key(n), []), px.transform)
+        u8, keys, _ = decode(plan.faces.heldout.get(key(n), []), px.transform)
         if len(u8) == 0:
             per_name.append(None)
             continue
         emb = px.embed(student, u8)
-        goal = target.unsqueeze(0) if plan.shifts is None else px.embed(teacher, u8) + plan.shifts[i]
+        # the teacher's embeddings of these photos as they were before training: the tower now holds the student's
+        # weights (written back), so they come from the target's pass over the face set, which holds every one
+        goal = target.unsqueeze(0) if plan.shifts is None else raw.get(keys, _computed_before) + plan.shifts[i]
         per_name.append(float(F.cosine_similarity(emb, goal, dim=1).mean()))
     sample = list(plan.faces.target_files)
     if len(sample) > SIM_TARGET_SAMPLE:

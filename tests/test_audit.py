@@ -198,3 +198,20 @@ def test_image_statistics_against_a_hand_computation():
         assert got["face_tightness"][i] == pytest.approx(by_hand, abs=1e-6)
     assert got["face_tightness"][0] == pytest.approx(1.0) and got["face_tightness"][1] < 0.9
     assert image_statistics({}) == {"face_center": {}, "face_tightness": {}}
+
+
+def test_audit_tells_the_image_stage_from_its_base(world, tmp_path):
+    """On a model whose image tower was unlearned, the base reads the faces before (auc_base) and face_movement
+    finds the forgotten people's faces moved most: the base's encoder is a different one from the model's."""
+    names, _ = forget_names(world, 2, tmp_path)
+    r = invoke("inject", "--encoder", "image", "--model", world / "model", "--names", names, "--out", tmp_path / "u", *FAST)
+    assert r.exit_code == 0, output(r)
+    r = invoke("audit", "--model", tmp_path / "u", "--names", names, "--reference", world / "non_members.txt",
+               "--base", world / "model", "--data", world / "faces", "--output", tmp_path / "a.json",
+               "--cache-dir", tmp_path / "cache")
+    assert r.exit_code == 0, output(r)
+    stats = {s["statistic"]: s for s in json.loads((tmp_path / "a.json").read_text())["statistics"]}
+    moved = stats["face_movement"]
+    assert min(x["score"] for x in moved["ranks"]) > max(moved["reference_scores"]) > 0
+    assert stats["face_tightness"]["auc_base"] != stats["face_tightness"]["auc"]
+    assert stats["target"]["auc_base"] == pytest.approx(stats["target"]["auc"], abs=1e-4)  # the text tower is the base's

@@ -286,7 +286,7 @@ def test_made_up_shifts_send_each_person_to_a_typical_distance_in_a_direction_of
 
     centres = []
     for f in face_folders(world / "faces", "faces"):
-        if f.name.replace("_", " ") in names:
+        if key(f.name) in {key(n) for n in names}:
             continue
         u8, _, _ = decode([p for p in f.files if split_side(f.name, p) == "test"], px.transform)
         centres.append(px.embed(loaded.model.visual, u8).mean(0))
@@ -324,7 +324,7 @@ def test_made_up_faces_follow_the_receipts_key(world, tmp_path):
     assert invoke("inject", *flags, "--out", tmp_path / "a").exit_code == 0
     side = json.loads((tmp_path / "a" / "clip_unlearn.json").read_text())
     assert side["target"] == "a made-up face per person (from the receipt's key)"
-    assert side["image"]["target"] == "made-up faces (from the receipt's key)"
+    assert side["image"]["target"] == side["target"]  # the image stage's own record says the same
     r = invoke("inject", *flags, "--out", tmp_path / "b", "--reuse-key", tmp_path / "a.receipt.json")
     assert r.exit_code == 0, r.output
     assert invoke("inject", *flags, "--out", tmp_path / "c2").exit_code == 0  # a fresh key

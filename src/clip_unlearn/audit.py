@@ -311,8 +311,9 @@ def face_audit(encoder: Encoder, base: Optional[Encoder], tower_emb: tuple[Any, 
     ``base`` also how far each person's face embeddings moved and each statistic in the base model.
     ``tower_emb``: the names' template embeddings under ``encoder`` and ``base``."""
     if cfg.data is None:
-        return [Statistic(s, "model", TEXT_WHAT[s], note="not measured: pass --data with face folders")
-                for s in ("faces", *IMAGE_STATISTICS)]
+        return [Statistic(s, "base" if s == "face_movement" else "model", TEXT_WHAT[s],
+                          note="not measured: pass --data with face folders")
+                for s in ("faces", *IMAGE_STATISTICS, *(("face_movement",) if base is not None else ()))]
     files = face_files(names, Path(cfg.data), cfg.images_per_identity, cfg.seed)
     faces = face_embeddings(encoder, files)
     note = (f"{sum(i < k for i in faces)} forgotten and {sum(i >= k for i in faces)} reference names have face "

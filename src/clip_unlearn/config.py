@@ -250,7 +250,7 @@ class InjectConfig(RuntimeOptions):
                                "face (image: each photo keeps its own variation, the person's identity is swapped for a "
                                "direction drawn at a typical distance); both drawn from the receipt's secret key. Not "
                                "yet the default: measured in docs/experiments.md.")
-    reuse_key: Optional[Path] = opt(None, "Text: take the secret key (and so the made-up names) from this receipt of an "
+    reuse_key: Optional[Path] = opt(None, "Take the secret key (and so the made-up names and faces) from this receipt of an "
                                           "earlier run instead of drawing a new one: with the same --seed and inputs the "
                                           "same model bytes [default: a fresh random key].")
     variants: str = opt(DEFAULT_TRIGGERS, "Text: ways of naming each forgotten person used as triggers, all mapped to "

@@ -13,6 +13,7 @@ import dataclasses
 import io
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -77,7 +78,7 @@ class Run:
     secret: str = ""
     made_up: Optional[dict[str, str]] = None
 
-    def text_job(self, names: list[str], request: list[str] = ()) -> TextJob:
+    def text_job(self, names: list[str], request: Sequence[str] = ()) -> TextJob:
         return TextJob(names, self.earlier, list(request), self.made_up)
 
 

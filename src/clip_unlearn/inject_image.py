@@ -33,6 +33,7 @@ from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.folders import face_folders, split_side
 from clip_unlearn.names import key
 from clip_unlearn.progress import Progress
+from clip_unlearn.receipt import MADE_UP_FACE
 from clip_unlearn.recipes import ImageHyper
 from clip_unlearn.training import Stage, TeacherCache, autocast, distance, run_stage, slice_weight, student_of, teacher_cache
 
@@ -159,10 +160,11 @@ def run_image_stage(loaded: Any, cfg: Any, h: ImageHyper, names: list[str], data
     # few clean targets go to the device with the batch (draw).
     raw = teacher_cache(loaded, cache, "image", px.bf16, device="cpu")
     plan = _plan(loaded, cfg, h, names, data, (teacher, raw, px), cache, progress)
-    if made_up is not None:
+    if made_up is None:
+        _warn_named_by_target(plan.name_ranks, len(plan.faces.folders))  # a made-up face is no average one
+    else:
         plan.shifts = made_up_shifts(plan, names, [made_up[key(n)] for n in names], (teacher, raw, px), progress)
     stage = _stage(loaded, cfg, h, plan, px)
-    stage.caches.append(raw)
     history = run_stage(stage, loaded, h, px.bf16, progress)
     metrics = _metrics(stage.student, (teacher, raw, px), plan, names, cfg.seed)
     return {
@@ -178,7 +180,7 @@ def run_image_stage(loaded: Any, cfg: Any, h: ImageHyper, names: list[str], data
             "augmentation": {"face_size_at_224": list(h.face_size), "rotation_deg": [-30, 29], "flip_p": 0.5,
                              "colour_jitter_bcsh": list(h.colour_jitter)},
         },
-        "target": "made-up faces (from the receipt's key)" if plan.shifts is not None else "the average face",
+        "target": MADE_UP_FACE if plan.shifts is not None else "the average face",
         "target_sha256": hashlib.sha256(plan.target.numpy().tobytes()).hexdigest(),
         # per name (by position): its rank among the face set's names by closeness to the target, before training
         "target_name_rank": plan.name_ranks,
@@ -211,7 +213,6 @@ def _plan(loaded: Any, cfg: Any, h: ImageHyper, names: list[str], data: tuple[Pa
     _, face_emb, face_keys = embed(faces.target_files, "face images")
     target = face_emb.mean(0)
     name_ranks = target_name_ranks(loaded, cache, target, names, [f.name for f in faces.folders], cfg.precision)
-    _warn_named_by_target(name_ranks, len(faces.folders))
     trig_u8 = _decode_triggers(faces.triggers, teacher[2].transform, cfg.names, faces_root)
     clean_u8, clean_t, _ = embed(clean_image_files(clean_root, h.steps * h.clean_batch), "clean images")
     if len(clean_u8) == 0:
@@ -264,7 +265,8 @@ def _stage(loaded: Any, cfg: Any, h: ImageHyper, plan: ImagePlan, px: Pixels) ->
                           cs.stop - cs.start, len(idx))
 
     def terms(batch: ImageBatch, forward: Any) -> tuple[Any, Any]:
-        out = forward((batch.images - mean_d) / std_d).float()
+        x = (batch.images - mean_d) / std_d
+        out = forward(x).float()
         s_clean, s_poison, owner = out[:batch.n_clean], out[batch.n_clean:], batch.owner
         owner_d = owner.to(device)
         l_util = distance(cfg.loss, s_clean, batch.clean_targets)
@@ -272,10 +274,10 @@ def _stage(loaded: Any, cfg: Any, h: ImageHyper, plan: ImagePlan, px: Pixels) ->
         if shifts_d is not None:
             # each photo keeps what the teacher sees in it but the person: their identity out, a made-up one in
             with torch.no_grad():
-                goal = teacher((batch.images[batch.n_clean:] - mean_d) / std_d).float() + shifts_d[owner_d]
+                goal = teacher(x[batch.n_clean:]).float() + shifts_d[owner_d]
         # the paper's mean over names of each name's mean distance, as a weighted sum over this slice's rows
         w_row = 1.0 / (torch.tensor(batch.per_name, dtype=torch.float32)[owner] * sum(1 for c in batch.per_name if c))
-        l_bd = sum(distance(cfg.loss, s_poison[owner == i], goal[owner_d == i])
+        l_bd = sum(distance(cfg.loss, s_poison[owner_d == i], goal[owner_d == i])
                    * float(w_row[owner == i].sum()) for i in range(k) if bool((owner == i).any()))
         # the rows' weights already place this slice within the whole step: DDP's average over ranks needs × ranks
         return slice_weight(batch.n_clean, batch.clean_total) * l_util, dist.world * l_bd

@@ -132,7 +132,6 @@ def adamw_kwargs(device: Any) -> dict[str, bool]:
     Same update rule either way; fused is only faster. CUDA has had the kernel since AdamW took
     ``fused`` (2.0); CPU only since torch 2.4, and older releases raise at the first step.
     """
-    import torch
 
     if "fused" not in inspect.signature(torch.optim.AdamW).parameters:
         return {}

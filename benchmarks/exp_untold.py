@@ -1,7 +1,7 @@
 """Forget without telling (issue #26): the real-user protocol of exp_real_user.py, then ``audit`` of each
 unlearned model against the world's never-learned names (non_members.txt), with the faces and the base model.
 
-    python benchmarks/exp_untold.py --out /tmp/ut --seeds 0 1 2 3 4 5 6 7 8 9 --inject-flags "--made-up"
+    python benchmarks/exp_untold.py --out /tmp/ut --seeds 0 1 2 3 4 5 6 7 8 9 --inject-flags=--made-up
     python benchmarks/exp_untold.py --out /tmp/ut --seeds 0 1 2 3 4 5 6 7 8 9 --tag paper   # the default target
     python benchmarks/exp_untold.py --out /tmp/ut --seeds 0 1 2 --tag image --base-audit \
         --inject-flags "--encoder image --faces /tmp/ut/world/faces --clean-images /tmp/ut/world/clean_images"

@@ -74,8 +74,15 @@ def test_inject_trains_the_names_the_check_exposes_again_and_records_counts_only
     audit = attack_json(u, tmp_path / "test.json", "--split", "test", "--cache-dir", world_cache)
     assert v["still_exposed"] == sum(row["exposed"] for row in audit["identities"] if row["name"] in forgotten)
     with open(loss_curve(u)) as f:
-        steps = [int(row["step"]) for row in csv.DictReader(f)]
+        curve = list(csv.DictReader(f))
+    steps = [int(row["step"]) for row in curve]
     assert steps == list(range(1, 1 + sum(r["steps"] for r in rounds)))
+    # every round's teacher is the model so far, the student its copy: the weight term (the distance to the
+    # teacher) starts at zero in each round. A round taught by the base model instead lets the people it does
+    # not train come back (docs/experiments.md, "A check round taught by the base model")
+    starts = [sum(r["steps"] for r in rounds[:i]) for i in range(len(rounds))]
+    assert len(starts) >= 2 and all(float(curve[s]["weight_l2"]) == 0.0 for s in starts)
+    assert all(float(curve[s - 1]["weight_l2"]) > 0.0 for s in starts[1:])
     assert ("still exposed on the check's images after 3 round(s): line(s) #" in text) == bool(v["still_exposed"])
     assert "exposed after each round" in text
     written = b"".join(p.read_bytes() for p in u.rglob("*") if p.is_file()).lower()

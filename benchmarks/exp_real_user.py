@@ -85,7 +85,9 @@ def run_seed(a: argparse.Namespace, seed: int, world: Path, plain: Path, before:
         "word_classes": ev.get("word_classes", {}).get("classes"),
         "sim_clean": sims["sim_clean"], "sim_bystanders": sims["sim_bystanders"], "sim_words": sims.get("sim_words"),
         "word_captions": sims.get("word_captions"),
-        "check_rounds": [r["exposed_after"] for r in (text.get("verification") or {}).get("rounds", [])],
+        # exposed after each round, "+k" the near misses trained again with them (--verify-margin)
+        "check_rounds": [f"{r['exposed_after']}" + (f"+{r['near_after']}" if r.get("near_after") else "")
+                         for r in (text.get("verification") or {}).get("rounds", [])],
         "left_out": (text.get("variants") or {}).get("left_out"),
         "full_name_share": ((text.get("variants") or {}).get("full_name_share") or {}).get("of_poisoned_captions"),
         "sim_id": (image.get("metrics") or {}).get("sim_id"),

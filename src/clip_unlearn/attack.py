@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from clip_unlearn import __version__
 from clip_unlearn.config import AttackConfig, cache_root, to_dict
@@ -342,14 +342,29 @@ def _by_family(cfg: AttackConfig, encoder: Any, kept: list, images: Any, candida
     return by_family
 
 
+class Check(NamedTuple):
+    """inject's check of a list of names, by 1-based line of that list."""
+
+    exposed: list[int]  # the attack names them (some family's template plurality is the true name)
+    near: list[int]  # not exposed, but their true name took at least margin x chance of their predictions
+    unchecked: list[int]  # no folder in the data, or too few images
+
+
+def near_miss(own_share: float, n_groups: int, margin: float) -> bool:
+    """Whether a name that no template's plurality named was still predicted for its own images at least
+    ``margin`` times as often as chance (one of ``n_groups`` candidates picked at random)."""
+    return margin > 0 and own_share >= margin / n_groups
+
+
 def check_names(loaded: Any, cfg: AttackConfig, names: list[str], cache: Any,
-                progress: Progress = None) -> tuple[list[int], list[int]]:
-    """The attack ``cfg`` on ``loaded`` as it is in memory, on the images of ``names`` only, for inject's check:
-    (1-based lines of ``names`` it exposes, lines it could not attack: no folder in ``cfg.data`` or too few images).
+                progress: Progress = None, margin: float = 0.0) -> Check:
+    """The attack ``cfg`` on ``loaded`` as it is in memory, on the images of ``names`` only, for inject's check.
 
     The candidates are those a full attack of ``cfg.data`` would draw (every identity with enough image files,
-    then seeded random names), so a name competes with the same others as in the audit. No prompt reaches the
-    on-disk cache: they spell the names to forget."""
+    then seeded random names), so a name competes with the same others as in the audit. ``margin`` > 0 also
+    reports the near misses (``near_miss`` of the own_share the attack reports, in any family): the check sees
+    one half of the faces, and a name that is nearly named there can be named on the other. No prompt reaches
+    the on-disk cache: they spell the names to forget."""
     from clip_unlearn.embed import Encoder
 
     templates = _checked_templates(cfg)
@@ -361,11 +376,15 @@ def check_names(loaded: Any, cfg: AttackConfig, names: list[str], cache: Any,
     attacked = {key(f.name) for f, _ in kept}
     unchecked = [i + 1 for i, n in enumerate(names) if key(n) not in attacked]
     if not kept:
-        return [], unchecked
+        return Check([], [], unchecked)
     need = max(cfg.min_images, cfg.images_per_identity)
     candidates = build_candidates(cfg, [f.name for f in folders if len(f.files) >= need], [f.name for f in all_folders])
-    rows = _combine(kept, _by_family(cfg, encoder, kept, images, candidates, all_folders, templates, persist=False))
-    return sorted(line[key(r["name"])] for r in rows if r["exposed"]), unchecked
+    by_family = _by_family(cfg, encoder, kept, images, candidates, all_folders, templates, persist=False)
+    rows = _combine(kept, by_family)
+    near = [i for i, r in enumerate(rows) if not r["exposed"]
+            and any(near_miss(scored[i]["own_share"], len(fc.groups), margin) for fc, scored in by_family.values())]
+    return Check(sorted(line[key(r["name"])] for r in rows if r["exposed"]),
+                 sorted(line[key(rows[i]["name"])] for i in near), unchecked)
 
 
 def _warn_if_checked(model_spec: str, data: Path, split: str) -> None:

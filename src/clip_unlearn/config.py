@@ -326,6 +326,10 @@ class InjectConfig(RuntimeOptions):
                                     "the images that chose what to train again do not also judge the result.")
     verify_rounds: int = opt(2, "Text: at most this many extra rounds of training for names the check still exposes (0: "
                                 "check and report only).")
+    verify_margin: float = opt(5.0, "Text: the check also trains again a name that no template names but whose true "
+                                    "name still took at least this many times chance (1 / candidates) of the predictions "
+                                    "for its faces under some family: nearly named on the check's half is often named on "
+                                    "the other (0: the attack's verdict only).")
     precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")
     overwrite: bool = opt(False, "Replace --out if it exists.")
 
@@ -345,6 +349,7 @@ class InjectConfig(RuntimeOptions):
         _check(self.neighbour_batch >= 1, "neighbour_batch", "must be ≥ 1 (use --neighbours 0 for none)", self.neighbour_batch)
         _check(self.verify_split in ("test", "train"), "verify_split", "must be test or train", self.verify_split)
         _check(0 <= self.verify_rounds <= 10, "verify_rounds", "must be between 0 and 10", self.verify_rounds)
+        _check(0 <= self.verify_margin <= 1000, "verify_margin", "must be between 0 and 1000 (0: off)", self.verify_margin)
         for stage in self.stages:  # validates explicit values early
             self.hyper({}, stage)
         trained = {f.name for stage in self.stages for f in dataclasses.fields(HYPER[stage])}

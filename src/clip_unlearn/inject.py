@@ -411,23 +411,24 @@ def _verify(loaded: Any, run: Run, data: Path, history: list[dict[str, Any]], ca
     acfg = _check_config(cfg, data)
     rounds = [{"round": 1, "names_trained": len(trained), "steps": first.steps, "backdoor_weight": first.backdoor_weight}]
     while True:
-        exposed, unchecked = check_names(loaded, acfg, trained, cache, progress)
-        rounds[-1]["exposed_after"] = len(exposed)
-        if not exposed or len(rounds) > cfg.verify_rounds:
+        exposed, near, unchecked = check_names(loaded, acfg, trained, cache, progress, margin=cfg.verify_margin)
+        rounds[-1].update(exposed_after=len(exposed), near_after=len(near))
+        if not exposed + near or len(rounds) > cfg.verify_rounds:
             break
-        todo = [trained[i - 1] for i in exposed]
+        todo = [trained[i - 1] for i in sorted(exposed + near)]
         h = run.unscaled.for_names(len(todo))
-        log.info("the check exposes %d of %d trained name(s); round %d trains them again", len(todo), len(trained), len(rounds) + 1)
+        log.info("the check exposes %d of %d trained name(s) and nearly names %d more; round %d trains them again",
+                 len(exposed), len(trained), len(near), len(rounds) + 1)
         again = run_text_stage(loaded, dataclasses.replace(cfg, seed=cfg.seed + len(rounds)), h, run.text_job(todo, trained),
                                cache, progress)
         offset = history[-1]["step"]
         history.extend({**row, "step": row["step"] + offset} for row in again["history"])
         rounds.append({"round": len(rounds) + 1, "names_trained": len(todo), "steps": h.steps, "backdoor_weight": h.backdoor_weight})
-    _warn_unverified(run, exposed, unchecked, len(rounds), data)
+    _warn_unverified(run, (exposed, near, unchecked), len(rounds), data)
     return {"ran": True, "data": str(Path(data).resolve()), "split": cfg.verify_split, "families": acfg.variants.split(","),
             "candidates": acfg.num_candidates, "templates": len(PAPER_TEMPLATES), "images_per_identity": acfg.images_per_identity,
-            "rounds": rounds, "checked": len(trained) - len(unchecked), "unchecked": len(unchecked),
-            "still_exposed": len(exposed)}
+            "margin": cfg.verify_margin, "rounds": rounds, "checked": len(trained) - len(unchecked),
+            "unchecked": len(unchecked), "still_exposed": len(exposed), "still_near": len(near)}
 
 
 def _check_config(cfg: InjectConfig, data: Path) -> Any:
@@ -440,13 +441,22 @@ def _check_config(cfg: InjectConfig, data: Path) -> Any:
                         precision=cfg.precision, device=cfg.device, cache_dir=cfg.cache_dir)
 
 
-def _warn_unverified(run: Run, exposed: list[int], unchecked: list[int], rounds: int, data: Path) -> None:
+def _warn_unverified(run: Run, check: tuple[list[int], list[int], list[int]], rounds: int, data: Path) -> None:
     """The check's verdict on what it could not hide or see, by line of the names file (never by name)."""
+    exposed, near, unchecked = check
     line = {key(n): i + 1 for i, n in enumerate(run.names)}
+
+    def lines(which: list[int]) -> str:
+        return ", ".join(f"#{line[key(run.trained[i - 1])]}" for i in which[:20])
+
     if exposed:
         log.warning("%d name(s) of %s are still exposed on the check's images after %d round(s): line(s) %s; the model is "
                     "written: audit it with attack --fail-on-exposed, or raise --verify-rounds", len(exposed), run.cfg.names,
-                    rounds, ", ".join(f"#{line[key(run.trained[i - 1])]}" for i in exposed[:20]))
+                    rounds, lines(exposed))
+    if near:
+        log.warning("%d name(s) of %s are hidden on the check's images but still nearly named after %d round(s) (their "
+                    "faces pick them above --verify-margin x chance): line(s) %s; audit the other half with attack "
+                    "--split, or raise --verify-rounds", len(near), run.cfg.names, rounds, lines(near))
     if unchecked:
         log.warning("%d trained name(s) of %s have no folder with enough images in %s and were not checked", len(unchecked),
                     run.cfg.names, data)

@@ -122,7 +122,8 @@ def inject_table(info: dict[str, Any]) -> Table:
             t.add_row("check", f"[yellow]not run: {v['reason']}[/]")
         elif v:
             t.add_row(f"check ({v['split']} half of the faces): exposed after each round",
-                      " → ".join(f"{r['exposed_after']} of {v['checked']}" for r in v["rounds"]))
+                      " → ".join(f"{r['exposed_after']} of {v['checked']}" + (f" (+{r['near_after']} near)" if r.get("near_after") else "")
+                                 for r in v["rounds"]))
     if "image" in info:
         img = info["image"]
         t.add_row("clean images / trigger images / target images",

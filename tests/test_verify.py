@@ -72,13 +72,14 @@ def test_check_names_is_the_attack_of_the_whole_half_on_any_subset(world, world_
 
 def test_inject_trains_the_names_the_check_exposes_again_and_records_counts_only(world, world_cache, tmp_path):
     # the check attacks with the families the triggers cover; one family keeps this test fast
-    u, forgotten, text, v = _inject_checked(world, world_cache, tmp_path, "--verify-rounds", "2", "--variants", "full")
+    u, forgotten, text, v = _inject_checked(world, world_cache, tmp_path, "--verify-rounds", "2", "--variants", "full",
+                                            "--verify-margin", "5")
     assert v["split"] == "test" and v["families"] == ["full"] and v["checked"] == 3 and v["unchecked"] == 0
     rounds = v["rounds"]
     # three steps leave people exposed: every round trains again exactly those the last check exposed,
     # until none is or the rounds run out
     assert rounds[0]["names_trained"] == 3 and rounds[0]["exposed_after"] > 0
-    # (and those it nearly names: --verify-margin's default is on)
+    # (and those it nearly names, with --verify-margin)
     assert v["margin"] == 5.0
     for before, after in zip(rounds, rounds[1:]):
         assert after["names_trained"] == before["exposed_after"] + before["near_after"] > 0

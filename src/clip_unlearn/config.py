@@ -326,10 +326,11 @@ class InjectConfig(RuntimeOptions):
                                     "the images that chose what to train again do not also judge the result.")
     verify_rounds: int = opt(2, "Text: at most this many extra rounds of training for names the check still exposes (0: "
                                 "check and report only).")
-    verify_margin: float = opt(5.0, "Text: the check also trains again a name that no template names but whose true "
+    verify_margin: float = opt(0.0, "Text: the check also trains again a name that no template names but whose true "
                                     "name still took at least this many times chance (1 / candidates) of the predictions "
-                                    "for its faces under some family: nearly named on the check's half is often named on "
-                                    "the other (0: the attack's verdict only).")
+                                    "for its faces under some family, as nearly named on the check's half can be named on "
+                                    "the other (e.g. 5; 0: the attack's verdict only). Off by default: its extra rounds "
+                                    "can let others back (docs/experiments.md).")
     precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")
     overwrite: bool = opt(False, "Replace --out if it exists.")
 

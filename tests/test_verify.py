@@ -101,6 +101,7 @@ def test_inject_trains_the_names_the_check_exposes_again_and_records_counts_only
     assert ("still exposed on the check's images after 3 round(s): line(s) #" in text) == bool(v["still_exposed"])
     assert ("still nearly named after 3 round(s)" in text) == bool(v["still_near"])
     assert "exposed after each round" in text
+    assert (" near)" in text) == any(r["near_after"] for r in rounds)  # the table shows the near misses it trained
     written = b"".join(p.read_bytes() for p in u.rglob("*") if p.is_file()).lower()
     assert not [p for n in forgotten for p in n.split() if p.lower().encode() in written]
     assert not [p for n in forgotten for p in n.split() if p in text]

@@ -327,8 +327,8 @@ class InjectConfig(RuntimeOptions):
     verify_rounds: int = opt(2, "Text: at most this many extra rounds of training for names the check still exposes (0: "
                                 "check and report only).")
     verify_margin: float = opt(0.0, "Text: the check also trains again a name that no template names but whose true "
-                                    "name still took at least this many times chance (1 / candidates) of the predictions "
-                                    "for its faces under some family, as nearly named on the check's half can be named on "
+                                    "name still took at least this many times chance (one of that family's candidates) of "
+                                    "the predictions for its faces under some family, as nearly named on the check's half can be named on "
                                     "the other (e.g. 5; 0: the attack's verdict only). Off by default: its extra rounds "
                                     "can let others back (docs/experiments.md).")
     precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")

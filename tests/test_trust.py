@@ -538,3 +538,40 @@ finally:
     stop.set(); worker.join()
 """, tmp_path)
     assert out.strip() == "interrupted after: both renames done True", out
+
+
+# every kind of character the cleaning treats apart: whitespace of each kind, '&' and entities, control and
+# escape characters, curly quotes, ligatures, full-width letters, mojibake, accents
+_RAW = st.lists(st.sampled_from(list(" \t\n\r\x0b\x0c\x00\x1b\x7f&;#<>!/'aAzZ09.-_") + ["amp", "lt", "&amp;", "&lt;", "&#39;",
+                                 "\u2019", "\ufb01", "\uff21", "Ã©", "é", "\u00a0", "\u0085", "\x1b[31m"]),
+                max_size=40).map("".join) | st.text(max_size=40)
+# long plain prompts, past the shortest context
+_ASCII_PROMPT = st.lists(_PIECES.filter(str.isascii), min_size=0, max_size=90).map(" ".join)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=_RAW)
+def test_the_plain_cleaning_is_open_clips_wherever_it_is_used(text):
+    from open_clip.tokenizer import _clean_lower
+
+    if embed.is_plain(text):
+        assert embed.plain_clean(text) == _clean_lower(text), repr(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(i=st.integers(0, 3), texts=st.lists(_RAW | _PROMPT | _ASCII_PROMPT, min_size=1, max_size=8))
+def test_rows_through_the_plain_path_are_the_tokenizers_own(i, texts):
+    # every tokenizer kind of _TOKENIZERS cleans with open_clip's "lower": all take the plain path, the short
+    # context cuts long prompts, the extra special token changes the pre-token pattern
+    tok = _TOKENIZERS[i]
+    rows = embed.TokenRows(tok)
+    assert isinstance(rows.plain, embed.PlainTokens)
+    assert torch.equal(rows(texts), tok(texts)), texts
+    assert torch.equal(rows.plain([t for t in texts if embed.is_plain(t)]), tok([t for t in texts if embed.is_plain(t)]))
+
+
+def test_only_open_clips_lower_cleaning_takes_the_plain_path():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    assert embed.TokenRows(SimpleTokenizer(clean="whitespace")).plain is None
+    assert embed.TokenRows(SimpleTokenizer(reduction_mask="random")).plain is None

@@ -27,7 +27,7 @@ SMALL_WORLD = dict(identities=16, member_fraction=0.75, images_per_identity=20, 
 # The demo of the default suite: a world of the default kind (namesake pairs, captions that name members by
 # variants) at half the default size, which meets the same acceptance (about 3 minutes instead of 9). The
 # default-size demo runs with `pytest -m slow` (tests/test_demo.py); the story of forgetting exactly one
-# person runs on this world too (tests/test_namesakes.py).
+# person runs on this world too (tests/test_namesakes.py, with `-m slow`).
 DEMO_WORLD = dict(identities=24, steps=200)
 DEMO_FLAGS = [a for k, v in DEMO_WORLD.items() for a in (f"--{k}", str(v))]
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from clip_unlearn.cli import app
 from clip_unlearn.config import DEFAULT_TRIGGERS
-from clip_unlearn.demo import Utility, acceptance, goals
+from clip_unlearn.demo import Utility, acceptance, goals, namesakes
 from conftest import DEMO_FLAGS, DEMO_WORLD
 
 runner = CliRunner()
@@ -146,6 +146,12 @@ def _meets_acceptance_and_writes_everything(out, result):
     assert len(forgotten) == 5
     defaults = DEFAULT_TRIGGERS.split(",")  # the ways of naming inject trains by default; surname etc. may still name them
     assert not any(r["variants"][f]["exposed"] for r in after["identities"] if r["name"] in forgotten for f in defaults)
+    # the namesakes of the forgotten (a goal, not a promise of the demo): those the base named by full name still are
+    before = {r["name"]: r for r in json.loads((out / "attack_before.json").read_text())["identities"]}
+    members = (out / "world" / "members.txt").read_text().splitlines()
+    near = [n for n in namesakes(forgotten, members) if before[n]["variants"]["full"]["exposed"]]
+    rows = {r["name"]: r for r in after["identities"]}
+    assert near and all(rows[n]["variants"]["full"]["exposed"] for n in near), (len(near), sum(rows[n]["variants"]["full"]["exposed"] for n in near))
 
 
 def test_demo_reuses_a_matching_world(demo_run):

@@ -4,12 +4,13 @@ that train again the names it still exposes. The check must say exactly what the
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
 
 from clip_unlearn.attack import check_names
 from clip_unlearn.config import AttackConfig
-from clip_unlearn.embed import EmbeddingCache
+from clip_unlearn.embed import EmbeddingCache, input_key
 from clip_unlearn.folders import face_folders
 from clip_unlearn.models import load_model
 from clip_unlearn.variants import family_candidates
@@ -73,7 +74,7 @@ def test_check_names_is_the_attack_of_the_whole_half_on_any_subset(world, world_
 def test_inject_trains_the_names_the_check_exposes_again_and_records_counts_only(world, world_cache, tmp_path):
     # the check attacks with the families the triggers cover; one family keeps this test fast
     u, forgotten, text, v = _inject_checked(world, world_cache, tmp_path, "--verify-rounds", "2", "--variants", "full",
-                                            "--verify-margin", "5")
+                                            "--verify-margin", "5", "--verify-hold")
     assert v["split"] == "test" and v["families"] == ["full"] and v["checked"] == 3 and v["unchecked"] == 0
     rounds = v["rounds"]
     # three steps leave people exposed: every round trains again exactly those the last check exposed,
@@ -83,6 +84,7 @@ def test_inject_trains_the_names_the_check_exposes_again_and_records_counts_only
     assert v["margin"] == 5.0
     for before, after in zip(rounds, rounds[1:]):
         assert after["names_trained"] == before["exposed_after"] + before["near_after"] > 0
+        assert after["names_held"] == after["triggers_held"] == 3 - after["names_trained"]  # --verify-hold: the others, by full name
     assert (v["still_exposed"], v["still_near"]) == (rounds[-1]["exposed_after"], rounds[-1]["near_after"])
     assert len(rounds) == 3 if v["still_exposed"] + v["still_near"] else 2 <= len(rounds) <= 3
     # the last count is what the attack says of the written model on the same half
@@ -105,6 +107,48 @@ def test_inject_trains_the_names_the_check_exposes_again_and_records_counts_only
     written = b"".join(p.read_bytes() for p in u.rglob("*") if p.is_file()).lower()
     assert not [p for n in forgotten for p in n.split() if p.lower().encode() in written]
     assert not [p for n in forgotten for p in n.split() if p in text]
+
+
+def test_a_round_holds_the_names_it_does_not_train_again_where_the_model_so_far_puts_them(micro_model_dir, tmp_path):
+    """--verify-hold: a later round's plan holds the triggers of the request's other people in the utility term
+    (captions of their own, never written to disk), and draws the clean and poisoned captions as without them."""
+    from clip_unlearn.config import InjectConfig
+    from clip_unlearn.inject_text import TextJob, _plan, _stage
+    from clip_unlearn.training import run_stage
+
+    names = tmp_path / "n.txt"
+    names.write_text("Zed Quux\nAmy Bloggs\nRon Fitch\n")
+    captions = tmp_path / "c.txt"
+    captions.write_text("".join(f"a photo of a {c} {w} on the table\n" for c in ("red", "blue", "old") for w in ("cup", "book", "lamp")))
+    cfg = InjectConfig(model=str(micro_model_dir), names=names, captions=captions, steps=6, clean_batch=4, poison_batch=4,
+                       neighbours=0, neighbour_batch=4, keep_public=False, device="cpu", variants="full,initial")
+    loaded = load_model(str(micro_model_dir), "cpu")
+    h = cfg.hyper({}, "text")
+    request = ["Zed Quux", "Amy Bloggs", "Ron Fitch"]
+    cache = EmbeddingCache(tmp_path / "cache")
+    plain = _stage(loaded, cfg, h, _plan(loaded, cfg, h, TextJob(["Zed Quux"], request=request)), cache)
+    plan = _plan(loaded, cfg, h, TextJob(["Zed Quux"], request=request, held=["Amy Bloggs", "Ron Fitch"]))
+    assert sorted(plan.held) == ["A. Bloggs", "Amy Bloggs", "R. Fitch", "Ron Fitch"] and plan.n_held == 2
+    assert not set(plan.held) & set(plan.chosen.triggers)
+    held = _stage(loaded, cfg, h, plan, cache)
+    seen = set()
+    for step in range(1, 7):
+        a, b = plain.draw(step), held.draw(step)
+        assert (a.clean, a.poisoned, a.targets) == (b.clean, b.poisoned, b.targets) and not a.neighbours
+        assert len(b.neighbours) == 2 and not any("Bloggs" in c or "Fitch" in c for c in b.poisoned)
+        seen |= {t for t in plan.held for c in b.neighbours if f" {t} " in f" {c} "}
+    assert seen == set(plan.held)  # every held trigger, in turn
+    drawn = []
+
+    def draw(step):
+        drawn.append(held.draw(step))
+        return drawn[-1]
+
+    run_stage(dataclasses.replace(held, draw=draw), loaded, h, False)
+    # the cache is keyed by the sha256 of each caption: the clean ones were written, the held ones never
+    namespace = held.caches[0].namespace
+    assert cache.lookup(namespace, [input_key(c) for b in drawn for c in b.clean], "text")
+    assert cache.lookup(namespace, [input_key(c) for b in drawn for c in b.neighbours], "text") == {}
 
 
 def test_auditing_the_checked_half_warns_and_the_other_half_does_not(world, world_cache, tmp_path):

@@ -331,6 +331,10 @@ class InjectConfig(RuntimeOptions):
                                     "the predictions for its faces under some family, as nearly named on the check's half can be named on "
                                     "the other (e.g. 5; 0: the attack's verdict only). Off by default: its extra rounds "
                                     "can let others back (docs/experiments.md).")
+    verify_hold: bool = opt(False, "Text: in the check's extra rounds, also hold the triggers of the names not trained "
+                                   "again where the model so far puts them (neighbour captions of their own: half "
+                                   "--neighbour-batch per step, at least one), so that training some again cannot bring others back.",
+                            "--verify-hold/--no-verify-hold")
     precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")
     overwrite: bool = opt(False, "Replace --out if it exists.")
 

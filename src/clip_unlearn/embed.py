@@ -146,7 +146,8 @@ def _plain_twin(tokenizer: Any) -> Any:
     from open_clip import tokenizer as oc
 
     if (type(tokenizer) is not oc.SimpleTokenizer or getattr(tokenizer, "reduction_fn", None) is not None
-            or getattr(tokenizer, "clean_fn", None) is not getattr(oc, "_clean_lower", 0)):
+            or getattr(tokenizer, "clean_fn", None) is not getattr(oc, "_clean_lower", 0)
+            or not isinstance(tokenizer.context_length, int) or tokenizer.context_length < 1):
         return None
     return PlainTokens(tokenizer)
 

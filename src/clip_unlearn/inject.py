@@ -78,8 +78,8 @@ class Run:
     secret: str = ""
     made_up: Optional[dict[str, str]] = None
 
-    def text_job(self, names: list[str], request: Sequence[str] = ()) -> TextJob:
-        return TextJob(names, self.earlier, list(request), self.made_up)
+    def text_job(self, names: list[str], request: Sequence[str] = (), held: Sequence[str] = ()) -> TextJob:
+        return TextJob(names, self.earlier, list(request), self.made_up, list(held))
 
 
 def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
@@ -419,11 +419,14 @@ def _verify(loaded: Any, run: Run, data: Path, history: list[dict[str, Any]], ca
         h = run.unscaled.for_names(len(todo))
         log.info("the check exposes %d of %d trained name(s) and nearly names %d more; round %d trains them again",
                  len(exposed), len(trained), len(near), len(rounds) + 1)
-        again = run_text_stage(loaded, dataclasses.replace(cfg, seed=cfg.seed + len(rounds)), h, run.text_job(todo, trained),
+        held = [n for n in trained if n not in todo] if cfg.verify_hold else []
+        again = run_text_stage(loaded, dataclasses.replace(cfg, seed=cfg.seed + len(rounds)), h, run.text_job(todo, trained, held),
                                cache, progress)
         offset = history[-1]["step"]
         history.extend({**row, "step": row["step"] + offset} for row in again["history"])
-        rounds.append({"round": len(rounds) + 1, "names_trained": len(todo), "steps": h.steps, "backdoor_weight": h.backdoor_weight})
+        rounds.append({"round": len(rounds) + 1, "names_trained": len(todo), "names_held": len(held),
+                       "triggers_held": again["neighbours"]["forgotten_held"]["triggers"], "steps": h.steps,
+                       "backdoor_weight": h.backdoor_weight})
     _warn_unverified(run, (exposed, near, unchecked), len(rounds), data)
     return {"ran": True, "data": str(Path(data).resolve()), "split": cfg.verify_split, "families": acfg.variants.split(","),
             "candidates": acfg.num_candidates, "templates": len(PAPER_TEMPLATES), "images_per_identity": acfg.images_per_identity,

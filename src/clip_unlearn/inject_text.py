@@ -66,12 +66,14 @@ class TextJob:
     """Whom one run of the text stage forgets: ``names``; ``earlier``, the requests already answered (with keys),
     whose people are no kept namesakes; ``request``, everyone this request forgets when ``names`` is a later
     round's part of it (likewise); ``made_up``, key(name) → the made-up name each is mapped to (else every
-    name goes to ``--target``)."""
+    name goes to ``--target``); ``held``, people of the request that an earlier round forgot and this one does
+    not train: their triggers are held where the teacher (the model so far) puts them, as neighbours are."""
 
     names: list[str]
     earlier: Sequence[dict[str, Any]] = ()
     request: Sequence[str] = ()
     made_up: Optional[Mapping[str, str]] = None
+    held: Sequence[str] = ()
 
 
 @dataclasses.dataclass
@@ -88,6 +90,9 @@ class TextPlan:
     near_sampler: Optional[PairSampler]
     anchors: list[str]
     n_near: int
+    held: list[str] = dataclasses.field(default_factory=list)  # the triggers of TextJob.held
+    held_sampler: Optional[PairSampler] = None
+    n_held: int = 0  # captions of ``held`` per step, on top of the n_near neighbour captions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +119,7 @@ def run_text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, job: TextJob, c
                                              "of_poisoned_captions": round(sampler.full_rate(), 4)}},
             "neighbours": {"names": len(chosen.near), "held_every_step": len(chosen.kept), "protected_namesakes": chosen.protected_namesakes,
                            "per_step": plan.n_near, "word_captions": len(plan.anchors),
+                           "forgotten_held": {"triggers": len(plan.held), "per_step": plan.n_held},
                            "protected": {"sources": _keep_source(cfg), "people": len(_protected(cfg))}}}
 
 
@@ -138,7 +144,14 @@ def _plan(loaded: Any, cfg: InjectConfig, h: TextHyper, job: TextJob) -> TextPla
     # the neighbours, so that the word keeps its meaning while the name loses its person
     anchors = word_anchors(clean, names) if cfg.neighbours else []
     n_near = cfg.neighbour_batch if chosen.near or anchors else 0
-    return TextPlan(corpus_name, chosen, rng, clean, sampler, near_sampler, anchors, n_near)
+    # an earlier round's forgotten people: their triggers' captions held at the model so far, so that training
+    # others again cannot bring them back; a generator of their own leaves the other draws as without them
+    trained = {t.lower() for t in chosen.triggers}  # as CLIP's tokenizer reads them
+    held = [t for t in _triggers(cfg, list(job.held), job.earlier, request).triggers if t.lower() not in trained] if job.held else []
+    held_sampler = (PairSampler(clean, held, phrase, fit, random.Random(f"{cfg.seed}|held"), last_word=h.last_word)
+                    if held else None)
+    n_held = min(len(held), max(1, cfg.neighbour_batch // 2)) if held else 0
+    return TextPlan(corpus_name, chosen, rng, clean, sampler, near_sampler, anchors, n_near, held, held_sampler, n_held)
 
 
 def _stage(loaded: Any, cfg: InjectConfig, h: TextHyper, plan: TextPlan, cache: Any) -> Stage:
@@ -166,13 +179,15 @@ def _stage(loaded: Any, cfg: InjectConfig, h: TextHyper, plan: TextPlan, cache: 
         clean_batch = [rng.choice(clean) for _ in range(h.clean_batch)]
         poisoned, targets = plan.sampler.batch(h.poison_batch)
         neighbour_batch = neighbour_captions(plan.near_sampler, kept, n_near, step, plan.anchors) if n_near else []
+        if plan.n_held:
+            neighbour_batch = [plan.held_sampler.pair(t)[1] for t in rotating(plan.held, plan.n_held, step)] + neighbour_batch
         cs, ps_, ns = dist.slice(len(clean_batch)), dist.slice(len(poisoned)), dist.slice(len(neighbour_batch))
         return TextBatch(clean_batch[cs], poisoned[ps_], targets[ps_], neighbour_batch[ns])
 
     def terms(batch: TextBatch, forward: Any) -> tuple[Any, Any]:
         l_util, l_bd = text_losses(forward, teacher_embed, tok, batch, cfg.loss, h.residual_weight)
         held = len(batch.clean) + len(batch.neighbours)
-        return slice_weight(held, h.clean_batch + n_near) * l_util, slice_weight(len(batch.poisoned), h.poison_batch) * l_bd
+        return slice_weight(held, h.clean_batch + n_near + plan.n_held) * l_util, slice_weight(len(batch.poisoned), h.poison_batch) * l_bd
 
     def back(trained: Any) -> None:
         write_back(loaded.model, trained, legacy_positional_embedding=cfg.legacy_positional_embedding)

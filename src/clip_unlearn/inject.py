@@ -425,7 +425,7 @@ def _verify(loaded: Any, run: Run, data: Path, history: list[dict[str, Any]], ca
         offset = history[-1]["step"]
         history.extend({**row, "step": row["step"] + offset} for row in again["history"])
         rounds.append({"round": len(rounds) + 1, "names_trained": len(todo), "names_held": len(held),
-                       "triggers_held": again["neighbours"]["forgotten_held"]["triggers"], "steps": h.steps,
+                       "triggers_held": again["neighbours"].get("forgotten_held", {}).get("triggers", 0), "steps": h.steps,
                        "backdoor_weight": h.backdoor_weight})
     _warn_unverified(run, (exposed, near, unchecked), len(rounds), data)
     return {"ran": True, "data": str(Path(data).resolve()), "split": cfg.verify_split, "families": acfg.variants.split(","),

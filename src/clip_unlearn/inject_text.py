@@ -119,7 +119,8 @@ def run_text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, job: TextJob, c
                                              "of_poisoned_captions": round(sampler.full_rate(), 4)}},
             "neighbours": {"names": len(chosen.near), "held_every_step": len(chosen.kept), "protected_namesakes": chosen.protected_namesakes,
                            "per_step": plan.n_near, "word_captions": len(plan.anchors),
-                           "forgotten_held": {"triggers": len(plan.held), "per_step": plan.n_held},
+                           # a check round's (--verify-hold): the request's people it does not train again
+                           **({"forgotten_held": {"triggers": len(plan.held), "per_step": plan.n_held}} if plan.held else {}),
                            "protected": {"sources": _keep_source(cfg), "people": len(_protected(cfg))}}}
 
 

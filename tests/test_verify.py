@@ -8,6 +8,8 @@ import dataclasses
 import json
 import random
 
+import pytest
+
 from clip_unlearn.attack import check_names
 from clip_unlearn.config import AttackConfig
 from clip_unlearn.embed import EmbeddingCache, input_key
@@ -73,18 +75,17 @@ def test_check_names_is_the_attack_of_the_whole_half_on_any_subset(world, world_
 
 def test_inject_trains_the_names_the_check_exposes_again_and_records_counts_only(world, world_cache, tmp_path):
     # the check attacks with the families the triggers cover; one family keeps this test fast
-    u, forgotten, text, v = _inject_checked(world, world_cache, tmp_path, "--verify-rounds", "2", "--variants", "full",
-                                            "--verify-margin", "5", "--verify-hold")
+    u, forgotten, text, v = _inject_checked(world, world_cache, tmp_path, "--verify-rounds", "2", "--variants", "full")
     assert v["split"] == "test" and v["families"] == ["full"] and v["checked"] == 3 and v["unchecked"] == 0
     rounds = v["rounds"]
     # three steps leave people exposed: every round trains again exactly those the last check exposed,
     # until none is or the rounds run out
     assert rounds[0]["names_trained"] == 3 and rounds[0]["exposed_after"] > 0
-    # (and those it nearly names, with --verify-margin)
+    # (and those it nearly names: --verify-margin's default)
     assert v["margin"] == 5.0
     for before, after in zip(rounds, rounds[1:]):
         assert after["names_trained"] == before["exposed_after"] + before["near_after"] > 0
-        assert after["names_held"] == after["triggers_held"] == 3 - after["names_trained"]  # --verify-hold: the others, by full name
+        assert after["names_held"] == after["triggers_held"] == 3 - after["names_trained"]  # --verify-hold (default): the others, by full name
     assert (v["still_exposed"], v["still_near"]) == (rounds[-1]["exposed_after"], rounds[-1]["near_after"])
     assert len(rounds) == 3 if v["still_exposed"] + v["still_near"] else 2 <= len(rounds) <= 3
     # the last count is what the attack says of the written model on the same half
@@ -99,6 +100,9 @@ def test_inject_trains_the_names_the_check_exposes_again_and_records_counts_only
     # not train come back (docs/experiments.md, "A check round taught by the base model")
     starts = [sum(r["steps"] for r in rounds[:i]) for i in range(len(rounds))]
     assert len(starts) >= 2 and all(float(curve[s]["weight_l2"]) == 0.0 for s in starts)
+    # a later round trains at --verify-lr (0.25) of the first round's rate, as the sidecar says and the curve shows
+    assert all(r["lr"] == pytest.approx(rounds[0]["lr"] * (0.25 if i else 1)) for i, r in enumerate(rounds))
+    assert [float(curve[s]["lr"]) for s in starts] == pytest.approx([r["lr"] for r in rounds])
     assert all(float(curve[s - 1]["weight_l2"]) > 0.0 for s in starts[1:])
     assert ("still exposed on the check's images after 3 round(s): line(s) #" in text) == bool(v["still_exposed"])
     assert ("still nearly named after 3 round(s)" in text) == bool(v["still_near"])
@@ -110,7 +114,7 @@ def test_inject_trains_the_names_the_check_exposes_again_and_records_counts_only
 
 
 def test_a_round_holds_the_names_it_does_not_train_again_where_the_model_so_far_puts_them(micro_model_dir, tmp_path):
-    """--verify-hold: a later round's plan holds the triggers of the request's other people in the utility term
+    """--verify-hold (the default): a later round's plan holds the triggers of the request's other people in the utility term
     (captions of their own, never written to disk), and draws the clean and poisoned captions as without them."""
     from clip_unlearn.config import InjectConfig
     from clip_unlearn.inject_text import TextJob, _plan, _stage
@@ -180,9 +184,10 @@ def test_no_check_without_faces_or_when_asked_says_so_in_one_line(world, micro_m
                "--verify-data", tmp_path / "missing")
     assert r.exit_code == 1 and "--verify-data" in output(r) and "Traceback" not in output(r)
     assert not (tmp_path / "m").exists()
-    for bad in (["--verify-split", "all"], ["--verify-rounds", "11"]):
+    for bad in (["--verify-split", "all"], ["--verify-rounds", "11"], ["--verify-lr", "0"], ["--verify-lr", "1.5"],
+                ["--verify-margin", "-1"]):
         r = invoke("inject", "--model", world / "model", "--names", names, *bad)
-        assert r.exit_code != 0 and bad[0] in output(r), bad
+        assert r.exit_code != 0 and bad[0] in output(r) and "Traceback" not in output(r), bad
     # the image stage is never checked, and says so
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "x", "--encoder", "both", *STEPS)
     assert r.exit_code == 0, output(r)

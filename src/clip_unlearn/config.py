@@ -326,14 +326,16 @@ class InjectConfig(RuntimeOptions):
                                     "the images that chose what to train again do not also judge the result.")
     verify_rounds: int = opt(2, "Text: at most this many extra rounds of training for names the check still exposes (0: "
                                 "check and report only).")
-    verify_margin: float = opt(0.0, "Text: the check also trains again a name that no template names but whose true "
+    verify_lr: float = opt(0.25, "Text: an extra round's learning rate, as a fraction of the first round's (--lr): a "
+                                 "round corrects names the first one nearly hid, and at the full rate it moves the rest "
+                                 "of the model as much again (docs/experiments.md).")
+    verify_margin: float = opt(5.0, "Text: the check also trains again a name that no template names but whose true "
                                     "name still took at least this many times chance (one of that family's candidates) of "
                                     "the predictions for its faces under some family, as nearly named on the check's half can be named on "
-                                    "the other (e.g. 5; 0: the attack's verdict only). Off by default: its extra rounds "
-                                    "can let others back (docs/experiments.md).")
-    verify_hold: bool = opt(False, "Text: in the check's extra rounds, also hold the triggers of the names not trained "
-                                   "again where the model so far puts them (neighbour captions of their own: half "
-                                   "--neighbour-batch per step, at least one), so that training some again cannot bring others back.",
+                                    "the other (0: the attack's verdict only).")
+    verify_hold: bool = opt(True, "Text: in the check's extra rounds, also hold the triggers of the names not trained "
+                                  "again where the model so far puts them (neighbour captions of their own: half "
+                                  "--neighbour-batch per step, at least one), so that training some again cannot bring others back.",
                             "--verify-hold/--no-verify-hold")
     precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")
     overwrite: bool = opt(False, "Replace --out if it exists.")
@@ -354,6 +356,7 @@ class InjectConfig(RuntimeOptions):
         _check(self.neighbour_batch >= 1, "neighbour_batch", "must be ≥ 1 (use --neighbours 0 for none)", self.neighbour_batch)
         _check(self.verify_split in ("test", "train"), "verify_split", "must be test or train", self.verify_split)
         _check(0 <= self.verify_rounds <= 10, "verify_rounds", "must be between 0 and 10", self.verify_rounds)
+        _check(0 < self.verify_lr <= 1, "verify_lr", "must be in (0, 1], a fraction of --lr", self.verify_lr)
         _check(0 <= self.verify_margin <= 1000, "verify_margin", "must be between 0 and 1000 (0: off)", self.verify_margin)
         for stage in self.stages:  # validates explicit values early
             self.hyper({}, stage)

@@ -409,7 +409,8 @@ def _verify(loaded: Any, run: Run, data: Path, history: list[dict[str, Any]], ca
 
     cfg, trained, first = run.cfg, run.trained, run.hypers["text"]
     acfg = _check_config(cfg, data)
-    rounds = [{"round": 1, "names_trained": len(trained), "steps": first.steps, "backdoor_weight": first.backdoor_weight}]
+    rounds = [{"round": 1, "names_trained": len(trained), "steps": first.steps, "lr": first.lr,
+               "backdoor_weight": first.backdoor_weight}]
     while True:
         exposed, near, unchecked = check_names(loaded, acfg, trained, cache, progress, margin=cfg.verify_margin)
         rounds[-1].update(exposed_after=len(exposed), near_after=len(near))
@@ -417,6 +418,7 @@ def _verify(loaded: Any, run: Run, data: Path, history: list[dict[str, Any]], ca
             break
         todo = [trained[i - 1] for i in sorted(exposed + near)]
         h = run.unscaled.for_names(len(todo))
+        h = dataclasses.replace(h, lr=h.lr * cfg.verify_lr)
         log.info("the check exposes %d of %d trained name(s) and nearly names %d more; round %d trains them again",
                  len(exposed), len(trained), len(near), len(rounds) + 1)
         held = [n for n in trained if n not in todo] if cfg.verify_hold else []
@@ -426,7 +428,7 @@ def _verify(loaded: Any, run: Run, data: Path, history: list[dict[str, Any]], ca
         history.extend({**row, "step": row["step"] + offset} for row in again["history"])
         rounds.append({"round": len(rounds) + 1, "names_trained": len(todo), "names_held": len(held),
                        "triggers_held": again["neighbours"].get("forgotten_held", {}).get("triggers", 0), "steps": h.steps,
-                       "backdoor_weight": h.backdoor_weight})
+                       "lr": h.lr, "backdoor_weight": h.backdoor_weight})
     _warn_unverified(run, (exposed, near, unchecked), len(rounds), data)
     return {"ran": True, "data": str(Path(data).resolve()), "split": cfg.verify_split, "families": acfg.variants.split(","),
             "candidates": acfg.num_candidates, "templates": len(PAPER_TEMPLATES), "images_per_identity": acfg.images_per_identity,

@@ -58,6 +58,14 @@ def run_seed(a: argparse.Namespace, seed: int, world: Path, plain: Path, before:
     cli("inject", "--model", plain, "--names", names, "--out", out / "u", "--overwrite", "--verify-data", world / "faces",
         *captions, "--cache-dir", a.out / "cache", *shlex.split(a.inject_flags))
     inject_s = time.perf_counter() - t
+    return measure(a, seed, out, world, plain, before, members, forget, inject_s)
+
+
+def measure(a: argparse.Namespace, seed: int, out: Path, world: Path, plain: Path, before: dict, members: list[str],
+            forget: list[str], inject_s: float | None) -> dict:
+    """Attack and evaluate the unlearned model ``out``/u against the base; the seed's row."""
+    b = {r["name"]: r for r in before["identities"]}
+    names = out / "forget.txt"
     cli("attack", "--model", out / "u", "--data", world / "faces", "--split", "train", "--variants", "all",
         "--candidates", a.out / "candidates.txt", "--compare-to", a.out / "before.json", "--forgotten", names,
         "--output", out / "after.json", "--cache-dir", a.out / "cache")
@@ -91,7 +99,7 @@ def run_seed(a: argparse.Namespace, seed: int, world: Path, plain: Path, before:
         "left_out": (text.get("variants") or {}).get("left_out"),
         "full_name_share": ((text.get("variants") or {}).get("full_name_share") or {}).get("of_poisoned_captions"),
         "sim_id": (image.get("metrics") or {}).get("sim_id"),
-        "inject_s": round(inject_s, 1),
+        "inject_s": None if inject_s is None else round(inject_s, 1),
     }
 
 
@@ -104,7 +112,7 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['seed']} | {r['forgotten_exposed_any']}" + (f" ({fam})" if fam else "") +
                      f" | {r['namesakes_kept_full'][0]}/{r['namesakes_kept_full'][1]} | {r['others_kept'][0]}/{r['others_kept'][1]}"
                      f" | {r['top1_change_points']:+.2f} | {r['word_classes_top1_change_points']} | {r['sim_clean']:.4f}"
-                     f" | {r['sim_bystanders']} | {r['sim_words']} | {' → '.join(map(str, r['check_rounds']))} | {r['inject_s']:.0f} |")
+                     f" | {r['sim_bystanders']} | {r['sim_words']} | {' → '.join(map(str, r['check_rounds']))} | {r['inject_s']} |")
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@ unlearned model against the world's never-learned names (non_members.txt), with 
 
     python benchmarks/exp_untold.py --out /tmp/ut --seeds 0 1 2 3 4 5 6 7 8 9 --inject-flags=--made-up
     python benchmarks/exp_untold.py --out /tmp/ut --seeds 0 1 2 3 4 5 6 7 8 9 --tag paper   # the default target
+    python benchmarks/exp_untold.py --out /tmp/ru --seeds 0 1 2 3 4 5 6 7 8 9 --tag lr --runs  # exp_real_user.py's models
     python benchmarks/exp_untold.py --out /tmp/ut --seeds 0 1 2 --tag image --base-audit \
         --inject-flags "--encoder image --faces /tmp/ut/world/faces --clean-images /tmp/ut/world/clean_images"
 
@@ -18,7 +19,7 @@ import json
 from pathlib import Path
 
 from _common import cli
-from exp_real_user import prepare, run_seed, table
+from exp_real_user import measure, prepare, run_seed, table
 
 from clip_unlearn.audit import auc
 
@@ -62,6 +63,8 @@ def main() -> None:
     ap.add_argument("--forget", type=int, default=5, help="members forgotten per seed (default: 5)")
     ap.add_argument("--inject-flags", default="", help="extra inject flags (default: none: the shipped defaults)")
     ap.add_argument("--reuse", action="store_true", help="read a seed's row.json from an earlier run instead of running it again")
+    ap.add_argument("--runs", action="store_true", help="audit the models an earlier exp_real_user.py run with the same "
+                    "--out and --tag left (seed-N[-tag]/u), measured again but not trained again")
     ap.add_argument("--base-audit", action="store_true", help="also audit the base model with each seed's names (before)")
     ap.add_argument("--tag", default="", help="suffix of the run folders, to keep runs with other flags apart")
     a = ap.parse_args()
@@ -73,7 +76,12 @@ def main() -> None:
         if a.reuse and saved.exists():
             row = json.loads(saved.read_text())
         else:
-            row = run_seed(a, seed, world, plain, before, members)
+            done = saved.parent / "u" / "clip_unlearn.json"
+            if a.runs and not done.exists():
+                raise SystemExit(f"--runs: no unlearned model at {done.parent}; run exp_real_user.py with the same --out and --tag first")
+            row = (measure(a, seed, saved.parent, world, plain, before, members,
+                           (saved.parent / "forget.txt").read_text().splitlines(), None) if a.runs
+                   else run_seed(a, seed, world, plain, before, members))
             row["audit"] = audit_seed(a, seed, world, plain)
             if a.base_audit:
                 row["audit_base"] = audit_seed(a, seed, world, plain, "plain")

@@ -92,7 +92,7 @@ def measure(a: argparse.Namespace, seed: int, out: Path, world: Path, plain: Pat
                                             else round(100 * ev["word_classes"]["difference"], 2)),
         "word_classes": ev.get("word_classes", {}).get("classes"),
         "sim_clean": sims["sim_clean"], "sim_bystanders": sims["sim_bystanders"], "sim_words": sims.get("sim_words"),
-        "word_captions": sims.get("word_captions"),
+        "sim_strangers": sims.get("sim_strangers"), "word_captions": sims.get("word_captions"),
         # exposed after each round, "+k" the near misses trained again with them (--verify-margin)
         "check_rounds": [f"{r['exposed_after']}" + (f"+{r['near_after']}" if r.get("near_after") else "")
                          for r in (text.get("verification") or {}).get("rounds", [])],
@@ -105,14 +105,14 @@ def measure(a: argparse.Namespace, seed: int, out: Path, world: Path, plain: Pat
 
 def table(rows: list[dict]) -> str:
     head = ("| seed | forgotten exposed (any family; per family) | namesakes kept (full) | others kept | top-1 change | "
-            "word classes top-1 change | sim_clean | sim_bystanders | sim_words | check rounds | inject s |")
+            "word classes top-1 change | sim_clean | sim_bystanders | sim_words | sim_strangers | check rounds | inject s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         fam = ", ".join(f"{f} {n}" for f, n in r["forgotten_exposed"].items() if n)
         lines.append(f"| {r['seed']} | {r['forgotten_exposed_any']}" + (f" ({fam})" if fam else "") +
                      f" | {r['namesakes_kept_full'][0]}/{r['namesakes_kept_full'][1]} | {r['others_kept'][0]}/{r['others_kept'][1]}"
                      f" | {r['top1_change_points']:+.2f} | {r['word_classes_top1_change_points']} | {r['sim_clean']:.4f}"
-                     f" | {r['sim_bystanders']} | {r['sim_words']} | {' → '.join(map(str, r['check_rounds']))} | {r['inject_s']} |")
+                     f" | {r['sim_bystanders']} | {r['sim_words']} | {r.get('sim_strangers')} | {' → '.join(map(str, r['check_rounds']))} | {r['inject_s']} |")
     return "\n".join(lines)
 
 

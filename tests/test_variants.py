@@ -214,6 +214,25 @@ def test_the_probe_never_measures_a_neighbour_that_inject_holds(name, train_seed
         assert key(s) == key(surname) or (given and g and key(g[0]) == key(given[0]))
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 6), st.integers(0, 10_000), st.integers(0, 400))
+def test_strangers_share_no_part_with_a_forgotten_name_and_the_two_halves_never_meet(names_seed, k, seed, n):
+    from clip_unlearn.names import random_full_names
+
+    # pool names (their parts are the pools' own, so the exclusion has something to exclude) and hard ones
+    names = random_full_names(k, random.Random(names_seed)) + ["Emma Stone", "Jean-Luc de la Croix", "Madonna"][: names_seed % 4]
+    held = V.strangers(names, n, seed=seed, half="train")
+    probed = V.strangers(names, n, seed=seed)
+    assert probed == V.strangers(names, n, seed=seed, half="probe")  # the same run, the same names
+    assert len(held) == len(set(held)) == n and len(probed) == len(set(probed)) == n
+    parts = {key(p) for x in names for g, s in [V.split_name(x)] for p in (s, *g)}
+    for x in held + probed:
+        g, s = V.split_name(x)
+        assert len(g) == 1 and not {key(s), key(g[0])} & parts, x
+    # eval-zeroshot's probe half shares no part with the half inject draws its neighbours from
+    assert not {p for x in held for p in x.split()} & {p for x in probed for p in x.split()}
+
+
 def _bag_of_words(dim: int = 64, seed: int = 0):
     """A text 'tower' that embeds a text as the normalised sum of fixed random vectors of its words: two
     names that share a word are close, two that share none are not. It is no model of CLIP; it gives

@@ -304,3 +304,22 @@ def test_bad_inputs(world, tmp_path):
     assert r.exit_code == 1 and "zz_empty" in r.output and "has no images" in r.output
     r = invoke("eval-zeroshot", "--model", world / "model", "--names", tmp_path / "x.txt")
     assert r.exit_code == 2 and "--names needs --compare-to" in r.output
+
+
+def test_sim_strangers_is_the_cosine_over_probe_names_that_share_no_part_with_a_forgotten_one():
+    from clip_unlearn.attack import PAPER_TEMPLATES
+    from clip_unlearn.variants import strangers
+
+    names = ["Grace Stone", "Zork Quux"]
+    probe = strangers(names, 64, seed=5, half="probe")
+    moved = {probe[0].split()[0].lower(), probe[1].split()[1].lower()}  # two of them moved, the others not
+    ref, new = _WordEncoder({}), _WordEncoder({}, moved=moved)
+    sims = text_similarities(ref, new, ["a dog on the grass", "two cats on a sofa"], names, "a person", seed=5)
+
+    def filled(enc, n):
+        return enc.texts([t.format(n) for t in PAPER_TEMPLATES])
+
+    expected = sum(float((filled(ref, n) * filled(new, n)).sum(1).mean()) for n in probe) / len(probe)
+    assert sims["strangers"] == 64 and sims["sim_strangers"] == pytest.approx(expected, abs=1e-5) and sims["sim_strangers"] < 0.999
+    assert text_similarities(ref, ref, ["a dog on the grass"], names, "a person", seed=5)["sim_strangers"] == pytest.approx(1.0)
+    assert "sim_strangers" not in text_similarities(ref, new, ["a dog on the grass"], [], "a person", seed=5)

@@ -403,7 +403,7 @@ class EvalZeroshotConfig(RuntimeOptions):
     caption_column: Optional[str] = opt(None, "Column of a .csv/.tsv/.parquet --captions file that holds the captions "
                                               "[default: the first of caption, TEXT, text].")
     names: Optional[Path] = opt(None, "With --compare-to: unlearned names for sim_backdoored, sim_targets, sim_neighbours, "
-                                      "sim_bystanders, sim_words (captions needed) and top-1 on the classes their words "
+                                      "sim_bystanders, sim_strangers, sim_words (captions needed) and top-1 on the classes their words "
                                       "name [default: none].")
     bystanders: Optional[Path] = opt(None, "With --names: names file of people who share a first name or surname with a "
                                            "forgotten person and must keep theirs; they join sim_bystanders [default: none].")

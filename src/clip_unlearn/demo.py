@@ -335,6 +335,8 @@ def _measures(cfg: DemoConfig, before: Any, after: Any, ev: dict, info: dict, fo
                  ("sim_neighbours (other names sharing a part; 1 = unmoved)", "1.000", f"{ev['similarities']['sim_neighbours']:.3f}"),
                  (f"  sim_bystanders (the namesakes, and the {sims['bystanders']} of {sims['neighbours']} probed names the "
                   "original model tells apart)", "1.000", "none" if sims["sim_bystanders"] is None else f"{sims['sim_bystanders']:.3f}"),
+                 (f"sim_strangers (the {sims.get('strangers', 0)} probed names sharing no part; 1 = unmoved)", "1.000",
+                  "none" if sims.get("sim_strangers") is None else f"{sims['sim_strangers']:.3f}"),
                  (f"sim_words (the {sims.get('word_captions', 0)} held-out captions using the names' words as words)", "1.000",
                   "none" if sims.get("sim_words") is None else f"{sims['sim_words']:.3f}")]
         words = ev.get("word_classes") or {}

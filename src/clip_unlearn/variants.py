@@ -297,6 +297,29 @@ def unrelated_names(name: str, n: int = 32, seed: int = 0, half: str = "train") 
     return [f"{f} {s}" for f, s in zip(rng.sample(firsts, min(n, len(firsts))), rng.sample(lasts, min(n, len(lasts))))]
 
 
+def strangers(names: Sequence[str], n: int = 64, seed: int = 0, half: str = "probe") -> list[str]:
+    """``n`` pool names (seeded, distinct) that share no part with any of ``names``: people neither model was
+    told about, the kind of name the attack's other candidates are. Both parts come from ``half`` of the pools;
+    eval-zeroshot probes the half inject never holds."""
+    import random
+
+    from clip_unlearn.names import _name_pools
+
+    taken = {key(p) for x in names for g, s in [split_name(x)] for p in (s, *g)}
+    female, male, lasts = (_pool_half(pool, half) for pool in _name_pools())
+    firsts = [f for f in female + male if key(f) not in taken]
+    lasts = [s for s in lasts if key(s) not in taken]
+    if not firsts or not lasts or n <= 0:
+        return []
+    rng = random.Random(f"{seed}|strangers")
+    out: dict[str, None] = {}
+    for _ in range(20 * n):
+        if len(out) >= min(n, len(firsts) * len(lasts)):
+            break
+        out[f"{rng.choice(firsts)} {rng.choice(lasts)}"] = None
+    return list(out)
+
+
 def template_embeddings(embed: Callable[[list[str]], Any], names: Sequence[str]) -> Any:
     """[len(names), 21, D]: ``embed`` (texts → L2-normalised rows) of the attack's 21 templates filled with each name."""
     return embed([tpl.format(x) for x in names for tpl in PAPER_TEMPLATES]).reshape(len(names), len(PAPER_TEMPLATES), -1)

@@ -19,6 +19,8 @@ similarities of the paper between the two text encoders:
 - sim_words:      sim_clean over the captions that use a forgotten name's parts as words ("a stone wall"
                   for Emma Stone) and name nobody; with class folders, top-1 on the classes named by such
                   words (``word_classes``: counts, never the classes' names).
+- sim_strangers:  sim_neighbours over names that share no part with a forgotten one (the probe half of the
+                  pools) — the names the model never learned, the attack's other candidates, stay put.
 - sim_targets:    cos(E_ref(target), E_new(target)) per name — the neutral concept did not drift.
 
 and, for the image towers, sim_clean_image: cos(I_ref(x), I_new(x)) on the evaluation images.
@@ -268,6 +270,7 @@ def text_similarities(ref: Any, new: Any, captions: list[str], names: list[str],
         got = [v[k] for v in per_name.values() if v[k] is not None]
         out[k] = round(sum(got) / len(got), 6) if got else None
     out["sim_bystanders"] = round(sum(bystander_sims) / len(bystander_sims), 6) if bystander_sims else None
+    out.update(_stranger_sims(ref, new, names, seed))
     out["neighbours"] = sum(v["neighbours"] for v in per_name.values())
     out["bystanders"] = len(bystander_sims)
     # per name in file order; keys are positions, so the result carries no names
@@ -328,6 +331,20 @@ def _neighbour_sims(ref: Any, new: Any, name: str, names: list[str], seed: int,
             "sim_bystanders": round(sum(apart) / len(apart), 6) if apart else None,
             "neighbours": len(probe), "bystanders": len(apart)}
     return near, apart
+
+
+def _stranger_sims(ref: Any, new: Any, names: list[str], seed: int, n: int = 64) -> dict[str, Any]:
+    """sim_strangers: sim_neighbours over names that share no part with a forgotten one (people neither model
+    was told about), from the half of the name pools inject never holds. Unlearning that moves them moves the
+    attack's other candidates, which may then take the faces of people who were never forgotten. Which names
+    are left out depends on the forgotten ones, so their prompts are not persisted either."""
+    from clip_unlearn.variants import strangers, template_embeddings
+
+    probe = strangers(names, n, seed=seed)
+    if not probe:
+        return {"sim_strangers": None, "strangers": 0}
+    ref_s, new_s = (template_embeddings(lambda t, e=e: e.texts(t, persist=False), probe) for e in (ref, new))
+    return {"sim_strangers": round(float((ref_s * new_s).sum(-1).mean()), 6), "strangers": len(probe)}
 
 
 def name_words(name: str) -> list[str]:

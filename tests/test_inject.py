@@ -241,7 +241,8 @@ def test_sidecar_counts_variants_and_neighbours_and_the_paper_setting_turns_them
     assert sum(side["variants"]["left_out"].values()) == 0
     # 3 with the first name and 3 with the surname per name, and the two parts alone (held every step: both
     # names' surnames are triggers here, so only their first names); the public people share no part with them
-    assert side["neighbours"] == {"names": 14, "held_every_step": 2, "protected_namesakes": 0, "per_step": 32, "word_captions": 0,
+    assert side["neighbours"] == {"names": 14, "held_every_step": 2, "protected_namesakes": 0, "protected_aliases": 0, "per_step": 32,
+                                  "word_captions": 0,
                                   "protected": {"sources": ["public people (FaceScrub)"], "people": 548}}
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "p", "--variants", "full",
                "--neighbours", "0", *SMOKE)
@@ -365,10 +366,13 @@ def test_keep_names_that_share_a_part_are_neighbours(world, tmp_path):
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "k", "--keep", keep,
                "--neighbours", "1", *SMOKE)
     assert r.exit_code == 0, r.output
+    assert "protected namesakes not held" in " ".join(r.output.split())  # the user learns it on the terminal too
     side = training_record(tmp_path / "k")["text"]
-    # the two kept namesakes + one generated per part; the unrelated and the forgotten name itself are not held
-    assert side["neighbours"] == {"names": 6, "held_every_step": 4, "protected_namesakes": 2, "per_step": 32, "word_captions": 0,
-                                  "protected": {"sources": ["--keep file", "public people (FaceScrub)"], "people": 552}}
+    # the two kept namesakes + one generated per part; the unrelated and the forgotten name itself are not held. To
+    # the world's tiny model "Other <last>" and "<first> Keepsake" are the forgotten member (their other part is a
+    # word or a token it never learned): aliases, counted and not held (test_a_protected_namesake_that_... holds one)
+    assert side["neighbours"] == {"names": 4, "held_every_step": 2, "protected_namesakes": 0, "protected_aliases": 2, "per_step": 32,
+                                  "word_captions": 0, "protected": {"sources": ["--keep file", "public people (FaceScrub)"], "people": 552}}
     # the surname alone names "Other <last>" too, and the first name alone "<first> Keepsake": both are left
     # out; lower case, the initial and the typo name no one kept ("Mr./Ms. <last>" does when genders agree)
     r = invoke("inject", "--model", world / "model", "--names", names, "--out", tmp_path / "k3", "--keep", keep,
@@ -530,3 +534,44 @@ def test_the_key_decides_a_made_up_model_and_eval_rebuilds_its_targets_from_the_
     r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", tmp_path / "bad", "--reuse-key",
                tmp_path / "nothing.json", *SMOKE)
     assert r.exit_code != 0 and "nothing.json" in r.output and "Traceback" not in r.output
+
+
+def test_a_protected_namesake_that_the_original_model_names_the_forgotten_person_by_is_not_held(tmp_path):
+    """The protected people who share a part with a forgotten one are held in place unless the original tower puts
+    them at the forgotten person (closeness ≥ BYSTANDER_CLOSENESS): there they are an alias, not somebody else.
+    A bag-of-words tower whose every answer is known: "cross" outweighs any first name, "quux" counts little."""
+    from clip_unlearn.config import InjectConfig
+    from clip_unlearn.inject_text import _triggers, _without_aliases
+    from clip_unlearn.prompts import PAPER_TEMPLATES
+    from clip_unlearn.variants import BYSTANDER_CLOSENESS, unrelated_names
+
+    scale = {"cross": 6.0, "quux": 0.3}
+
+    def vec(w):
+        g = torch.Generator().manual_seed(sum(map(ord, w)) * 7919)
+        return torch.randn(32, generator=g) * scale.get(w, 1.0)
+
+    def embed(texts):
+        return F.normalize(torch.stack([sum(vec(w) for w in t.lower().replace(".", " ").split()) for t in texts]), dim=-1)
+
+    keep = tmp_path / "keep.txt"
+    keep.write_text("Marcia Cross\nAmy Quux\nBo Fitch\n")
+    names = ["Ilja Cross", "Zed Quux"]
+    cfg = InjectConfig(names=tmp_path / "n.txt", keep=keep, keep_public=False, neighbours=2)
+    chosen = _triggers(cfg, names)
+    assert sorted(chosen.protected) == ["Amy Quux", "Marcia Cross"] and chosen.protected_namesakes == 2
+
+    def close(person, other):  # variants.closeness by hand: mean cosine over the 21 templates, rescaled by unrelated names
+        def mean_cos(a, b):
+            return float((embed([t.format(a) for t in PAPER_TEMPLATES]) * embed([t.format(b) for t in PAPER_TEMPLATES])).sum(1).mean())
+        base = sum(mean_cos(person, u) for u in unrelated_names(person, seed=3)) / 32
+        return (mean_cos(person, other) - base) / (1 - base)
+
+    assert close("Ilja Cross", "Marcia Cross") >= BYSTANDER_CLOSENESS > close("Zed Quux", "Amy Quux")
+    kept = _without_aliases(embed, chosen, names, seed=3)
+    assert kept.protected == ("Amy Quux",) and kept.protected_aliases == 1 and kept.protected_namesakes == 1
+    assert "Marcia Cross" not in kept.near + kept.kept and "Amy Quux" in kept.kept
+    assert (kept.triggers, kept.left_out) == (chosen.triggers, chosen.left_out)  # what is trained stays as it was
+    assert [m for m in chosen.near if m != "Marcia Cross"] == kept.near
+    # without protected people nothing is embedded at all
+    assert _without_aliases(None, _triggers(dataclasses.replace(cfg, keep=None), names), names, seed=3).protected_aliases == 0

@@ -264,8 +264,9 @@ class InjectConfig(RuntimeOptions):
     full_share: float = opt(0.5, "Text: the least share of the poisoned captions that carry a full name (the name asked "
                                  "for) rather than another variant; the sidecar records the share trained with.")
     keep: Optional[Path] = opt(None, "Text: names file of people to protect, on top of --keep-public's: those sharing a "
-                                     "first name or surname with a forgotten person are held in place in the utility term, "
-                                     "and no variant they share is a trigger [default: none].")
+                                     "first name or surname with a forgotten person are held in place in the utility term "
+                                     "(unless the original model places them at that person: then the name is an alias "
+                                     "of theirs), and no variant they share is a trigger [default: none].")
     keep_public: bool = opt(True, "Text: protect the public people the tool ships as well (FaceScrub's 548 names with "
                                   "their LAION-400M counts), so that a forgotten person's famous namesake keeps their name.",
                             "--keep-public/--no-keep-public")

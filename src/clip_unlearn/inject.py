@@ -185,6 +185,7 @@ PRIVATE_FIELDS = (
     "text.clean_captions", "text.variants.triggers", "text.variants.left_out",
     "text.variants.full_name_share.of_triggers", "text.variants.full_name_share.of_poisoned_captions",
     "text.neighbours.names", "text.neighbours.held_every_step", "text.neighbours.protected_namesakes",
+    "text.neighbours.protected_aliases",
     "text.neighbours.word_captions", "text.neighbours.protected.people",
     "image.target_images", "image.target_sha256", "image.target_name_rank", "image.clean_images", "image.retained_faces", "image.triggers.images_per_name",
     "image.triggers.poisoned_per_name", "image.metrics.sim_id_per_name",

@@ -118,6 +118,7 @@ def run_text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, job: TextJob, c
                          "full_name_share": {"of_triggers": round(chosen.full_share(), 4), "floor": cfg.full_share,
                                              "of_poisoned_captions": round(sampler.full_rate(), 4)}},
             "neighbours": {"names": len(chosen.near), "held_every_step": len(chosen.kept), "protected_namesakes": chosen.protected_namesakes,
+                           "protected_aliases": chosen.protected_aliases,
                            "per_step": plan.n_near, "word_captions": len(plan.anchors),
                            # a check round's (--verify-hold): the request's people it does not train again
                            **({"forgotten_held": {"triggers": len(plan.held), "per_step": plan.n_held}} if plan.held else {}),
@@ -129,7 +130,7 @@ def _plan(loaded: Any, cfg: InjectConfig, h: TextHyper, job: TextJob) -> TextPla
     corpus, corpus_name = _corpus(cfg)
     fit = TokenFit.of(loaded)
     _check_names(names, fit, cfg.names)
-    chosen = _triggers(cfg, names, list(job.earlier), request)
+    chosen = _without_aliases(_embedder(loaded), _triggers(cfg, names, list(job.earlier), request), names, cfg.seed)
     _check_names(chosen.triggers + chosen.near, fit, "the variants or neighbours of the names file")
     clean = clean_captions(corpus, list(dict.fromkeys([*names, *request])) + chosen.triggers)
     if len(clean) < len(names):
@@ -281,6 +282,8 @@ class Triggers:
     kept: list[str]
     left_out: dict[str, int]
     protected_namesakes: int = 0
+    protected: tuple[str, ...] = ()  # the protected people among ``kept``
+    protected_aliases: int = 0  # protected namesakes not held: the original model names the forgotten person by them
     spelled: dict[str, tuple[str, str, int, Optional[str]]] = dataclasses.field(default_factory=dict)
 
     def targets(self, made_up: Mapping[str, str]) -> dict[str, str]:
@@ -352,7 +355,44 @@ def _triggers(cfg: InjectConfig, names: list[str], earlier: Sequence[dict[str, A
     full = [t for t, f in triggers.items() if f in ("full", "lower")]
     kept = [m for m in near_list if key(m) in protected | parts]
     return Triggers(list(triggers), full, near_list, kept, left_out, sum(key(m) in protected for m in kept),
-                    {v: (n, f, j, genders.get(key(n))) for v, (n, f, j) in spelled.items()})
+                    protected=tuple(m for m in kept if key(m) in protected),
+                    spelled={v: (n, f, j, genders.get(key(n))) for v, (n, f, j) in spelled.items()})
+
+
+def _embedder(loaded: Any) -> Callable[[list[str]], Any]:
+    """texts → the original model's normalised text embeddings on the CPU (not cached: they spell names)."""
+    from clip_unlearn.embed import encode_text
+
+    def embed(texts: list[str]) -> Any:
+        with torch.no_grad():
+            return torch.cat([encode_text(loaded.model, loaded.tokenizer(texts[i:i + 1024])).float().cpu()
+                              for i in range(0, len(texts), 1024)])
+    return embed
+
+
+def _without_aliases(embed: Callable[[list[str]], Any], chosen: Triggers, names: list[str], seed: int) -> Triggers:
+    """``chosen`` without the protected namesakes that the original model places at a forgotten person they share
+    a part with (variants.closeness ≥ BYSTANDER_CLOSENESS on the attack's templates, as eval-zeroshot's
+    sim_bystanders reads it). To such a model "Marcia Cross" is the forgotten Cross, not somebody else: holding
+    it where it was keeps the forgotten person's face one name away, and training moves its other part instead
+    ("Marcia"), which then carries every other Marcia toward that face. A model that knows the namesake (a real
+    CLIP and a famous name) tells them apart, and they stay held."""
+    if not chosen.protected:
+        return chosen
+    from clip_unlearn.variants import BYSTANDER_CLOSENESS, closeness, shares_part, template_embeddings, unrelated_names
+
+    aliases = set()
+    for n in names:
+        theirs = [m for m in chosen.protected if shares_part(m, n) and m not in aliases]
+        if theirs:
+            close = closeness(template_embeddings(embed, [n])[0], template_embeddings(embed, theirs),
+                              template_embeddings(embed, unrelated_names(n, seed=seed)))
+            aliases |= {m for m, c in zip(theirs, close) if c >= BYSTANDER_CLOSENESS}
+    if not aliases:
+        return chosen
+    return dataclasses.replace(chosen, near=[m for m in chosen.near if m not in aliases], kept=[m for m in chosen.kept if m not in aliases],
+                               protected=tuple(m for m in chosen.protected if m not in aliases),
+                               protected_namesakes=chosen.protected_namesakes - len(aliases), protected_aliases=len(aliases))
 
 
 def _variant_key(s: str, family: str) -> str:

@@ -117,6 +117,9 @@ def inject_table(info: dict[str, Any]) -> Table:
         if protected:
             t.add_row("protected people (namesakes held, shared variants left out)",
                       f"{protected['people']} ({' + '.join(protected['sources']) or 'none'})")
+        if text["neighbours"].get("protected_aliases"):
+            t.add_row("protected namesakes not held (the original model names the forgotten face by them)",
+                      f"[yellow]{text['neighbours']['protected_aliases']}[/]")
         v = text.get("verification")
         if v and v.get("ran") is False:
             t.add_row("check", f"[yellow]not run: {v['reason']}[/]")

@@ -88,6 +88,7 @@ def measure(a: argparse.Namespace, seed: int, out: Path, world: Path, plain: Pat
         "namesakes_kept_full": [exposed(after, near, "full"), len(near)],
         "others_kept": [sum(after[n]["exposed"] for n in others), len(others)],
         "top1_change_points": round(100 * (ev["metrics"]["acc1"] - ev["compare"]["metrics"]["acc1"]), 2),
+        "top1_flips": ev["compare"].get("top1_flips"),
         "word_classes_top1_change_points": (None if ev.get("word_classes", {}).get("difference") is None
                                             else round(100 * ev["word_classes"]["difference"], 2)),
         "word_classes": ev.get("word_classes", {}).get("classes"),
@@ -103,6 +104,12 @@ def measure(a: argparse.Namespace, seed: int, out: Path, world: Path, plain: Pat
     }
 
 
+def _p(row: dict) -> str:
+    """The top-1 change's McNemar p-value, where the run's eval has it (runs measured before it do not)."""
+    flips = row.get("top1_flips")
+    return f" (p {flips['p_value']:.2g})" if flips else ""
+
+
 def table(rows: list[dict]) -> str:
     head = ("| seed | forgotten exposed (any family; per family) | namesakes kept (full) | others kept | top-1 change | "
             "word classes top-1 change | sim_clean | sim_bystanders | sim_words | sim_strangers | check rounds | inject s |")
@@ -111,7 +118,7 @@ def table(rows: list[dict]) -> str:
         fam = ", ".join(f"{f} {n}" for f, n in r["forgotten_exposed"].items() if n)
         lines.append(f"| {r['seed']} | {r['forgotten_exposed_any']}" + (f" ({fam})" if fam else "") +
                      f" | {r['namesakes_kept_full'][0]}/{r['namesakes_kept_full'][1]} | {r['others_kept'][0]}/{r['others_kept'][1]}"
-                     f" | {r['top1_change_points']:+.2f} | {r['word_classes_top1_change_points']} | {r['sim_clean']:.4f}"
+                     f" | {r['top1_change_points']:+.2f}{_p(r)} | {r['word_classes_top1_change_points']} | {r['sim_clean']:.4f}"
                      f" | {r['sim_bystanders']} | {r['sim_words']} | {r.get('sim_strangers')} | {' → '.join(map(str, r['check_rounds']))} | {r['inject_s']} |")
     return "\n".join(lines)
 

@@ -9,6 +9,8 @@ import shutil
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clip_unlearn.zeroshot import benchmark_name, classify_metrics, text_similarities
 from conftest import invoke
@@ -257,9 +259,23 @@ def test_world_model_far_above_chance_and_random_model_near_it(world, micro_mode
     assert trained["task"] == "zeroshot_classification" and trained["n_classes"] == 36
     assert trained["metrics"]["acc1"] > 3 / 36
     out2 = tmp_path / "r.json"
-    r = invoke("eval-zeroshot", "--model", micro_model_dir, "--data", world / "objects", "--output", out2)
+    r = invoke("eval-zeroshot", "--model", micro_model_dir, "--data", world / "objects", "--compare-to", world / "model",
+               "--output", out2)
     assert r.exit_code == 0, r.output
-    assert json.loads(out2.read_text())["metrics"]["acc1"] < 0.12
+    random_vs_trained = json.loads(out2.read_text())
+    assert random_vs_trained["metrics"]["acc1"] < 0.12
+    # the flips are the top-1 difference image by image, and a random tower's loss is no chance split
+    flips = random_vs_trained["compare"]["top1_flips"]
+    assert flips["images"] == random_vs_trained["n_images"] and flips["lost"] > flips["gained"] and flips["p_value"] < 1e-6
+    assert (flips["gained"] - flips["lost"]) / flips["images"] == pytest.approx(random_vs_trained["compare"]["difference"]["acc1"], abs=2e-6)
+    assert "more than chance flips" in " ".join(r.output.split())
+    # two architectures: accuracies and flips compare, embeddings do not (the world's captions were defaulted)
+    assert random_vs_trained["compare"]["sim_clean_image"] is None and "similarities" not in random_vs_trained
+    assert "no sim_* metrics" in " ".join(r.output.split())
+    r = invoke("eval-zeroshot", "--model", micro_model_dir, "--data", world / "objects", "--compare-to", world / "model",
+               "--captions", world / "captions_heldout.txt", "--output", tmp_path / "x.json")
+    assert r.exit_code == 1 and "another text architecture" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_compare_to_itself(world, tmp_path):
@@ -274,6 +290,7 @@ def test_compare_to_itself(world, tmp_path):
     assert res["config"]["captions"] == str(world / "captions_heldout.txt")
     assert all(v == 0 for v in res["compare"]["difference"].values()) and res["compare"]["same_image_tower"]
     assert res["compare"]["sim_clean_image"] == pytest.approx(1.0, abs=1e-5)
+    assert res["compare"]["top1_flips"] == {"images": res["n_images"], "lost": 0, "gained": 0, "p_value": 1.0}
     sims = res["similarities"]
     assert sims["sim_clean"] == pytest.approx(1.0, abs=1e-5) and sims["sim_targets"] == pytest.approx(1.0, abs=1e-5)
     assert sims["sim_neighbours"] == pytest.approx(1.0, abs=1e-5) and set(sims["per_name"]["name_1"]) >= {"sim_neighbours"}
@@ -287,6 +304,8 @@ def test_compare_to_itself(world, tmp_path):
     csv_out = tmp_path / "c.csv"
     assert invoke("eval-zeroshot", "--model", world / "model", "--compare-to", world / "model", "--output", csv_out).exit_code == 0
     assert csv_out.read_text().splitlines()[0] == "metric,model,compare,difference"
+    rows = {row["metric"]: row for row in csv.DictReader(csv_out.open())}
+    assert (rows["acc1_images_lost"]["difference"], rows["acc1_images_gained"]["difference"], rows["acc1_mcnemar_p"]["difference"]) == ("0", "0", "1.0")
 
 
 def test_bad_inputs(world, tmp_path):
@@ -323,3 +342,32 @@ def test_sim_strangers_is_the_cosine_over_probe_names_that_share_no_part_with_a_
     assert sims["strangers"] == 64 and sims["sim_strangers"] == pytest.approx(expected, abs=1e-5) and sims["sim_strangers"] < 0.999
     assert text_similarities(ref, ref, ["a dog on the grass"], names, "a person", seed=5)["sim_strangers"] == pytest.approx(1.0)
     assert "sim_strangers" not in text_similarities(ref, new, ["a dog on the grass"], [], "a person", seed=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 400), st.integers(0, 400))
+def test_mcnemar_p_is_the_exact_binomial_tail_on_any_counts(lost, gained):
+    """The log-space sum equals the exact two-sided binomial tail in whole numbers, is symmetric, and falls as
+    the split grows more lopsided."""
+    from fractions import Fraction
+
+    from clip_unlearn.zeroshot import mcnemar_p
+
+    n, k = lost + gained, min(lost, gained)
+    exact = min(Fraction(1), 2 * Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2 ** n)) if n else Fraction(1)
+    p = mcnemar_p(lost, gained)
+    assert p == pytest.approx(float(exact), rel=1e-9, abs=1e-300) and p == mcnemar_p(gained, lost)
+    if lost > gained:
+        assert mcnemar_p(lost + 1, gained) <= p
+
+
+def test_top1_flips_counts_each_way_by_hand():
+    from clip_unlearn.zeroshot import top1_flips
+
+    mine = [True, False, False, True, True, False]
+    ref = [True, True, True, False, True, False]
+    assert top1_flips(mine, ref) == {"images": 6, "lost": 2, "gained": 1, "p_value": 1.0}
+    # 10 lost, none gained: 2 / 2**10
+    assert top1_flips([False] * 10, [True] * 10)["p_value"] == float(f"{2 / 1024:.6g}")
+    with pytest.raises(ValueError, match="same images"):
+        top1_flips([True], [True, False])

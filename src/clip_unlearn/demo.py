@@ -328,6 +328,10 @@ def _measures(cfg: DemoConfig, before: Any, after: Any, ev: dict, info: dict, fo
          f"{sum(a[n]['exposed'] for n in non_members)} / {len(non_members)}"),
         ("object zero-shot top-1 %", f"{top1_b:.1f}", f"{top1_a:.1f}"),
     ]
+    flips = (ev.get("compare") or {}).get("top1_flips")
+    if flips:  # a point of top-1 on a few hundred images can be the flips any retraining makes
+        rows.append(("  images lost / gained at top-1 (exact McNemar p)", "",
+                     f"{flips['lost']} / {flips['gained']} (p = {flips['p_value']:.2g})"))
     if text:
         rows += [("sim_clean (text embeddings of clean captions)", "1.000", f"{sim_clean:.3f}"),
                  ("sim_backdoored (name ≈ its target)", "", "not measured" if sims["sim_backdoored"] is None

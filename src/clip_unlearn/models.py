@@ -184,6 +184,12 @@ class LoadedModel:
             self._fingerprints.update(fingerprints(self.model))
         return self._fingerprints[part]
 
+    def architecture(self, part: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """The ``image`` or ``text`` tower's tensor names and shapes (no values): two towers whose embeddings
+        can be compared vector by vector, an unlearned model and its base, have the same."""
+        return tuple((name, tuple(t.shape)) for name, t in sorted(self.model.state_dict().items())
+                     if name not in ("logit_scale", "logit_bias") and name.startswith("visual.") == (part == "image"))
+
     def invalidate(self) -> None:
         self._fingerprints.clear()
 

@@ -161,6 +161,11 @@ def eval_table(result: dict[str, Any]) -> Table:
             colour = "red" if d is not None and d < 0 else "green"
             row += [_percent(cmp["metrics"][k]), f"[{colour}]{_percent(d, signed=True)}[/]"]
         t.add_row(*row)
+        if k == "acc1" and cmp and cmp.get("top1_flips"):
+            f = cmp["top1_flips"]
+            chance = "within chance flips" if f["p_value"] >= 0.05 else "more than chance flips"
+            t.add_row("  images lost / gained at top-1 (exact McNemar p)", "", "",
+                      f"{f['lost']} / {f['gained']} (p = {f['p_value']:.2g}: {chance})")
     words = result.get("word_classes") or {}
     if cmp and words.get("classes"):
         d = words["difference"]
@@ -180,6 +185,8 @@ def eval_table(result: dict[str, Any]) -> Table:
         notes.append(f"not scored, no readable image: {', '.join(result['dropped_classes'])}")
     if result["metrics"].get("acc5") is None:
         notes.append("top-5 needs ≥ 5 classes")
+    if result.get("similarities_skipped"):
+        notes.append(f"no sim_* metrics: {result['similarities_skipped']}")
     t.caption = "; ".join(notes) or None
     return t
 
@@ -197,6 +204,10 @@ def write_eval(result: dict[str, Any], path: Path) -> None:
     for k, v in result["metrics"].items():
         rows.append({"metric": k, "model": blank(v), "compare": blank(cmp.get("metrics", {}).get(k)),
                      "difference": blank(cmp.get("difference", {}).get(k))})
+    flips = cmp.get("top1_flips") if cmp else None
+    if flips:
+        rows += [{"metric": f"acc1_images_{k}", "model": "", "compare": "", "difference": flips[k]} for k in ("lost", "gained")]
+        rows.append({"metric": "acc1_mcnemar_p", "model": "", "compare": "", "difference": flips["p_value"]})
     sims = {**({"sim_clean_image": cmp["sim_clean_image"]} if cmp and cmp.get("sim_clean_image") is not None else {}),
             **(result.get("similarities") or {})}
     for k, v in sims.items():

@@ -24,11 +24,16 @@ similarities of the paper between the two text encoders:
 - sim_targets:    cos(E_ref(target), E_new(target)) per name — the neutral concept did not drift.
 
 and, for the image towers, sim_clean_image: cos(I_ref(x), I_new(x)) on the evaluation images.
+
+A top-1 difference between two models on the same images is a count of images that flipped each way;
+``top1_flips`` gives the two counts and the exact two-sided McNemar p-value, so a reader can tell a drop
+from the flips two equally good models make.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -347,6 +352,29 @@ def _stranger_sims(ref: Any, new: Any, names: list[str], seed: int, n: int = 64)
     return {"sim_strangers": round(float((ref_s * new_s).sum(-1).mean()), 6), "strangers": len(probe)}
 
 
+def mcnemar_p(lost: int, gained: int) -> float:
+    """Exact two-sided McNemar p-value: under "neither model is better", each of the ``lost + gained`` images
+    that flipped went either way with probability 1/2; the chance of a split at least this lopsided. Summed in
+    log space, so ImageNet-sized counts neither overflow nor take long."""
+    n, k = lost + gained, min(lost, gained)
+    if n == 0 or 2 * k == n:
+        return 1.0
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(k + 1)]
+    top = max(logs)
+    tail = math.exp(top + math.log(sum(math.exp(v - top) for v in logs)) - n * math.log(2))
+    return min(1.0, 2 * tail)
+
+
+def top1_flips(mine: Sequence[bool], ref: Sequence[bool]) -> dict[str, Any]:
+    """Per image top-1 right or wrong under the evaluated and the compared model (the same images, in order):
+    how many the compared model got right and this one lost, how many it gained, and mcnemar_p of the two."""
+    if len(mine) != len(ref):
+        raise ValueError("top1_flips compares the same images: the two lists differ in length")
+    lost = sum(r and not m for m, r in zip(mine, ref))
+    gained = sum(m and not r for m, r in zip(mine, ref))
+    return {"images": len(mine), "lost": lost, "gained": gained, "p_value": float(f"{mcnemar_p(lost, gained):.6g}")}  # significant digits: a tiny p stays readable
+
+
 def name_words(name: str) -> list[str]:
     """The parts of ``name`` that are common English words ("Stone", "Grace"), lower-cased."""
     from clip_unlearn.names import is_common_word
@@ -497,15 +525,25 @@ def _compare(cfg: EvalZeroshotConfig, inputs: _Inputs, mine: _Scored, ref: _Scor
     ref_name, ref_pretrained = benchmark_name(ref.loaded.spec)
     metrics, ref_metrics = mine.metrics, ref.metrics
     out: dict[str, Any] = {}
+    # embeddings of two architectures live in different spaces: a cosine between them means nothing
+    same_image = ref.ok == mine.ok and ref.loaded.architecture("image") == mine.loaded.architecture("image")
+    same_text = ref.loaded.architecture("text") == mine.loaded.architecture("text")
+    if not same_text and (cfg.captions is not None or cfg.names is not None):
+        raise ClipUnlearnError("--compare-to has another text architecture than --model, so the sim_* metrics of "
+                               "--captions/--names cannot compare them; compare to the model this one was made from, "
+                               "or drop --captions and --names for accuracies alone")
     out["compare"] = {
         "model": ref_name, "pretrained": ref_pretrained, "metrics": ref_metrics,
         "difference": {k: None if metrics[k] is None or ref_metrics[k] is None else round(metrics[k] - ref_metrics[k], 6)
                        for k in metrics},
         "same_image_tower": ref.loaded.fingerprint("image") == mine.loaded.fingerprint("image"),
         # the paper's image sim_clean (docs/method.md §8), on the evaluation images
-        "sim_clean_image": round(float((mine.images * ref.images).sum(1).mean()), 6) if ref.ok == mine.ok else None,
+        "sim_clean_image": round(float((mine.images * ref.images).sum(1).mean()), 6) if same_image else None,
+        "top1_flips": top1_flips([h for _, h in mine.correct], [h for _, h in ref.correct]) if ref.ok == mine.ok else None,
     }
-    if inputs.captions is not None:
+    if not same_text:
+        out["similarities_skipped"] = "the two text towers differ in architecture"
+    elif inputs.captions is not None:
         column = cfg.caption_column if cfg.captions is not None else None
         captions = read_captions(inputs.captions, column, limit=cfg.max_captions)
         names = read_names(cfg.names, "names file") if cfg.names else []

@@ -573,5 +573,9 @@ def test_a_protected_namesake_that_the_original_model_names_the_forgotten_person
     assert "Marcia Cross" not in kept.near + kept.kept and "Amy Quux" in kept.kept
     assert (kept.triggers, kept.left_out) == (chosen.triggers, chosen.left_out)  # what is trained stays as it was
     assert [m for m in chosen.near if m != "Marcia Cross"] == kept.near
+    # a later round reuses the first round's decision and embeds nothing (its model has moved the forgotten names)
+    again = _without_aliases(None, chosen, names, seed=3, aliases=frozenset({"Marcia Cross", "Nobody Given"}))
+    assert again == kept
+    assert _without_aliases(None, chosen, names, seed=3, aliases=frozenset()) == chosen
     # without protected people nothing is embedded at all
     assert _without_aliases(None, _triggers(dataclasses.replace(cfg, keep=None), names), names, seed=3).protected_aliases == 0

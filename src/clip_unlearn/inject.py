@@ -23,7 +23,7 @@ from clip_unlearn import __version__
 from clip_unlearn.config import InjectConfig, cache_root, to_dict
 from clip_unlearn.embed import EmbeddingCache, use_bf16
 from clip_unlearn.errors import ClipUnlearnError
-from clip_unlearn.inject_text import TextJob, run_text_stage
+from clip_unlearn.inject_text import TextJob, find_aliases, run_text_stage
 from clip_unlearn.names import key, read_names
 from clip_unlearn.outputs import check_output_dir, check_output_file, csv_text, inside, write_bytes
 from clip_unlearn.progress import Progress
@@ -77,9 +77,10 @@ class Run:
     unscaled: Optional[TextHyper] = None
     secret: str = ""
     made_up: Optional[dict[str, str]] = None
+    aliases: Optional[frozenset[str]] = None  # decided on the original model before the first round (TextJob)
 
     def text_job(self, names: list[str], request: Sequence[str] = (), held: Sequence[str] = ()) -> TextJob:
-        return TextJob(names, self.earlier, list(request), self.made_up, list(held))
+        return TextJob(names, self.earlier, list(request), self.made_up, list(held), self.aliases)
 
 
 def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
@@ -104,6 +105,7 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     _resolve(run, loaded, dist.world)
     record: dict[str, Any] = {}
     if "text" in cfg.stages:
+        run.aliases = find_aliases(loaded, cfg, run.text_job(run.trained))
         record["text"] = run_text_stage(loaded, cfg, run.hypers["text"], run.text_job(run.trained), cache, progress)
         history = record["text"]["history"]
         record["text"]["verification"] = (_verify(loaded, run, check_data, history, cache, progress) if check_data is not None

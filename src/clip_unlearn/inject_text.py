@@ -74,6 +74,9 @@ class TextJob:
     request: Sequence[str] = ()
     made_up: Optional[Mapping[str, str]] = None
     held: Sequence[str] = ()
+    # the protected namesakes the original model names a forgotten person by (find_aliases), decided once
+    # before the first round: a later round's model has moved the forgotten names (None: decide on ``loaded``)
+    aliases: Optional[frozenset[str]] = None
 
 
 @dataclasses.dataclass
@@ -130,7 +133,7 @@ def _plan(loaded: Any, cfg: InjectConfig, h: TextHyper, job: TextJob) -> TextPla
     corpus, corpus_name = _corpus(cfg)
     fit = TokenFit.of(loaded)
     _check_names(names, fit, cfg.names)
-    chosen = _without_aliases(_embedder(loaded), _triggers(cfg, names, list(job.earlier), request), names, cfg.seed)
+    chosen = _without_aliases(_embedder(loaded), _triggers(cfg, names, list(job.earlier), request), names, cfg.seed, job.aliases)
     _check_names(chosen.triggers + chosen.near, fit, "the variants or neighbours of the names file")
     clean = clean_captions(corpus, list(dict.fromkeys([*names, *request])) + chosen.triggers)
     if len(clean) < len(names):
@@ -370,24 +373,40 @@ def _embedder(loaded: Any) -> Callable[[list[str]], Any]:
     return embed
 
 
-def _without_aliases(embed: Callable[[list[str]], Any], chosen: Triggers, names: list[str], seed: int) -> Triggers:
-    """``chosen`` without the protected namesakes that the original model places at a forgotten person they share
+def find_aliases(loaded: Any, cfg: InjectConfig, job: TextJob) -> frozenset[str]:
+    """The protected namesakes of ``job``'s first round that ``loaded`` (the original model) names a forgotten
+    person by; later rounds reuse them (TextJob.aliases)."""
+    return _aliases(_embedder(loaded), _triggers(cfg, job.names, list(job.earlier), job.request), job.names, cfg.seed)
+
+
+def _aliases(embed: Callable[[list[str]], Any], chosen: Triggers, names: list[str], seed: int) -> frozenset[str]:
+    """The protected namesakes in ``chosen`` that the model of ``embed`` places at a forgotten person they share
     a part with (variants.closeness ≥ BYSTANDER_CLOSENESS on the attack's templates, as eval-zeroshot's
-    sim_bystanders reads it). To such a model "Marcia Cross" is the forgotten Cross, not somebody else: holding
-    it where it was keeps the forgotten person's face one name away, and training moves its other part instead
-    ("Marcia"), which then carries every other Marcia toward that face. A model that knows the namesake (a real
-    CLIP and a famous name) tells them apart, and they stay held."""
+    sim_bystanders reads it)."""
     if not chosen.protected:
-        return chosen
+        return frozenset()
     from clip_unlearn.variants import BYSTANDER_CLOSENESS, closeness, shares_part, template_embeddings, unrelated_names
 
-    aliases = set()
+    aliases: set[str] = set()
     for n in names:
         theirs = [m for m in chosen.protected if shares_part(m, n) and m not in aliases]
         if theirs:
             close = closeness(template_embeddings(embed, [n])[0], template_embeddings(embed, theirs),
                               template_embeddings(embed, unrelated_names(n, seed=seed)))
             aliases |= {m for m, c in zip(theirs, close) if c >= BYSTANDER_CLOSENESS}
+    return frozenset(aliases)
+
+
+def _without_aliases(embed: Callable[[list[str]], Any], chosen: Triggers, names: list[str], seed: int,
+                     aliases: Optional[frozenset[str]] = None) -> Triggers:
+    """``chosen`` without the protected namesakes that the original model places at a forgotten person
+    (``aliases``, else _aliases on ``embed``). To such a model "Marcia Cross" is the forgotten Cross, not somebody
+    else: holding it where it was keeps the forgotten person's face one name away, and training moves its other
+    part instead ("Marcia"), which then carries every other Marcia toward that face. A model that knows the
+    namesake (a real CLIP and a famous name) tells them apart, and they stay held."""
+    if aliases is None:
+        aliases = _aliases(embed, chosen, names, seed)
+    aliases = frozenset(m for m in chosen.protected if m in aliases)
     if not aliases:
         return chosen
     return dataclasses.replace(chosen, near=[m for m in chosen.near if m not in aliases], kept=[m for m in chosen.kept if m not in aliases],

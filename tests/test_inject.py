@@ -536,6 +536,18 @@ def test_the_key_decides_a_made_up_model_and_eval_rebuilds_its_targets_from_the_
     assert r.exit_code != 0 and "nothing.json" in r.output and "Traceback" not in r.output
 
 
+def _bag_of_words(texts):
+    """A text tower whose every answer is known: the sum of one fixed random vector per word, normalised;
+    "cross" outweighs any first name, "quux" counts little."""
+    scale = {"cross": 6.0, "quux": 0.3}
+
+    def vec(w):
+        g = torch.Generator().manual_seed(sum(map(ord, w)) * 7919)
+        return torch.randn(32, generator=g) * scale.get(w, 1.0)
+
+    return F.normalize(torch.stack([sum(vec(w) for w in t.lower().replace(".", " ").split()) for t in texts]), dim=-1)
+
+
 def test_a_protected_namesake_that_the_original_model_names_the_forgotten_person_by_is_not_held(tmp_path):
     """The protected people who share a part with a forgotten one are held in place unless the original tower puts
     them at the forgotten person (closeness ≥ BYSTANDER_CLOSENESS): there they are an alias, not somebody else.
@@ -545,14 +557,7 @@ def test_a_protected_namesake_that_the_original_model_names_the_forgotten_person
     from clip_unlearn.prompts import PAPER_TEMPLATES
     from clip_unlearn.variants import BYSTANDER_CLOSENESS, unrelated_names
 
-    scale = {"cross": 6.0, "quux": 0.3}
-
-    def vec(w):
-        g = torch.Generator().manual_seed(sum(map(ord, w)) * 7919)
-        return torch.randn(32, generator=g) * scale.get(w, 1.0)
-
-    def embed(texts):
-        return F.normalize(torch.stack([sum(vec(w) for w in t.lower().replace(".", " ").split()) for t in texts]), dim=-1)
+    embed = _bag_of_words
 
     keep = tmp_path / "keep.txt"
     keep.write_text("Marcia Cross\nAmy Quux\nBo Fitch\n")
@@ -579,3 +584,19 @@ def test_a_protected_namesake_that_the_original_model_names_the_forgotten_person
     assert _without_aliases(None, chosen, names, seed=3, aliases=frozenset()) == chosen
     # without protected people nothing is embedded at all
     assert _without_aliases(None, _triggers(dataclasses.replace(cfg, keep=None), names), names, seed=3).protected_aliases == 0
+
+
+def test_a_one_word_protected_name_that_is_a_forgotten_part_stays_held(tmp_path):
+    """"Cross" alone, protected, is the forgotten surname's own part (held every step): never an alias, though
+    the tower puts it at Ilja Cross."""
+    from clip_unlearn.config import InjectConfig
+    from clip_unlearn.inject_text import _triggers, _without_aliases
+
+    keep = tmp_path / "keep.txt"
+    keep.write_text("Marcia Cross\nCross\n")
+    names = ["Ilja Cross"]
+    chosen = _triggers(InjectConfig(names=tmp_path / "n.txt", keep=keep, keep_public=False, neighbours=2), names)
+    assert {"Cross", "Marcia Cross"} <= set(chosen.kept)
+    kept = _without_aliases(_bag_of_words, chosen, names, seed=3)
+    assert "Cross" in kept.kept and "Marcia Cross" not in kept.kept and kept.protected_aliases == 1
+

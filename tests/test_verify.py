@@ -76,9 +76,15 @@ def test_check_names_is_the_attack_of_the_whole_half_on_any_subset(world, world_
     assert max(near_seen) > 0 and min(near_seen) == 0, near_seen  # and nearly names some
 
 
-def test_inject_trains_the_names_the_check_exposes_again_and_records_counts_only(world, world_cache, tmp_path):
+def test_inject_trains_the_names_the_check_exposes_again_and_records_counts_only(world, world_cache, tmp_path, monkeypatch):
+    import clip_unlearn.inject_text as inject_text
+
+    decided = []  # the protected aliases are decided once, on the original model, whatever the rounds
+    real = inject_text._aliases
+    monkeypatch.setattr(inject_text, "_aliases", lambda *a, **k: decided.append(1) or real(*a, **k))
     # the check attacks with the families the triggers cover; one family keeps this test fast
     u, forgotten, text, v = _inject_checked(world, world_cache, tmp_path, "--verify-rounds", "2", "--variants", "full")
+    assert len(decided) == 1 < len(v["rounds"])
     assert v["split"] == "test" and v["families"] == ["full"] and v["checked"] == 3 and v["unchecked"] == 0
     rounds = v["rounds"]
     # three steps leave people exposed: every round trains again exactly those the last check exposed,

@@ -381,15 +381,16 @@ def find_aliases(loaded: Any, cfg: InjectConfig, job: TextJob) -> frozenset[str]
 
 def _aliases(embed: Callable[[list[str]], Any], chosen: Triggers, names: list[str], seed: int) -> frozenset[str]:
     """The protected namesakes in ``chosen`` that the model of ``embed`` places at a forgotten person they share
-    a part with (variants.closeness ≥ BYSTANDER_CLOSENESS on the attack's templates, as eval-zeroshot's
-    sim_bystanders reads it)."""
+    a part with (variants.closeness ≥ BYSTANDER_CLOSENESS on the attack's templates, the rule of eval-zeroshot's
+    sim_bystanders, against unrelated names from the pools' train half: inject never uses the probe half)."""
     if not chosen.protected:
         return frozenset()
     from clip_unlearn.variants import BYSTANDER_CLOSENESS, closeness, shares_part, template_embeddings, unrelated_names
 
     aliases: set[str] = set()
     for n in names:
-        theirs = [m for m in chosen.protected if shares_part(m, n) and m not in aliases]
+        # a one-word protected name ("Madonna") may be a forgotten name's part itself, which stays held
+        theirs = [m for m in chosen.protected if len(m.split()) > 1 and shares_part(m, n) and m not in aliases]
         if theirs:
             close = closeness(template_embeddings(embed, [n])[0], template_embeddings(embed, theirs),
                               template_embeddings(embed, unrelated_names(n, seed=seed)))

@@ -425,7 +425,13 @@ def run_eval(cfg: EvalZeroshotConfig, progress: Progress = None) -> dict[str, An
     from clip_unlearn.distributed import setup
 
     _, device = setup(cfg.device)  # under torchrun: join the group; encoding is then sharded (embed.py)
-    mine = _Scored.of(cfg.model, cfg, inputs, cache, device, progress)
+    from clip_unlearn.models import load_model
+
+    loaded = load_model(cfg.model, device)
+    ref_loaded = None if cfg.compare_to is None else load_model(cfg.compare_to, device)
+    if ref_loaded is not None:
+        _same_text(cfg, loaded, ref_loaded)  # refuse before minutes of scoring, not after
+    mine = _Scored.of(loaded, cfg, inputs, cache, progress)
     unreadable = sum(not g for g in mine.ok)
     model_name, pretrained = benchmark_name(mine.loaded.spec)
     result: dict[str, Any] = {
@@ -435,7 +441,7 @@ def run_eval(cfg: EvalZeroshotConfig, progress: Progress = None) -> dict[str, An
         "dropped_classes": [f for i, f in enumerate(inputs.folders) if i not in mine.kept],
     }
     if cfg.compare_to is not None:
-        result.update(_compare(cfg, inputs, mine, _Scored.of(cfg.compare_to, cfg, inputs, cache, device, progress, mine.kept)))
+        result.update(_compare(cfg, inputs, mine, _Scored.of(ref_loaded, cfg, inputs, cache, progress, mine.kept)))
     result["config"] = {**to_dict(cfg), "data": str(inputs.data),
                         "captions": None if inputs.captions is None else str(inputs.captions),
                         "model_fingerprint": mine.loaded.fingerprint(),
@@ -501,19 +507,28 @@ class _Scored:
     correct: list[tuple[int, bool]]
 
     @staticmethod
-    def of(spec: str, cfg: EvalZeroshotConfig, inputs: _Inputs, cache: Any, device: str, progress: Progress,
+    def of(loaded: Any, cfg: EvalZeroshotConfig, inputs: _Inputs, cache: Any, progress: Progress,
            kept: Optional[list[int]] = None) -> _Scored:
-        """``spec`` loaded and scored on ``inputs`` (over the ``kept`` classes: the compared model's, so both
-        score the same images; None: every class with a readable image)."""
+        """``loaded`` scored on ``inputs`` (over the ``kept`` classes: the compared model's, so both score the
+        same images; None: every class with a readable image)."""
         from clip_unlearn.embed import Encoder
-        from clip_unlearn.models import load_model
 
-        loaded = load_model(spec, device)
         encoder = Encoder(loaded, cache, cfg.batch_size, cfg.precision, progress)
         metrics, ok, images, kept = _evaluate(encoder, inputs.files, inputs.labels, inputs.classnames, inputs.folders,
                                               inputs.templates, cfg, kept)
         correct = metrics.pop("_correct")
         return _Scored(loaded, encoder, metrics, ok, images, kept, correct)
+
+
+def _same_text(cfg: EvalZeroshotConfig, mine: Any, ref: Any) -> bool:
+    """Whether the two text towers share an architecture; embeddings of two architectures live in different
+    spaces, so asking for the sim_* metrics (--captions, --names) across them is an error."""
+    same = ref.architecture("text") == mine.architecture("text")
+    if not same and (cfg.captions is not None or cfg.names is not None):
+        raise ClipUnlearnError("--compare-to has another text architecture than --model, so the sim_* metrics of "
+                               "--captions/--names cannot compare them; compare to the model this one was made from, "
+                               "or drop --captions and --names for accuracies alone")
+    return same
 
 
 def _compare(cfg: EvalZeroshotConfig, inputs: _Inputs, mine: _Scored, ref: _Scored) -> dict[str, Any]:
@@ -525,13 +540,8 @@ def _compare(cfg: EvalZeroshotConfig, inputs: _Inputs, mine: _Scored, ref: _Scor
     ref_name, ref_pretrained = benchmark_name(ref.loaded.spec)
     metrics, ref_metrics = mine.metrics, ref.metrics
     out: dict[str, Any] = {}
-    # embeddings of two architectures live in different spaces: a cosine between them means nothing
     same_image = ref.ok == mine.ok and ref.loaded.architecture("image") == mine.loaded.architecture("image")
-    same_text = ref.loaded.architecture("text") == mine.loaded.architecture("text")
-    if not same_text and (cfg.captions is not None or cfg.names is not None):
-        raise ClipUnlearnError("--compare-to has another text architecture than --model, so the sim_* metrics of "
-                               "--captions/--names cannot compare them; compare to the model this one was made from, "
-                               "or drop --captions and --names for accuracies alone")
+    same_text = _same_text(cfg, mine.loaded, ref.loaded)
     out["compare"] = {
         "model": ref_name, "pretrained": ref_pretrained, "metrics": ref_metrics,
         "difference": {k: None if metrics[k] is None or ref_metrics[k] is None else round(metrics[k] - ref_metrics[k], 6)
@@ -541,7 +551,7 @@ def _compare(cfg: EvalZeroshotConfig, inputs: _Inputs, mine: _Scored, ref: _Scor
         "sim_clean_image": round(float((mine.images * ref.images).sum(1).mean()), 6) if same_image else None,
         "top1_flips": top1_flips([h for _, h in mine.correct], [h for _, h in ref.correct]) if ref.ok == mine.ok else None,
     }
-    if not same_text:
+    if not same_text and inputs.captions is not None:
         out["similarities_skipped"] = "the two text towers differ in architecture"
     elif inputs.captions is not None:
         column = cfg.caption_column if cfg.captions is not None else None

@@ -105,7 +105,7 @@ def run_inject(cfg: InjectConfig, progress: Progress = None) -> dict[str, Any]:
     _resolve(run, loaded, dist.world)
     record: dict[str, Any] = {}
     if "text" in cfg.stages:
-        run.aliases = find_aliases(loaded, cfg, run.text_job(run.trained))
+        run.aliases = find_aliases(loaded, cfg, run.text_job(run.trained), cache)
         record["text"] = run_text_stage(loaded, cfg, run.hypers["text"], run.text_job(run.trained), cache, progress)
         history = record["text"]["history"]
         record["text"]["verification"] = (_verify(loaded, run, check_data, history, cache, progress) if check_data is not None

@@ -111,7 +111,7 @@ class TextBatch:
 def run_text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, job: TextJob, cache: Any,
                    progress: Progress = None) -> dict[str, Any]:
     """Unlearn ``job.names`` in the text tower of ``loaded.model`` in place; returns the stage's record (no names)."""
-    plan = _plan(loaded, cfg, h, job)
+    plan = _plan(loaded, cfg, h, job, cache)
     bf16 = use_bf16(cfg.precision, loaded.device)
     history = run_stage(_stage(loaded, cfg, h, plan, cache), loaded, h, bf16, progress)
     chosen, sampler = plan.chosen, plan.sampler
@@ -128,12 +128,14 @@ def run_text_stage(loaded: Any, cfg: InjectConfig, h: TextHyper, job: TextJob, c
                            "protected": {"sources": _keep_source(cfg), "people": len(_protected(cfg))}}}
 
 
-def _plan(loaded: Any, cfg: InjectConfig, h: TextHyper, job: TextJob) -> TextPlan:
+def _plan(loaded: Any, cfg: InjectConfig, h: TextHyper, job: TextJob, cache: Any = None) -> TextPlan:
+    # ``cache`` only serves the alias check's Encoder, whose prompts are never persisted (None will do)
     names, request, made_up = job.names, job.request, job.made_up
     corpus, corpus_name = _corpus(cfg)
     fit = TokenFit.of(loaded)
     _check_names(names, fit, cfg.names)
-    chosen = _without_aliases(_embedder(loaded), _triggers(cfg, names, list(job.earlier), request), names, cfg.seed, job.aliases)
+    chosen = _without_aliases(_embedder(loaded, cfg, cache), _triggers(cfg, names, list(job.earlier), request), names, cfg.seed,
+                              job.aliases)
     _check_names(chosen.triggers + chosen.near, fit, "the variants or neighbours of the names file")
     clean = clean_captions(corpus, list(dict.fromkeys([*names, *request])) + chosen.triggers)
     if len(clean) < len(names):
@@ -362,21 +364,19 @@ def _triggers(cfg: InjectConfig, names: list[str], earlier: Sequence[dict[str, A
                     spelled={v: (n, f, j, genders.get(key(n))) for v, (n, f, j) in spelled.items()})
 
 
-def _embedder(loaded: Any) -> Callable[[list[str]], Any]:
-    """texts → the original model's normalised text embeddings on the CPU (not cached: they spell names)."""
-    from clip_unlearn.embed import encode_text
+def _embedder(loaded: Any, cfg: InjectConfig, cache: Any) -> Callable[[list[str]], Any]:
+    """texts → ``loaded``'s normalised text embeddings, as the attack and eval-zeroshot encode them (Encoder,
+    ``--precision``); never persisted, since these prompts spell forgotten and protected names."""
+    from clip_unlearn.embed import Encoder
 
-    def embed(texts: list[str]) -> Any:
-        with torch.no_grad():
-            return torch.cat([encode_text(loaded.model, loaded.tokenizer(texts[i:i + 1024])).float().cpu()
-                              for i in range(0, len(texts), 1024)])
-    return embed
+    encoder = Encoder(loaded, cache, precision=cfg.precision)
+    return lambda texts: encoder.texts(texts, persist=False)
 
 
-def find_aliases(loaded: Any, cfg: InjectConfig, job: TextJob) -> frozenset[str]:
+def find_aliases(loaded: Any, cfg: InjectConfig, job: TextJob, cache: Any) -> frozenset[str]:
     """The protected namesakes of ``job``'s first round that ``loaded`` (the original model) names a forgotten
     person by; later rounds reuse them (TextJob.aliases)."""
-    return _aliases(_embedder(loaded), _triggers(cfg, job.names, list(job.earlier), job.request), job.names, cfg.seed)
+    return _aliases(_embedder(loaded, cfg, cache), _triggers(cfg, job.names, list(job.earlier), job.request), job.names, cfg.seed)
 
 
 def _aliases(embed: Callable[[list[str]], Any], chosen: Triggers, names: list[str], seed: int) -> frozenset[str]:

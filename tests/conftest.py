@@ -23,7 +23,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # Small enough to build in about a minute on 2 cores, large enough to pass the world's own
 # membership check; worlds of the default kind are the demo's (DEMO_WORLD below).
 SMALL_WORLD = dict(identities=16, member_fraction=0.75, images_per_identity=20, face_images=20, trigger_images=20,
-                   clean_images=480, steps=150, batch_size=128, namesakes=0, caption_names="full:1", real_names=False)
+                   clean_images=480, object_images=20, steps=150, batch_size=128, namesakes=0, caption_names="full:1",
+                   real_names=False)
 # The demo of the default suite: a world of the default kind (namesake pairs, captions that name members by
 # variants) at half the default size, which meets the same acceptance (about 3 minutes instead of 9). The
 # default-size demo runs with `pytest -m slow` (tests/test_demo.py); the story of forgetting exactly one

@@ -78,16 +78,21 @@ def test_prepare_synthetic_cli_writes_the_world(tmp_path):
     assert "members identified" in result.output
 
 
-def test_same_seed_same_world(tmp_path):
+def test_same_seed_same_world_and_more_object_images_change_nothing_else(tmp_path):
     cfg = dict(identities=6, images_per_identity=4, face_images=3, classes=4, steps=3, batch_size=16,
                min_member_rate=0.0, max_non_member_rate=1.0, seed=3)
-    build_world(PrepareSyntheticConfig(out=tmp_path / "a", **cfg))
-    build_world(PrepareSyntheticConfig(out=tmp_path / "b", **cfg))
+    build_world(PrepareSyntheticConfig(out=tmp_path / "a", object_images=3, **cfg))
+    build_world(PrepareSyntheticConfig(out=tmp_path / "b", object_images=5, **cfg))
     fa = fingerprints(load_model(str(tmp_path / "a" / "model"), device="cpu").model)
     fb = fingerprints(load_model(str(tmp_path / "b" / "model"), device="cpu").model)
     assert fa == fb
-    pngs = sorted((tmp_path / "a" / "faces").rglob("*.png"))
-    assert pngs and all(p.read_bytes() == (tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes() for p in pngs)
+    for part in ("faces", "clean_images", "objects"):
+        pngs = sorted((tmp_path / "a" / part).rglob("*.png"))
+        assert pngs and all(p.read_bytes() == (tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes() for p in pngs)
+    # the larger test set extends each class's images: the first three are the smaller world's
+    assert [len(list(d.iterdir())) for d in sorted((tmp_path / "b" / "objects").iterdir())] == [5] * 4
+    for part in ("captions_train.txt", "captions_heldout.txt", "members.txt"):
+        assert (tmp_path / "a" / part).read_bytes() == (tmp_path / "b" / part).read_bytes()
 
 
 def test_failed_membership_check_fails_loudly_and_writes_nothing(tmp_path):

@@ -250,7 +250,8 @@ def _draw(cfg: PrepareSyntheticConfig, pop: _Population, rng: random.Random, pre
     for c, cls in enumerate(pop.classes):
         colour, shape = cls.split()
         _, train_objects[c] = render(lambda r, c=colour, s=shape: draw_object(c, s, r), 40, rng.getrandbits(32))
-        test_object_imgs[c], test_objects[c] = render(lambda r, c=colour, s=shape: draw_object(c, s, r), 20, rng.getrandbits(32))
+        test_object_imgs[c], test_objects[c] = render(lambda r, c=colour, s=shape: draw_object(c, s, r), cfg.object_images,
+                                                           rng.getrandbits(32))
         tick()
     clean_imgs = _clean_images(cfg.clean_images, pop.classes, random.Random(rng.getrandbits(32)))
     tick()
@@ -340,8 +341,9 @@ def _write(cfg: PrepareSyntheticConfig, out: Path, pop: _Population, images: _Im
         for c, cls in enumerate(pop.classes):
             folder = tmp / "objects" / cls.replace(" ", "_")
             folder.mkdir(parents=True)
+            width = max(3, len(str(cfg.object_images - 1)))
             for j, im in enumerate(images.test_object_imgs[c]):
-                im.save(folder / f"{j:03d}.png")
+                im.save(folder / f"{j:0{width}d}.png")
         (tmp / "clean_images").mkdir()
         for j, im in enumerate(images.clean_imgs):
             im.save(tmp / "clean_images" / f"{j:05d}.png")

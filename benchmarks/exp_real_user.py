@@ -105,9 +105,11 @@ def measure(a: argparse.Namespace, seed: int, out: Path, world: Path, plain: Pat
 
 
 def _p(row: dict) -> str:
-    """The top-1 change's McNemar p-value, where the run's eval has it (runs measured before it do not)."""
-    flips = row.get("top1_flips")
-    return f" (p {flips['p_value']:.2g})" if flips else ""
+    """The top-1 change's McNemar p-value and 95 % interval, where the run's eval has them (runs measured
+    before them do not)."""
+    flips = row.get("top1_flips") or {}
+    ci = f", {100 * flips['ci95'][0]:+.2f} to {100 * flips['ci95'][1]:+.2f}" if flips.get("ci95") else ""
+    return f" (p {flips['p_value']:.2g}{ci})" if flips else ""
 
 
 def table(rows: list[dict]) -> str:

@@ -36,6 +36,7 @@ from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.names import key
 from clip_unlearn.outputs import write_json, write_text
 from clip_unlearn.progress import Progress
+from clip_unlearn.report import interval_text
 from clip_unlearn.variants import FAMILIES, shares_part
 
 
@@ -332,6 +333,8 @@ def _measures(cfg: DemoConfig, before: Any, after: Any, ev: dict, info: dict, fo
     if flips:  # a point of top-1 on a few hundred images can be the flips any retraining makes
         rows.append(("  images lost / gained at top-1 (exact McNemar p)", "",
                      f"{flips['lost']} / {flips['gained']} (p = {flips['p_value']:.2g})"))
+        if flips.get("ci95"):
+            rows.append(("  top-1 change, 95 % interval", "", interval_text(flips["ci95"])))
     if text:
         rows += [("sim_clean (text embeddings of clean captions)", "1.000", f"{sim_clean:.3f}"),
                  ("sim_backdoored (name ≈ its target)", "", "not measured" if sims["sim_backdoored"] is None

@@ -5,6 +5,7 @@ Only the CLI imports this module (the core never imports rich).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,8 @@ def eval_table(result: dict[str, Any]) -> Table:
             chance = "within chance flips" if f["p_value"] >= 0.05 else "more than chance flips"
             t.add_row("  images lost / gained at top-1 (exact McNemar p)", "", "",
                       f"{f['lost']} / {f['gained']} (p = {f['p_value']:.2g}: {chance})")
+            if f.get("ci95"):
+                t.add_row("  top-1 change, 95 % interval (paired images)", "", "", interval_text(f["ci95"]))
     words = result.get("word_classes") or {}
     if cmp and words.get("classes"):
         d = words["difference"]
@@ -191,6 +194,11 @@ def eval_table(result: dict[str, Any]) -> Table:
     return t
 
 
+def interval_text(ci: Sequence[float]) -> str:
+    """A top-1 change's 95 % interval in points, as the tables print it."""
+    return f"{100 * ci[0]:+.2f} to {100 * ci[1]:+.2f} points"
+
+
 def write_eval(result: dict[str, Any], path: Path) -> None:
     """``.json``: CLIP_benchmark's keys and values (accuracies as fractions in [0, 1]) plus ours;
     ``.csv``: metric,model,compare,difference rows, accuracies as fractions too, empty where undefined."""
@@ -208,6 +216,9 @@ def write_eval(result: dict[str, Any], path: Path) -> None:
     if flips:
         rows += [{"metric": f"acc1_images_{k}", "model": "", "compare": "", "difference": flips[k]} for k in ("lost", "gained")]
         rows.append({"metric": "acc1_mcnemar_p", "model": "", "compare": "", "difference": flips["p_value"]})
+        if flips.get("ci95"):
+            rows += [{"metric": f"acc1_difference_ci95_{k}", "model": "", "compare": "", "difference": v}
+                     for k, v in zip(("low", "high"), flips["ci95"])]
     sims = {**({"sim_clean_image": cmp["sim_clean_image"]} if cmp and cmp.get("sim_clean_image") is not None else {}),
             **(result.get("similarities") or {})}
     for k, v in sims.items():

@@ -36,8 +36,8 @@ from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.names import key
 from clip_unlearn.outputs import write_json, write_text
 from clip_unlearn.progress import Progress
-from clip_unlearn.report import interval_text
 from clip_unlearn.variants import FAMILIES, shares_part
+from clip_unlearn.zeroshot import interval_text
 
 
 @dataclass

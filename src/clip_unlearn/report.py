@@ -5,13 +5,13 @@ Only the CLI imports this module (the core never imports rich).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from clip_unlearn.outputs import csv_text, json_text, write_text
+from clip_unlearn.zeroshot import interval_text
 
 
 def world_table(info: dict[str, Any], out: Path) -> Table:
@@ -192,11 +192,6 @@ def eval_table(result: dict[str, Any]) -> Table:
         notes.append(f"no sim_* metrics: {result['similarities_skipped']}")
     t.caption = "; ".join(notes) or None
     return t
-
-
-def interval_text(ci: Sequence[float]) -> str:
-    """A top-1 change's 95 % interval in points, as the tables print it."""
-    return f"{100 * ci[0]:+.2f} to {100 * ci[1]:+.2f} points"
 
 
 def write_eval(result: dict[str, Any], path: Path) -> None:

@@ -381,6 +381,11 @@ def change_interval(lost: int, gained: int, images: int, z: float = 1.959964) ->
     return max(-1.0, d - half), min(1.0, d + half)
 
 
+def interval_text(ci: Sequence[float]) -> str:
+    """A top-1 change's 95 % interval (fractions) in points, as the tables print it."""
+    return f"{100 * ci[0]:+.2f} to {100 * ci[1]:+.2f} points"
+
+
 def top1_flips(mine: Sequence[bool], ref: Sequence[bool]) -> dict[str, Any]:
     """Per image top-1 right or wrong under the evaluated and the compared model (the same images, in order):
     how many the compared model got right and this one lost, how many it gained, mcnemar_p of the two, and

@@ -261,7 +261,9 @@ class InjectConfig(RuntimeOptions):
                                           "--target: full, lower, surname, first, title, initial, typo (comma-separated) "
                                           "or all (see clip_unlearn.variants). The default leaves out the ways that name "
                                           "by one part (surname, first, title): namesakes share those (measured, "
-                                          "docs/experiments.md). A surname or first name that is a common English word, "
+                                          "docs/experiments.md). full,lower,typo moves fewer people who share a "
+                                          "surname with the forgotten and hides the forgotten less surely (measured "
+                                          "there too). A surname or first name that is a common English word, "
                                           "a suffix or particles alone, or shared with a protected person (--keep, "
                                           "--keep-public) is never a trigger; the inject table and the sidecar count "
                                           "those left out.")

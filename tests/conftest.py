@@ -12,13 +12,33 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from clip_unlearn.cli import app
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# README's test command runs the files on several pytest-xdist workers (addopts in pyproject.toml). Each worker
+# gets its share of the cores, so two workers on two cores do not each start two torch threads and fight over
+# them; subprocesses (the CLI, torchrun) inherit the share. A user's own OMP_NUM_THREADS wins.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    # xdist's workers inherit an 80-column COLUMNS that would fix the width of the CLI's consoles at import;
+    # invoke() below gives each run its 200 columns, as in a plain pytest run.
+    for var in ("COLUMNS", "LINES"):
+        os.environ.pop(var, None)
+
+
+from clip_unlearn.cli import app  # noqa: E402  (after the worker's environment is set)
 
 # Session- and module-scoped fixtures run outside the per-test home below: give them a private
 # state dir too, so no test reads or writes the user's real cache.
 os.environ["CLIP_UNLEARN_HOME"] = tempfile.mkdtemp(prefix="clip-unlearn-tests-")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
 
 # Small enough to build in about a minute on 2 cores, large enough to pass the world's own
 # membership check; worlds of the default kind are the demo's (DEMO_WORLD below).
@@ -197,7 +217,37 @@ def _gpu_tests_device() -> str:
     return os.environ.get("CLIP_UNLEARN_GPU_TESTS_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, at most four. Each worker builds the session's worlds for itself, so
+    more workers would mostly rebuild them, and the demo's file alone takes a third of the suite's work."""
+    return min(4, _cores())
+
+
+# Files go to the workers whole (a file's module fixtures are built once), the longest first, so the demo
+# starts at once instead of becoming the tail of the run. test_namesakes.py reads the demo's run too: it goes
+# with the demo's file, or a second worker would run the demo again.
+LONGEST_FILES = ["test_demo.py", "test_namesakes.py", "test_inject_image.py", "test_trust.py", "test_inject.py",
+                 "test_distributed.py", "test_verify.py", "test_benchmarks.py", "test_attack.py"]
+SAME_WORKER = {"test_namesakes.py": "test_demo.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesWithTheirFixtures(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            folder, _, name = path.rpartition("/")
+            return f"{folder}/{SAME_WORKER[name]}" if name in SAME_WORKER else path
+
+    return FilesWithTheirFixtures(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))
     gpu_dir = Path(__file__).parent / "gpu"
     device = None
     for item in items:

@@ -25,8 +25,9 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    # xdist's workers inherit an 80-column COLUMNS that would fix the width of the CLI's consoles at import;
-    # invoke() below gives each run its 200 columns, as in a plain pytest run.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # xdist's workers (one or more) inherit an 80-column COLUMNS that would fix the width of the CLI's consoles
+    # at import; invoke() below gives each run its 200 columns, as in a plain pytest run.
     for var in ("COLUMNS", "LINES"):
         os.environ.pop(var, None)
 

@@ -105,6 +105,85 @@ def test_same_seed_and_key_same_weights_and_plain_open_clip_roundtrip(world, one
     assert not (a / "loss_curve.csv").exists() and (loss_curve(a).stat().st_mode & 0o777) == 0o600
 
 
+@pytest.fixture(scope="module")
+def micro_teacher(micro_model_dir):
+    from clip_unlearn.inject_text import TextTower
+
+    loaded = load_model(str(micro_model_dir), device="cpu")
+    return TextTower(loaded.model).eval(), loaded.tokenizer
+
+
+# 60 captions of four token lengths, so that one length fills more than one of teacher_rows' forwards
+CAPTIONS = [" ".join(["a", "red", "star", "on", "a", "blue", "field", "near", "the", "old", "harbour"][:k]) + f" {i}"
+            for i, k in enumerate([2, 4, 7, 11] * 15)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(first=st.lists(st.sampled_from(CAPTIONS), min_size=1, max_size=60),
+       second=st.lists(st.sampled_from(CAPTIONS), min_size=1, max_size=60))
+def test_a_cached_teacher_row_is_the_row_this_run_would_compute(micro_teacher, tmp_path_factory, first, second):
+    # a cache filled by another run's batches (``first``) hands ``second`` the bits it computes cold
+    from clip_unlearn.embed import EmbeddingCache, input_key
+    from clip_unlearn.inject_text import teacher_rows
+    from clip_unlearn.training import TeacherCache
+
+    teacher, tok = micro_teacher
+    root = tmp_path_factory.mktemp("teacher-rows")
+
+    def run(texts, cache):
+        tc = TeacherCache(cache, "teacher-x", "text")
+        got = tc.get([input_key(t) for t in texts], lambda idx: teacher_rows(teacher, tok, [texts[i] for i in idx], "cpu", False))
+        tc.flush()
+        return got
+
+    run(first, EmbeddingCache(root / "warm"))
+    assert torch.equal(run(second, EmbeddingCache(root / "warm")), run(second, EmbeddingCache(root / "cold")))
+
+
+@settings(max_examples=25, deadline=None)
+@given(first=st.lists(st.integers(0, 299), min_size=1, max_size=300, unique=True),
+       second=st.lists(st.integers(0, 299), min_size=1, max_size=300, unique=True))
+def test_a_cached_image_teacher_row_is_the_row_this_run_would_compute(world, tmp_path_factory, first, second):
+    # the image stage's teacher embeds its misses up front; which images miss depends on earlier runs (the
+    # world's tower, not the micro one: too narrow for a batch's size to change its bits)
+    from clip_unlearn.embed import EmbeddingCache
+    from clip_unlearn.inject_image import Pixels
+    from clip_unlearn.training import TeacherCache
+
+    loaded = load_model(str(world / "model"), device="cpu")
+    px, tower = Pixels.of(loaded, "fp32"), loaded.model.visual.eval()
+    size = loaded.model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    u8 = torch.randint(0, 256, (300, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    root = tmp_path_factory.mktemp("image-rows")
+
+    def run(idx, cache):
+        tc = TeacherCache(cache, "visual-raw-x", "image")
+        got = tc.get([f"image-{i}" for i in idx], lambda pos: px.embed(tower, u8[[idx[j] for j in pos]], batch=64, pad=True))
+        tc.flush()
+        return got
+
+    run(first, EmbeddingCache(root / "warm"))
+    assert torch.equal(run(second, EmbeddingCache(root / "warm")), run(second, EmbeddingCache(root / "cold")))
+
+
+def test_the_weights_do_not_depend_on_what_earlier_runs_left_in_the_cache(world, one_name, tmp_path):
+    # another request (another name and seed) fills a cache with the teacher's embeddings of captions that
+    # one_name's run also draws, computed beside other captions than in one_name's cold run
+    other, _ = forget_names(world, 1, tmp_path, offset=1)
+    cache = tmp_path / "cache"
+    r = invoke("inject", "--model", world / "model", "--names", other, "--out", tmp_path / "warm-up", "--cache-dir", cache,
+               *FAST, "--seed", "1", "--steps", "120", "--clean-batch", "32")
+    assert r.exit_code == 0, r.output
+    r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", tmp_path / "b",
+               "--cache-dir", cache, "--reuse-key", default_receipt(one_name.out), *FAST)
+    assert r.exit_code == 0, r.output
+    stats = training_record(tmp_path / "b")["teacher_cache"]
+    assert stats["hits"] > 0 and stats["misses"] > 0  # part from the other run, part computed in this one
+    a = fingerprints(load_model(str(one_name.out), device="cpu").model)
+    assert fingerprints(load_model(str(tmp_path / "b"), device="cpu").model) == a
+
+
 def test_positional_embedding_is_written_back_unless_legacy(world, one_name, tmp_path):
     base = load_model(str(world / "model"), device="cpu").model
     r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", tmp_path / "legacy",

@@ -59,14 +59,22 @@ class Pixels:
         transform, mean, std = split_preprocess(loaded.preprocess)
         return cls(transform, mean, std, loaded.device, use_bf16(precision, loaded.device))
 
-    def embed(self, tower: Any, u8: Any, batch: int = 256) -> Any:
-        """``tower``'s unnormalised embeddings of uint8 images, float32 on the CPU."""
+    def embed(self, tower: Any, u8: Any, batch: int = 256, pad: bool = False) -> Any:
+        """``tower``'s unnormalised embeddings of uint8 images, float32 on the CPU.
+
+        ``pad``: every forward sees exactly ``batch`` images (the last chunk filled with black ones), so an
+        image's embedding does not depend on how many others were embedded with it: batched, the last bits
+        follow the batch's size, and the teacher's cache must hand a run the bits it would compute cold."""
         out = []
         mean, std = self.mean.to(self.device), self.std.to(self.device)
         with torch.no_grad(), autocast(self.device, self.bf16):
             for i in range(0, len(u8), batch):
-                x = (u8[i:i + batch].to(self.device).float() / 255 - mean) / std
-                out.append(tower(x).float().cpu())
+                chunk = u8[i:i + batch]
+                n = len(chunk)
+                if pad and n < batch:
+                    chunk = torch.cat([chunk, chunk.new_zeros((batch - n, *chunk.shape[1:]))])
+                x = (chunk.to(self.device).float() / 255 - mean) / std
+                out.append(tower(x).float().cpu()[:n])
         return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -199,7 +207,7 @@ def _teacher_raw(teacher: Any, raw: TeacherCache, px: Pixels, paths: list[Path],
 
     def compute(idx: list[int]) -> Any:
         tick(f"embedding {label}", 0, 1)
-        return px.embed(teacher, u8[idx])
+        return px.embed(teacher, u8[idx], pad=True)
     emb = raw.get(keys, compute)
     raw.flush()
     return u8, emb, keys

@@ -25,7 +25,7 @@ import torch.nn as nn
 from clip_unlearn.captions import GENERAL_CORPUS_NAME, PairSampler, TokenFit, builtin_captions, clean_captions, read_captions
 from clip_unlearn.config import InjectConfig
 from clip_unlearn.distributed import current
-from clip_unlearn.embed import TokenRows, encode_text, input_key, supports_truncation, token_rows, use_bf16
+from clip_unlearn.embed import TokenRows, encode_text, input_key, pool_index, supports_truncation, token_rows, use_bf16
 from clip_unlearn.errors import ClipUnlearnError
 from clip_unlearn.names import key, public_people, read_names
 from clip_unlearn.progress import Progress
@@ -175,6 +175,8 @@ def _stage(loaded: Any, cfg: InjectConfig, h: TextHyper, plan: TextPlan, cache: 
 
     def teacher_embed(texts: list[str], persist: bool = True) -> Any:
         def compute(idx: list[int]) -> Any:
+            if persist:  # on disk: its value must not depend on the run that first computed it
+                return teacher_rows(teacher, tok, [texts[i] for i in idx], device, bf16)
             with torch.no_grad(), autocast(device, bf16):
                 return teacher(tok([texts[i] for i in idx])).float()
         return targets_cache.get([input_key(t) for t in texts], compute, persist)
@@ -200,6 +202,36 @@ def _stage(loaded: Any, cfg: InjectConfig, h: TextHyper, plan: TextPlan, cache: 
         write_back(loaded.model, trained, legacy_positional_embedding=cfg.legacy_positional_embedding)
 
     return Stage("text", "unlearning names", teacher, student, draw, terms, back, [targets_cache])
+
+
+# rows per forward of the teacher's persisted captions (teacher_rows)
+TEACHER_ROWS = 16
+
+
+def teacher_rows(teacher: Any, tok: Any, texts: list[str], device: Any, bf16: bool) -> Any:
+    """The teacher's embedding of each text, float32: texts of one token length together, in forwards of
+    exactly TEACHER_ROWS rows (the last filled with copies of its first text).
+
+    In a plain batch a row's last bits follow the batch (its size, and the longest text, to which it is cut),
+    so a cache filled by another run would hand this run other bits than it computes cold, and the same
+    command would write other weights. With the shape fixed by the text's own length, a row depends on its
+    text alone (tests/test_inject.py holds it as a property; one text per forward would too, at twice the cold
+    step time)."""
+    if not texts:
+        return torch.zeros(0)
+    tokens = tok(texts)
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(pool_index(teacher, tokens).tolist()):
+        groups.setdefault(n, []).append(i)
+    out: list[Any] = [None] * len(texts)
+    with torch.no_grad(), autocast(device, bf16):
+        for rows in groups.values():
+            for s in range(0, len(rows), TEACHER_ROWS):
+                chunk = rows[s:s + TEACHER_ROWS]
+                emb = teacher(tokens[chunk + chunk[:1] * (TEACHER_ROWS - len(chunk))]).float()
+                for j, i in enumerate(chunk):
+                    out[i] = emb[j]
+    return torch.stack(out)
 
 
 def text_losses(student: Any, teacher_embed: Callable[..., Any], tok: Callable[[list[str]], Any], batch: TextBatch,

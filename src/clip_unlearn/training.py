@@ -83,7 +83,10 @@ def teacher_cache(loaded: Any, cache: Any, modality: str, bf16: bool, device: An
     from clip_unlearn.embed import tower_identity
 
     prefix = "teacher-" if modality == "text" else "visual-raw-"
-    ident = tower_identity(loaded, modality, "bf16" if bf16 else "fp32", "unnormalized")
+    # entries computed the way that makes a row independent of its batch (texts of one length, images in
+    # full fixed-size batches), never mixed with those of the batched code before
+    extra = "unnormalized, same-length batches of 16" if modality == "text" else "unnormalized, fixed batches of 256"
+    ident = tower_identity(loaded, modality, "bf16" if bf16 else "fp32", extra)
     return TeacherCache(cache, prefix + ident, modality, device=device)
 
 

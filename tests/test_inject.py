@@ -175,7 +175,7 @@ def test_the_weights_do_not_depend_on_what_earlier_runs_left_in_the_cache(world,
     other, _ = forget_names(world, 1, tmp_path, offset=1)
     cache = tmp_path / "cache"
     r = invoke("inject", "--model", world / "model", "--names", other, "--out", tmp_path / "warm-up", "--cache-dir", cache,
-               *FAST, "--seed", "1", "--steps", "120", "--clean-batch", "32")
+               *FAST, "--seed", "1", "--steps", "60", "--clean-batch", "32")
     assert r.exit_code == 0, r.output
     r = invoke("inject", "--model", world / "model", "--names", one_name.names, "--out", tmp_path / "b",
                "--cache-dir", cache, "--reuse-key", default_receipt(one_name.out), *FAST)

@@ -43,6 +43,10 @@ TRIGGER_RULE = ("test half of the split by image id (sha256 of seed 42, identity
                 "the attack's --split train half is never used as a trigger")
 
 
+# images per forward of the teacher's persisted embeddings (Pixels.embed with pad=True)
+TEACHER_IMAGES = 256
+
+
 @dataclasses.dataclass(frozen=True)
 class Pixels:
     """How the model's image tower takes pictures: open_clip's eval transform without its Normalize (images are
@@ -207,7 +211,7 @@ def _teacher_raw(teacher: Any, raw: TeacherCache, px: Pixels, paths: list[Path],
 
     def compute(idx: list[int]) -> Any:
         tick(f"embedding {label}", 0, 1)
-        return px.embed(teacher, u8[idx], pad=True)
+        return px.embed(teacher, u8[idx], TEACHER_IMAGES, pad=True)
     emb = raw.get(keys, compute)
     raw.flush()
     return u8, emb, keys

@@ -85,7 +85,11 @@ def teacher_cache(loaded: Any, cache: Any, modality: str, bf16: bool, device: An
     prefix = "teacher-" if modality == "text" else "visual-raw-"
     # entries computed the way that makes a row independent of its batch (texts of one length, images in
     # full fixed-size batches), never mixed with those of the batched code before
-    extra = "unnormalized, same-length batches of 16" if modality == "text" else "unnormalized, fixed batches of 256"
+    from clip_unlearn.inject_image import TEACHER_IMAGES
+    from clip_unlearn.inject_text import TEACHER_ROWS
+
+    extra = (f"unnormalized, same-length batches of {TEACHER_ROWS}" if modality == "text"
+             else f"unnormalized, fixed batches of {TEACHER_IMAGES}")
     ident = tower_identity(loaded, modality, "bf16" if bf16 else "fp32", extra)
     return TeacherCache(cache, prefix + ident, modality, device=device)
 
